@@ -1,0 +1,136 @@
+"""Presets (YAML) -> validated configs, with errors that name the field and the allowed values."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.data.world import WorldConfig
+from harness.models.tiny_wan import TinyModelConfig
+from harness.sampling import SamplerConfig
+
+
+class ConfigError(ValueError):
+    """A preset or override is invalid; the message says which field and what is allowed."""
+
+
+class PretrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.998, ge=0, lt=1)
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="share of empty captions, for CFG")
+    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    log_every: int = Field(25, ge=1)
+    seed: int = 0
+    judge_videos: int = Field(32, ge=0, description="eval videos sampled and judged at the end")
+
+
+class EvalSetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_videos: int = Field(32, ge=1)
+    seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
+
+
+class PresetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    eval: EvalSetConfig = Field(default_factory=EvalSetConfig)
+    base_checkpoint: str = Field(
+        "assets/tiny/base", description="model directory; relative paths are inside the harness package"
+    )
+
+    def base_checkpoint_path(self) -> Path:
+        p = Path(self.base_checkpoint)
+        return p if p.is_absolute() else Path(str(resources.files("harness"))) / p
+
+
+def available_presets() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("harness.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config in {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+            parent = _model_at(PresetConfig, e["loc"][:-1])
+            if parent is not None:
+                msg += f"; allowed fields here: {', '.join(parent.model_fields)}"
+        lines.append(f"  field '{field}': {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _deep_update(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'pretrain.steps=100' -> {'pretrain': {'steps': 100}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_preset(name_or_path: str, overrides: list[dict[str, Any]] | None = None) -> PresetConfig:
+    """A preset by name (``tiny``) or a YAML file path, with dotted overrides applied."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        source, text = str(path), path.read_text()
+    else:
+        names = available_presets()
+        if name_or_path not in names:
+            raise ConfigError(f"unknown preset {name_or_path!r}; allowed: {', '.join(names)} (or a YAML file path)")
+        source = f"preset '{name_or_path}'"
+        text = resources.files("harness.presets").joinpath(f"{name_or_path}.yaml").read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML in {source}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping of sections, got {type(data).__name__}")
+    for o in overrides or []:
+        data = _deep_update(data, o)
+    try:
+        return PresetConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from exc

@@ -1,0 +1,112 @@
+"""The ModelAdapter interface: what trainers, samplers and evaluators may assume.
+
+An adapter hides one model family: latent encode/decode (identity for the tiny
+pixel model, the VAE for real ones), condition encoding (first frame, caption),
+the prediction type and its noising/target convention, the forward pass, LoRA
+through peft, and a reference context that disables the adapters so the frozen
+base model serves as the reference policy without a second copy in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Conditioning:
+    """Encoded conditions for a batch; ``null_text`` gives the CFG unconditional branch."""
+
+    first_frame: torch.Tensor  # (B, C, H, W) in the model's space
+    text: torch.Tensor  # (B, L, D) caption embeddings
+    captions: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.first_frame.shape[0]
+
+    def null_text(self) -> Conditioning:
+        return replace(self, text=torch.zeros_like(self.text), captions=("",) * len(self))
+
+    def index(self, idx: slice | torch.Tensor) -> Conditioning:
+        rows = range(len(self))[idx] if isinstance(idx, slice) else idx.tolist()
+        return Conditioning(self.first_frame[idx], self.text[idx], tuple(self.captions[i] for i in rows))
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        return Conditioning(
+            torch.cat([p.first_frame for p in parts]),
+            torch.cat([p.text for p in parts]),
+            tuple(c for p in parts for c in p.captions),
+        )
+
+
+class ModelAdapter(ABC):
+    """One model family. Tensors follow diffusers' video layout (B, C, T, H, W)."""
+
+    prediction_type: ClassVar[str]  # "flow" (velocity = noise - x0), later "v" / "eps"
+    num_train_timesteps: ClassVar[int] = 1000
+
+    model: nn.Module
+
+    # -- spaces ---------------------------------------------------------------
+    @abstractmethod
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> the space the model denoises in."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``encode_video``."""
+
+    @abstractmethod
+    def encode_condition(self, first_frame: torch.Tensor, captions: list[str]) -> Conditioning:
+        """First frame in pixels (B, 3, H, W) in [-1, 1] plus captions -> Conditioning."""
+
+    @abstractmethod
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of a batch of latents the sampler starts from."""
+
+    # -- the diffusion convention ---------------------------------------------
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Rectified-flow interpolation x_sigma = (1 - sigma) x0 + sigma noise."""
+        s = _expand(sigma, x0)
+        return (1 - s) * x0 + s * noise
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Velocity d x_sigma / d sigma = noise - x0."""
+        return noise - x0
+
+    @abstractmethod
+    def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The network's output (a velocity for ``prediction_type == 'flow'``)."""
+
+    # -- parameters, LoRA and the reference policy ------------------------------
+    @abstractmethod
+    def add_lora(self, rank: int, alpha: float, target_modules: list[str] | None = None) -> None:
+        """Attach peft LoRA adapters and freeze everything else."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Run the frozen base model: LoRA adapters disabled, re-enabled on exit."""
+        if not getattr(self.model, "_hf_peft_config_loaded", False):
+            raise RuntimeError("reference() needs LoRA adapters; call add_lora() first")
+        self.model.disable_adapters()
+        try:
+            yield
+        finally:
+            self.model.enable_adapters()
+
+
+def _expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if sigma.ndim == 0:
+        return sigma
+    return sigma.reshape(-1, *([1] * (like.ndim - 1)))

@@ -1,0 +1,133 @@
+"""The tiny base model: diffusers' WanTransformer3DModel with a tiny config, in pixel space.
+
+Image-to-video conditioning follows Wan2.1 I2V: the first frame (zero-padded over
+time) and a first-frame mask are concatenated to the noisy video along channels;
+the caption goes through cross-attention. There is no VAE: the model denoises
+pixels in [-1, 1], so encode/decode are the identity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import WanTransformer3DModel
+from peft import LoraConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.base import Conditioning, ModelAdapter
+from harness.models.text import HashCaptionEncoder
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # self- and cross-attention
+
+
+class TinyModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(2, ge=1)
+    attention_head_dim: int = Field(48, ge=6)
+    ffn_dim: int = Field(256, ge=1)
+    freq_dim: int = Field(64, ge=2)
+    text_dim: int = Field(32, ge=2)
+    max_caption_tokens: int = Field(32, ge=1)
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+
+
+class TinyWanAdapter(ModelAdapter):
+    prediction_type = "flow"
+    channels = 3
+
+    def __init__(self, config: TinyModelConfig, num_frames: int, resolution: int):
+        self.config, self.num_frames, self.resolution = config, num_frames, resolution
+        self.text_encoder = HashCaptionEncoder(config.text_dim, config.max_caption_tokens)
+        self.model = WanTransformer3DModel(
+            patch_size=config.patch_size,
+            num_attention_heads=config.num_attention_heads,
+            attention_head_dim=config.attention_head_dim,
+            in_channels=2 * self.channels + 1,  # noisy video + first-frame video + mask
+            out_channels=self.channels,
+            text_dim=config.text_dim,
+            freq_dim=config.freq_dim,
+            ffn_dim=config.ffn_dim,
+            num_layers=config.num_layers,
+            rope_max_seq_len=64,
+        )
+
+    # -- persistence -----------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """diffusers layout (config.json + safetensors) plus the adapter's own settings."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        meta = {"adapter": "tiny-wan", "config": self.config.model_dump(mode="json"),
+                "num_frames": self.num_frames, "resolution": self.resolution}
+        (directory / "adapter.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TinyWanAdapter:
+        directory = Path(directory)
+        meta_path, weights = directory / "adapter.json", directory / WEIGHTS_NAME
+        for needed in (meta_path, weights):
+            if not needed.is_file():
+                raise FileNotFoundError(
+                    f"checkpoint file missing: {needed}; re-create it with "
+                    "`harness pretrain --preset tiny --out <dir>`"
+                )
+        meta = json.loads(meta_path.read_text())
+        adapter = cls(TinyModelConfig(**meta["config"]), meta["num_frames"], meta["resolution"])
+        from safetensors.torch import load_file
+
+        adapter.model.load_state_dict(load_file(weights), strict=True)
+        return adapter
+
+    # -- spaces ------------------------------------------------------------------
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        return video
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.channels, self.num_frames, self.resolution, self.resolution)
+
+    def encode_condition(self, first_frame: torch.Tensor, captions: list[str]) -> Conditioning:
+        if first_frame.shape[0] != len(captions):
+            raise ValueError(f"{first_frame.shape[0]} first frames but {len(captions)} captions")
+        return Conditioning(first_frame, self.text_encoder(list(captions)), tuple(captions))
+
+    # -- forward -----------------------------------------------------------------
+    def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        b, _, t, h, w = x_t.shape
+        image = torch.zeros_like(x_t)
+        image[:, :, 0] = cond.first_frame.to(x_t.dtype)
+        mask = torch.zeros(b, 1, t, h, w, dtype=x_t.dtype, device=x_t.device)
+        mask[:, :, 0] = 1.0
+        timestep = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).expand(b)
+        return self.model(
+            torch.cat([x_t, image, mask], dim=1),
+            timestep * self.num_train_timesteps,
+            cond.text.to(x_t.dtype),
+            return_dict=False,
+        )[0]
+
+    # -- LoRA ------------------------------------------------------------------
+    def add_lora(self, rank: int, alpha: float, target_modules: list[str] | None = None) -> None:
+        self.model.requires_grad_(False)
+        self.model.add_adapter(
+            LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules or DEFAULT_LORA_TARGETS)
+        )
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model)
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, state)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"LoRA state has keys the model lacks: {result.unexpected_keys[:5]}")
