@@ -1,0 +1,21 @@
+# The two entry points of the README. Both install into .venv first (idempotent).
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench
+
+install:
+	@bash scripts/install.sh
+
+run: install
+	$(BIN)/harness run --preset tiny --methods sft --out runs/tiny
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_tiny_model.py
+	$(BIN)/python benchmarks/bench_eval.py
