@@ -35,11 +35,22 @@ class PretrainConfig(BaseModel):
     judge_videos: int = Field(32, ge=0, description="eval videos sampled and judged at the end")
 
 
+DEFAULT_METRICS = [
+    "subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
+    "dynamic_degree", "i2v_subject", "i2v_background", "motion_score", "fvd",
+    "distortion_rate", "motion_adherence",
+]
+
+
 class EvalSetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    num_videos: int = Field(32, ge=1)
+    num_videos: int = Field(48, ge=1)
     seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-metric backend options, e.g. {dynamic_degree: {flow: dis}}"
+    )
 
 
 class PresetConfig(BaseModel):
@@ -53,6 +64,9 @@ class PresetConfig(BaseModel):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     eval: EvalSetConfig = Field(default_factory=EvalSetConfig)
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-method trainer settings, e.g. {sft: {steps: 300, lr: 5e-4}}"
+    )
     base_checkpoint: str = Field(
         "assets/tiny/base", description="model directory; relative paths are inside the harness package"
     )

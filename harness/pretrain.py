@@ -28,6 +28,7 @@ from harness.data.video_io import tensor_to_frames
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.provenance import provenance
 from harness.sampling import sample
+from trainers.objectives import sample_sigmas
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,6 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise PermissionError(f"cannot write to {out.parent} ({exc.strerror}); choose another --out") from exc
 
 
-def sample_sigmas(kind: str, n: int, generator: torch.Generator) -> torch.Tensor:
-    if kind == "uniform":
-        return torch.rand(n, generator=generator)
-    return torch.sigmoid(torch.randn(n, generator=generator))  # SD3's logit-normal(0, 1)
-
-
 def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -80,7 +75,7 @@ def judge_samples(adapter: TinyWanAdapter, preset: PresetConfig, n: int) -> dict
     }
     out = {}
     for name, vids in groups.items():
-        js = [judge(v, spec, preset.world) for v, spec in zip(vids, batch.specs)]
+        js = [judge(v, spec, preset.world) for v, spec in zip(vids, batch.specs, strict=True)]
         out[name] = {
             "integrity": float(np.nanmean([j.integrity for j in js])),
             "motion_adherence": float(np.nanmean([j.motion_adherence for j in js])),
@@ -138,7 +133,7 @@ def pretrain(preset: PresetConfig, out: Path, force: bool = False, show_progress
             window = []
     train_seconds = time.time() - start
     with torch.no_grad():
-        for p, e in zip(params, ema):
+        for p, e in zip(params, ema, strict=True):
             p.copy_(e)
     model.eval()
     oracle = judge_samples(adapter, preset, cfg.judge_videos) if cfg.judge_videos else None

@@ -47,7 +47,7 @@ class SamplerConfig(BaseModel):
     def _check_timesteps(self) -> SamplerConfig:
         if self.timesteps is not None:
             ts = self.timesteps
-            if not ts or any(not 0 < t <= 1000 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+            if not ts or any(not 0 < t <= 1000 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
                 raise ValueError(f"timesteps must be strictly descending values in (0, 1000], got {ts}")
         return self
 

@@ -45,6 +45,7 @@ SPEEDS = {"still": 0.0, "slow": 0.5, "fast": 1.25}  # pixels per frame at 16 px
 PAN_DIRECTIONS = ("left", "right", "up", "down")
 SPLITS = ("pretrain", "finetune", "eval")
 _SUPERSAMPLE = 4  # sub-pixel grid used to antialias sprite edges
+TRIANGLE_CENTROID_DY = -1.1 + 2 / 3 * (0.75 + 1.1)  # apex at -1.1 r, base at 0.75 r
 
 
 class SplitSpec(BaseModel):
@@ -277,7 +278,8 @@ def shape_coverage(shape: str, cx: float, cy: float, r: float, resolution: int) 
         h = 0.85 * r
         inside = (np.abs(x) <= h) & (np.abs(y) <= h)
     elif shape == "triangle":
-        # Upright isosceles triangle with its centroid at (cx, cy).
+        # Upright isosceles triangle anchored at (cx, cy); its area centroid lies
+        # TRIANGLE_CENTROID_DY * r below the anchor (the oracle uses the same template).
         top, base = -1.1 * r, 0.75 * r
         half_width = 1.05 * r * (y - top) / (base - top)
         inside = (y >= top) & (y <= base) & (np.abs(x) <= half_width)
@@ -319,7 +321,7 @@ def render(spec: ClipSpec, cfg: WorldConfig) -> Clip:
             for k, s in enumerate(spec.sprites)
         ]
         # Later sprites are drawn on top; visible coverage accounts for occlusion.
-        for k, (s, cov) in enumerate(zip(spec.sprites, covers)):
+        for k, (s, cov) in enumerate(zip(spec.sprites, covers, strict=True)):
             img = img * (1 - cov[..., None]) + np.asarray(s.rgb)[None, None] * cov[..., None]
             vis = cov.copy()
             for above in covers[k + 1 :]:
@@ -336,3 +338,11 @@ def render(spec: ClipSpec, cfg: WorldConfig) -> Clip:
 
 def make_clip(cfg: WorldConfig, split: str, index: int) -> Clip:
     return render(sample_spec(cfg, split, index), cfg)
+
+
+@dataclass(frozen=True)
+class WorldCondition:
+    """What a generated tiny-world video was conditioned on, as metrics receive it."""
+
+    spec: ClipSpec
+    world: WorldConfig

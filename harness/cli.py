@@ -1,0 +1,291 @@
+"""The `harness` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Benchmark harness for post-training alignment of video diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+list_app = typer.Typer(help="List registered methods, metrics or presets.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="preset name or YAML file")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a preset field, e.g. --set pretrain.steps=100 (repeatable)"),
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _preset(name: str, sets: list[str] | None, extra: list[dict] | None = None):
+    from harness.config import ConfigError, load_preset, parse_override
+
+    try:
+        return load_preset(name, [parse_override(s) for s in sets or []] + (extra or []))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+
+
+@app.command()
+def pretrain(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="output directory for the checkpoint")] = Path("runs/pretrain"),
+    steps: Annotated[int | None, typer.Option(help="training steps (default: the preset's)")] = None,
+    sets: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing checkpoint in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Pretrain the tiny base model on the world's `pretrain` split."""
+    from harness.pretrain import OutputExistsError, TrainingDivergedError
+    from harness.pretrain import pretrain as run_pretrain
+
+    cfg = _preset(preset, sets, [{"pretrain": {"steps": steps}}] if steps else None)
+    try:
+        record = run_pretrain(cfg, out, force=force, show_progress=progress)
+    except (OutputExistsError, PermissionError, TrainingDivergedError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"out": str(out), "train_seconds": record["train_seconds"],
+                           "final_loss": record["loss_curve"][-1]["loss"],
+                           "oracle_at_end": record["oracle_at_end"]}, indent=2))
+
+
+@app.command("train-features")
+def train_features_cmd(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/features"),
+    steps: Annotated[int, typer.Option(help="steps per extractor")] = 1500,
+    force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train the tiny world's feature extractors (frame encoder, clip classifier) used by the metrics."""
+    from harness.tiny_features import train_features
+
+    if (out / "frame_encoder.safetensors").exists() and not force:
+        _fail(f"feature weights already exist in {out}; pass --force to replace them")
+    cfg = _preset(preset, None)
+    record = train_features(cfg.world, out, steps=steps, show_progress=progress)
+    typer.echo(json.dumps({"out": str(out), "train_seconds": record["train_seconds"],
+                           "held_out": record["held_out"]}, indent=2))
+
+
+@app.command()
+def sample(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="where videos and scores go")] = Path("runs/samples"),
+    checkpoint: Annotated[Path | None, typer.Option(help="model directory (default: the preset's base)")] = None,
+    num: Annotated[int | None, typer.Option("--num", "-n", help="eval conditions (default: preset eval size)")] = None,
+    sets: SetOpt = None,
+) -> None:
+    """Sample the fixed eval conditions, write mp4s, and judge them with the world's oracle."""
+    from harness.sample_eval import sample_and_judge
+
+    cfg = _preset(preset, sets)
+    try:
+        summary = sample_and_judge(cfg, out, checkpoint=checkpoint, num=num)
+    except (FileNotFoundError, PermissionError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def world(
+    split: Annotated[str, typer.Option(help="pretrain | finetune | eval")] = "eval",
+    num: Annotated[int, typer.Option("--num", "-n", help="clips to render")] = 8,
+    start: Annotated[int, typer.Option(help="first clip index")] = 0,
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/world"),
+) -> None:
+    """Render clips of the tiny world to mp4 with their captions and ground truth (JSONL)."""
+    from harness.data.video_io import write_video
+    from harness.data.world import SPLITS, make_clip
+
+    if split not in SPLITS:
+        _fail(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    cfg = _preset(preset, None)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "clips.jsonl", "w") as f:
+        for i in range(start, start + num):
+            clip = make_clip(cfg.world, split, i)
+            path = write_video(out / f"{split}_{i:05d}.mp4", clip.frames, fps=cfg.world.fps)
+            row = {"video": path.name, **clip.spec.to_dict(), "positions": clip.positions.round(3).tolist()}
+            f.write(json.dumps(row) + "\n")
+    typer.echo(f"wrote {num} clips of split '{split}' to {out}")
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@app.command()
+def run(
+    methods: Annotated[str, typer.Option(help="comma-separated methods, e.g. sft or shift,fcrm,pgdpo,apo")] = "sft",
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/tiny"),
+    steps: Annotated[int | None, typer.Option(help="training steps per method (default: the preset's)")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="evaluate every N steps (default: the preset's)")] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0",
+    metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the preset's)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="a run of seconds: 2 steps, 4 eval videos, 4 sampler steps")
+    ] = False,
+    sets: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    report: Annotated[bool, typer.Option(help="render the report at the end")] = True,
+) -> None:
+    """Train each method from the base model, evaluate every checkpoint, store every number."""
+    from harness.runner import RunError, RunOptions
+    from harness.runner import run as run_loop
+
+    extra = [{"eval": {"num_videos": 4}, "sampler": {"num_steps": 4}}] if smoke else []
+    cfg = _preset(preset, sets, extra)
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
+    from trainers.registry import available_methods
+
+    chosen = _csv(methods) or []
+    unknown = [m for m in chosen if m not in available_methods()]
+    if unknown:
+        _fail(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available_methods())}")
+    opts = RunOptions(methods=chosen, seeds=seed_list, steps=2 if smoke else steps,
+                      eval_every=1 if smoke else eval_every, metrics=_csv(metrics), resume=resume,
+                      show_progress=progress)
+    try:
+        run_loop(cfg, out, opts)
+    except (RunError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    typer.echo(f"results: {out / 'results.sqlite'}")
+    if report:
+        from reports.render import render_report
+
+        typer.echo(f"report: {render_report(out)}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path | None, typer.Option(help="a model directory or a run checkpoint")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="a run directory: fill in missing metrics")] = None,
+    videos: Annotated[Path | None, typer.Option(help="a folder of .mp4 files")] = None,
+    metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the preset's)")] = None,
+    out: Annotated[Path | None, typer.Option(help="results directory (not used with --run)")] = None,
+    preset: PresetOpt = "tiny",
+    fps: Annotated[float | None, typer.Option(help="frame rate of --videos (default: the preset's)")] = None,
+    sets: SetOpt = None,
+) -> None:
+    """Evaluate a checkpoint, a run, or a folder of videos with the metric registry."""
+    from harness.evaluate import evaluate_checkpoint, evaluate_run, evaluate_videos
+
+    chosen = [x for x in (checkpoint, run_dir, videos) if x is not None]
+    if len(chosen) != 1:
+        _fail("give exactly one of --checkpoint, --run, --videos")
+    names = _csv(metrics)
+    if names:
+        from metrics.registry import list_metrics
+
+        known = {s.name for s in list_metrics()}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            _fail(f"unknown metric(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    cfg = _preset(preset, sets)
+    try:
+        if run_dir is not None:
+            if not (run_dir / "run.json").is_file():
+                _fail(f"{run_dir} holds no run (no run.json)")
+            typer.echo(f"results: {evaluate_run(run_dir, names)}")
+        elif checkpoint is not None:
+            typer.echo(f"results: {evaluate_checkpoint(cfg, checkpoint, out or checkpoint / 'eval', names)}")
+        else:
+            db, skipped = evaluate_videos(cfg, videos, out or Path("runs/eval-videos"), names, fps)
+            if skipped:
+                typer.secho(f"skipped {len(skipped)} unreadable video(s): {', '.join(skipped)}",
+                            fg=typer.colors.YELLOW, err=True)
+            typer.echo(f"results: {db}")
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def export(
+    results: Annotated[Path, typer.Option(help="a run or results directory holding results.sqlite")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="output directory (default: <results>/export)")] = None,
+) -> None:
+    """Export every table of a results store to CSV or Parquet files."""
+    from harness.store import ResultStore
+
+    db = results / "results.sqlite"
+    if not db.is_file():
+        _fail(f"no results store at {db}")
+    try:
+        with ResultStore(db) as store:
+            paths = store.export(out or results / "export", fmt)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo("\n".join(str(p) for p in paths))
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Option("--run", help="run directory")],
+    ci: Annotated[bool, typer.Option("--ci", help="show 95% confidence intervals in tables")] = False,
+) -> None:
+    """Render tables (Markdown, LaTeX), plots and the HTML page of a run."""
+    from reports.render import render_report
+
+    if not (run_dir / "results.sqlite").is_file():
+        _fail(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
+    typer.echo(f"report: {render_report(run_dir, show_ci=ci)}")
+
+
+@list_app.command("methods")
+def list_methods() -> None:
+    """Registered alignment methods."""
+    from trainers.registry import available_methods, get_trainer
+
+    for name in available_methods():
+        typer.echo(f"{name}\t{get_trainer(name).description}")
+
+
+@list_app.command("metrics")
+def list_metrics_cmd() -> None:
+    """Registered metrics with direction, kind and needed weights."""
+    from metrics.registry import list_metrics
+
+    for spec in list_metrics():
+        arrow = "higher" if spec.higher_is_better else "lower"
+        weights = ", ".join(spec.weights) or "none"
+        typer.echo(f"{spec.name}\t{spec.kind}\t{arrow} is better\tweights: {weights}\t{spec.description}")
+
+
+@list_app.command("presets")
+def list_presets() -> None:
+    """Presets shipped with the harness."""
+    from harness.config import available_presets, load_preset
+
+    for name in available_presets():
+        typer.echo(f"{name}\t{load_preset(name).description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
