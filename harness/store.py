@@ -1,0 +1,270 @@
+"""Results database: one SQLite file per study, keyed so a re-run computes only what is missing.
+
+Every write is one transaction (``with conn:``), so a process killed mid-write leaves all or none of a
+batch; WAL lets readers (reports, a second evaluator) see committed data while a writer is running.
+Per-video values live in ``records``, summaries in ``aggregates``; both hang off a checkpoint
+(run, method, seed, step), which is what "already computed" is judged against.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+TABLES = ("runs", "checkpoints", "records", "aggregates", "skips", "train_logs")
+EXPORT_FORMATS = ("csv", "parquet")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, created TEXT NOT NULL, preset TEXT, config_json TEXT NOT NULL,
+    seeds_json TEXT NOT NULL, provenance_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    checkpoint_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id), method TEXT NOT NULL, seed INTEGER NOT NULL,
+    step INTEGER NOT NULL, path TEXT, sampler_json TEXT NOT NULL, created TEXT NOT NULL,
+    UNIQUE (run_id, method, seed, step));
+CREATE TABLE IF NOT EXISTS records (
+    checkpoint_id INTEGER NOT NULL REFERENCES checkpoints(checkpoint_id), metric TEXT NOT NULL,
+    video_id TEXT NOT NULL, value REAL, weight REAL NOT NULL DEFAULT 1, extras_json TEXT,
+    PRIMARY KEY (checkpoint_id, metric, video_id));
+CREATE TABLE IF NOT EXISTS aggregates (
+    checkpoint_id INTEGER NOT NULL REFERENCES checkpoints(checkpoint_id), metric TEXT NOT NULL,
+    value REAL, n INTEGER NOT NULL, ci_low REAL, ci_high REAL, extras_json TEXT,
+    PRIMARY KEY (checkpoint_id, metric));
+CREATE TABLE IF NOT EXISTS skips (
+    checkpoint_id INTEGER NOT NULL REFERENCES checkpoints(checkpoint_id), video_id TEXT NOT NULL,
+    reason TEXT NOT NULL, PRIMARY KEY (checkpoint_id, video_id));
+CREATE TABLE IF NOT EXISTS train_logs (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), method TEXT NOT NULL, seed INTEGER NOT NULL,
+    step INTEGER NOT NULL, key TEXT NOT NULL, value REAL,
+    PRIMARY KEY (run_id, method, seed, step, key));
+"""
+
+_CKPT_COLS = "c.run_id, c.method, c.seed, c.step"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _dumps(obj: Any) -> str | None:
+    # Sorted keys make equal configs compare equal as text; default=str keeps Paths etc. storable.
+    return None if obj is None else json.dumps(obj, sort_keys=True, default=str)
+
+
+def _decode(df: pd.DataFrame) -> pd.DataFrame:
+    """JSON text columns become Python objects, named without the ``_json`` suffix."""
+    for col in [c for c in df.columns if c.endswith("_json")]:
+        df[col] = df[col].map(lambda s: json.loads(s) if isinstance(s, str) else None).astype(object)
+        df = df.rename(columns={col: col.removesuffix("_json")})
+    return df
+
+
+class ResultStore:
+    """One SQLite results file; safe to reopen, resume, and read while another process writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._lock = threading.RLock()  # one connection shared by threads: keep transactions apart
+        try:
+            self._check_version()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(f"BEGIN;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES "
+                                    f"('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _check_version(self) -> None:
+        """Refuse before touching anything: an older harness must not write into a newer layout."""
+        has_meta = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            return
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: schema_version {row[0]} is newer than this harness supports "
+                               f"({SCHEMA_VERSION}); upgrade the harness to read it")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self.conn:
+            yield self.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writers -------------------------------------------------------------------------------------
+
+    def add_run(self, run_id: str, preset: str | None, config: dict, seeds: Sequence[int],
+                provenance: dict) -> None:
+        """Register a run; a resumed run must carry the same config or its results would be mixed."""
+        with self._tx() as c:
+            row = c.execute("SELECT config_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                          (run_id, _now(), preset, _dumps(config), _dumps([int(s) for s in seeds]),
+                           _dumps(provenance)))
+                return
+            old, new = json.loads(row[0]), json.loads(_dumps(config))
+            if old != new:
+                keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
+                raise ValueError(f"run {run_id!r} already exists in {self.path} with a different config "
+                                 f"(differing top-level keys: {', '.join(keys)}); a resumed run must use "
+                                 f"the same config, or pick a new run_id")
+
+    def checkpoint(self, run_id: str, method: str, seed: int, step: int, path: str | Path | None,
+                   sampler: dict) -> int:
+        """Get-or-create, so evaluating the same checkpoint twice reuses its id and its results."""
+        key = (run_id, method, int(seed), int(step))
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO checkpoints (run_id, method, seed, step, path, sampler_json, "
+                      "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (*key, None if path is None else str(path), _dumps(sampler), _now()))
+            ckpt_id, stored = c.execute("SELECT checkpoint_id, sampler_json FROM checkpoints WHERE run_id=? "
+                                        "AND method=? AND seed=? AND step=?", key).fetchone()
+        if stored != _dumps(sampler):
+            # Numbers from different sampler settings must never share a checkpoint row.
+            raise ValueError(f"checkpoint {key} is stored with sampler {stored}, not {_dumps(sampler)}; "
+                             "use a new run directory to evaluate with other sampler settings")
+        return ckpt_id
+
+    def add_records(self, checkpoint_id: int, metric: str, rows: Iterable[dict]) -> None:
+        """Upsert per-video values in one transaction: a failing row rolls back the whole batch."""
+        # A None value is a video the metric scored but excluded (e.g. flickering of a moving video).
+        params = ((checkpoint_id, metric, str(r["video_id"]), None if r["value"] is None else float(r["value"]),
+                   float(r.get("weight", 1.0)), _dumps(r.get("extras"))) for r in rows)
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)", params)
+
+    def add_aggregate(self, checkpoint_id: int, metric: str, value: float | None, n: int,
+                      ci_low: float | None = None, ci_high: float | None = None,
+                      extras: dict | None = None) -> None:
+        """Upsert; its presence is what marks a metric done for :meth:`has_aggregate`."""
+        value, ci_low, ci_high = (None if x is None else float(x) for x in (value, ci_low, ci_high))
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (checkpoint_id, metric, value, int(n), ci_low, ci_high, _dumps(extras)))
+
+    def add_skip(self, checkpoint_id: int, video_id: str, reason: str) -> None:
+        """Record why a video was not evaluated, so the gap is reported rather than silently averaged."""
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO skips VALUES (?, ?, ?)", (checkpoint_id, str(video_id), reason))
+
+    def log_train(self, run_id: str, method: str, seed: int,
+                  rows: Iterable[tuple[int, str, float]]) -> None:
+        params = ((run_id, method, int(seed), int(step), key, float(value)) for step, key, value in rows)
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO train_logs VALUES (?, ?, ?, ?, ?, ?)", params)
+
+    # ---- resume queries ------------------------------------------------------------------------------
+
+    def has_aggregate(self, checkpoint_id: int, metric: str) -> bool:
+        with self._lock:
+            return self.conn.execute("SELECT 1 FROM aggregates WHERE checkpoint_id=? AND metric=?",
+                                     (checkpoint_id, metric)).fetchone() is not None
+
+    def done_videos(self, checkpoint_id: int, metric: str) -> set[str]:
+        """Videos already scored, so a resumed evaluation skips them."""
+        with self._lock:
+            cur = self.conn.execute("SELECT video_id FROM records WHERE checkpoint_id=? AND metric=?",
+                                    (checkpoint_id, metric))
+            return {r[0] for r in cur}
+
+    # ---- readers -------------------------------------------------------------------------------------
+
+    def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        with self._lock:
+            return _decode(pd.read_sql_query(sql, self.conn, params=list(params)))
+
+    @staticmethod
+    def _where(**filters: Any) -> tuple[str, list[Any]]:
+        used = {k: v for k, v in filters.items() if v is not None}
+        return (" WHERE " + " AND ".join(f"{k}=?" for k in used) if used else ""), list(used.values())
+
+    def runs(self) -> pd.DataFrame:
+        return self._frame("SELECT * FROM runs ORDER BY created, run_id")
+
+    def checkpoints(self, run_id: str | None = None) -> pd.DataFrame:
+        where, params = self._where(run_id=run_id)
+        return self._frame(f"SELECT * FROM checkpoints{where} ORDER BY checkpoint_id", params)
+
+    def records(self, metric: str | None = None, run_id: str | None = None) -> pd.DataFrame:
+        where, params = self._where(**{"r.metric": metric, "c.run_id": run_id})
+        return self._frame(f"SELECT {_CKPT_COLS}, r.* FROM records r JOIN checkpoints c USING (checkpoint_id)"
+                           f"{where} ORDER BY r.checkpoint_id, r.metric, r.video_id", params)
+
+    def aggregates(self, run_id: str | None = None) -> pd.DataFrame:
+        where, params = self._where(**{"c.run_id": run_id})
+        return self._frame(f"SELECT {_CKPT_COLS}, a.* FROM aggregates a JOIN checkpoints c "
+                           f"USING (checkpoint_id){where} ORDER BY a.checkpoint_id, a.metric", params)
+
+    def skips(self) -> pd.DataFrame:
+        return self._frame(f"SELECT {_CKPT_COLS}, s.* FROM skips s JOIN checkpoints c USING (checkpoint_id) "
+                           "ORDER BY s.checkpoint_id, s.video_id")
+
+    def train_logs(self, run_id: str | None = None) -> pd.DataFrame:
+        where, params = self._where(run_id=run_id)
+        order = " ORDER BY run_id, method, seed, step, key"
+        return self._frame(f"SELECT * FROM train_logs{where}{order}", params)
+
+    def export(self, directory: str | Path, fmt: str = "csv") -> list[Path]:
+        """Flat files for tools without SQLite; JSON columns stay as JSON text so every format holds them."""
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for table in TABLES:
+            with self._lock:
+                df = pd.read_sql_query(f"SELECT * FROM {table}", self.conn)
+            path = out / f"{table}.{fmt}"
+            if fmt == "csv":
+                df.to_csv(path, index=False)
+            else:
+                df.to_parquet(path, index=False)
+            paths.append(path)
+        return paths
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray | None = None,
+                 n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """Percentile bootstrap of the (weighted) mean over videos; seeded so reports are reproducible."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value, got none")
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != v.shape or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative, sum > 0 and match values ({v.size}); got {w.shape}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    mean = float(np.dot(w, v) / w.sum())
+    if v.size == 1 or (v == v[0]).all():  # no spread: avoid float noise from resampled sums
+        return float(v[0]), float(v[0]), float(v[0])
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    wb = w[idx]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of only zero-weight videos
+        boot = (wb * v[idx]).sum(axis=1) / wb.sum(axis=1)
+    low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2])
+    return mean, float(low), float(high)
