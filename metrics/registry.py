@@ -1,0 +1,71 @@
+"""Metrics by name: ``register`` attaches a spec to a Metric class, ``get_metric`` builds one.
+
+A metric's options are the keyword arguments of its ``__init__``; asking for an
+option it does not have fails loudly (a typo in a config must not silently fall
+back to a default and store numbers under the wrong identity).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from metrics.base import Metric, MetricSpec
+
+_REGISTRY: dict[str, type[Metric]] = {}
+
+
+class UnknownOptionError(ValueError):
+    """An option the metric does not take."""
+
+
+def register(spec: MetricSpec) -> Callable[[type[Metric]], type[Metric]]:
+    """Class decorator: ``@register(MetricSpec(name=...))``."""
+
+    def wrap(cls: type[Metric]) -> type[Metric]:
+        if not (isinstance(cls, type) and issubclass(cls, Metric)):
+            raise TypeError(f"register({spec.name!r}) decorates Metric subclasses, got {cls!r}")
+        if spec.name in _REGISTRY and _REGISTRY[spec.name] is not cls:
+            raise ValueError(f"metric {spec.name!r} is already registered by {_REGISTRY[spec.name].__name__}")
+        cls.spec = spec
+        _REGISTRY[spec.name] = cls
+        return cls
+
+    return wrap
+
+
+def _ensure_builtin() -> None:
+    import metrics  # noqa: F401  (importing the package registers the built-in metrics)
+
+
+def metric_options(name: str) -> dict[str, Any]:
+    """Allowed options of a metric and their defaults."""
+    cls = _lookup(name)
+    params = inspect.signature(cls.__init__).parameters
+    return {p.name: p.default for p in list(params.values())[1:]
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _lookup(name: str) -> type[Metric]:
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(_REGISTRY)) or '(none)'}")
+    return _REGISTRY[name]
+
+
+def get_metric(name: str, **options: Any) -> Metric:
+    """A fresh metric instance; unknown names or options raise with the allowed ones listed."""
+    cls = _lookup(name)
+    allowed = metric_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listed = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "(none)"
+        raise UnknownOptionError(f"metric {cls.spec.name!r} has no option(s) {unknown}; allowed: {listed}")
+    return cls(**options)
+
+
+def list_metrics() -> list[MetricSpec]:
+    """Specs of all registered metrics, sorted by name."""
+    _ensure_builtin()
+    return [_REGISTRY[k].spec for k in sorted(_REGISTRY)]

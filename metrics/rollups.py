@@ -1,0 +1,96 @@
+"""Roll-ups of per-dimension aggregates into headline scores.
+
+``vbench_i2v_rollup`` follows VBench-I2V's ``cal_i2v_final_score.py``: each
+dimension is normalised (x - min)/(max - min) with VBench's ranges, then
+quality = weighted mean of subject, background, motion_smoothness, aesthetic,
+imaging (1) and dynamic_degree (0.5); i2v = weighted mean of camera_motion (0.1),
+i2v_subject (1), i2v_background (1); total = mean of the two. Unlike upstream,
+which fills a missing dimension with 0, missing (or NaN) dimensions are left out
+of the weighted means and listed under ``missing``.
+
+``shift_rollup`` is the SHIFT paper's grouping of the raw (unnormalised) scores:
+appearance, motion and the overall mean of all available dimensions.
+
+Inputs map base metric names (``dynamic_degree``) to values; stored identities
+(``dynamic_degree[flow=dis]``) are accepted and reduced to their base name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+VBENCH_I2V_RANGES: dict[str, tuple[float, float]] = {
+    "subject_consistency": (0.1462, 1.0),
+    "background_consistency": (0.2615, 1.0),
+    "motion_smoothness": (0.7060, 0.9975),
+    "dynamic_degree": (0.0, 1.0),
+    "aesthetic_quality": (0.0, 1.0),
+    "imaging_quality": (0.0, 1.0),
+    "camera_motion": (0.0, 1.0),
+    "i2v_subject": (0.1462, 1.0),
+    "i2v_background": (0.2615, 1.0),
+}
+I2V_QUALITY_WEIGHTS: dict[str, float] = {
+    "subject_consistency": 1.0, "background_consistency": 1.0, "motion_smoothness": 1.0,
+    "aesthetic_quality": 1.0, "imaging_quality": 1.0, "dynamic_degree": 0.5,
+}
+I2V_WEIGHTS: dict[str, float] = {"camera_motion": 0.1, "i2v_subject": 1.0, "i2v_background": 1.0}
+
+SHIFT_APPEARANCE = ("subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
+                    "i2v_subject", "i2v_background")
+SHIFT_MOTION = ("temporal_flickering", "motion_smoothness", "dynamic_degree")
+
+
+def _base_values(values: Mapping[str, Any]) -> dict[str, float]:
+    """Base name -> finite float; identities are reduced to base names (twice is an error)."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        base = key.split("[", 1)[0]
+        if base in out:
+            raise ValueError(f"two values for dimension {base!r} (e.g. {key!r}); "
+                             "pass one identity per metric")
+        if value is None:
+            continue
+        v = float(value)
+        if math.isfinite(v):
+            out[base] = v
+    return out
+
+
+def normalise(name: str, value: float) -> float:
+    lo, hi = VBENCH_I2V_RANGES[name]
+    return (value - lo) / (hi - lo)
+
+
+def _weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    present = [k for k in weights if k in values]
+    if not present:
+        return math.nan
+    return math.fsum(values[k] * weights[k] for k in present) / math.fsum(weights[k] for k in present)
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+def vbench_i2v_rollup(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{"quality", "i2v", "total"} (NaN when a group has no dimension), "normalised", "missing"."""
+    raw = _base_values(values)
+    norm = {k: normalise(k, v) for k, v in raw.items() if k in VBENCH_I2V_RANGES}
+    quality = _weighted_mean(norm, I2V_QUALITY_WEIGHTS)
+    i2v = _weighted_mean(norm, I2V_WEIGHTS)
+    total = _mean([s for s in (quality, i2v) if not math.isnan(s)])
+    missing = sorted(k for k in (*I2V_QUALITY_WEIGHTS, *I2V_WEIGHTS) if k not in norm)
+    return {"quality": quality, "i2v": i2v, "total": total, "normalised": norm, "missing": missing}
+
+
+def shift_rollup(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{"appearance", "motion", "overall"} means of the raw scores, and "missing"."""
+    raw = _base_values(values)
+    appearance = [raw[k] for k in SHIFT_APPEARANCE if k in raw]
+    motion = [raw[k] for k in SHIFT_MOTION if k in raw]
+    missing = sorted(k for k in (*SHIFT_APPEARANCE, *SHIFT_MOTION) if k not in raw)
+    return {"appearance": _mean(appearance), "motion": _mean(motion), "overall": _mean(appearance + motion),
+            "missing": missing}

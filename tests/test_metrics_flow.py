@@ -1,0 +1,73 @@
+"""Flow backends and motion_score against textures translating at a known speed."""
+
+import cv2
+import numpy as np
+import pytest
+
+from metrics import VideoSample, get_metric
+from metrics.backends.flow import DISFlow, FarnebackFlow, get_flow_backend, list_flow_backends
+from metrics.synthetic import translating_texture
+
+cv2.setNumThreads(1)
+
+
+def _sample(frames, vid="v", fps=8.0):
+    return VideoSample(video_id=vid, frames=frames, fps=fps)
+
+
+@pytest.mark.parametrize("backend", ["dis", "farneback"])
+@pytest.mark.parametrize("size,sigma", [(16, 1.5), (64, 2.0)])
+@pytest.mark.parametrize("speed", [1.0, 2.0])
+def test_motion_score_measures_known_translation(backend, size, sigma, speed):
+    frames = translating_texture(speed, num_frames=8, size=size, sigma=sigma, seed=3)
+    metric = get_metric("motion_score", flow=backend)
+    record = metric.update(_sample(frames))
+    assert record["value"] == pytest.approx(speed, rel=0.10)
+    assert metric.compute() == record["value"]
+    assert record["extras"]["stat"] == "mean" and record["extras"]["flow"] == backend
+
+
+def test_flow_direction_and_units():
+    frames = translating_texture((1.0, -2.0), num_frames=2, size=16, seed=1)
+    for name in list_flow_backends():
+        flow = get_flow_backend(name)(frames[0], frames[1])
+        assert flow.shape == (16, 16, 2) and flow.dtype == np.float32
+        inner = flow[4:-4, 4:-4].reshape(-1, 2).mean(axis=0)
+        assert inner == pytest.approx([1.0, -2.0], abs=0.2), name
+
+
+def test_auto_upscale_only_for_small_frames():
+    assert DISFlow().upscale_for(16, 16) == 8 and DISFlow().upscale_for(480, 832) == 1
+    assert FarnebackFlow().upscale_for(16, 16) == 4 and FarnebackFlow().upscale_for(64, 80) == 1
+    assert DISFlow(upscale=2).upscale_for(480, 832) == 2
+
+
+def test_backend_identity_names_changed_options():
+    assert DISFlow().identity == "dis"
+    assert DISFlow(preset="fast", upscale=1).identity == "dis(preset=fast,upscale=1)"
+    assert FarnebackFlow(gain=1.0).identity == "farneback(gain=1.0)"
+    with pytest.raises(ValueError, match="allowed: preset="):
+        DISFlow(patch=8)
+    with pytest.raises(KeyError, match="dis, farneback"):
+        get_flow_backend("raft")
+
+
+def test_motion_score_options_change_the_numbers_as_expected():
+    frames = translating_texture(2.0, num_frames=9, size=64, sigma=2.0, seed=5)
+    base = get_metric("motion_score").update(_sample(frames))["value"]
+    half = get_metric("motion_score", resize=32).update(_sample(frames))
+    assert half["value"] == pytest.approx(base / 2, rel=0.05)
+    assert half["extras"]["eval_hw"] == [32, 32]
+    stride = get_metric("motion_score", stride=2).update(_sample(frames))
+    assert stride["value"] == pytest.approx(2 * base, rel=0.05)
+    assert stride["extras"]["px_per_second"] == pytest.approx(base * 8.0, rel=0.05)
+    fps = get_metric("motion_score", target_fps=8.0).update(_sample(frames, fps=16.0))
+    assert fps["extras"]["step"] == 2 and fps["value"] == pytest.approx(2 * base, rel=0.05)
+    # A uniform translation has the same top-5 % and mean magnitude.
+    top5 = get_metric("motion_score", stat="top5").update(_sample(frames))["value"]
+    assert top5 == pytest.approx(base, rel=0.10)
+
+
+def test_motion_score_is_zero_for_a_static_video():
+    frames = np.repeat(translating_texture(0.0, num_frames=1, size=16), 6, axis=0)
+    assert get_metric("motion_score").update(_sample(frames))["value"] == 0.0
