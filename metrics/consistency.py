@@ -1,0 +1,99 @@
+"""VBench consistency dimensions on per-frame features.
+
+subject_consistency / background_consistency (per video, frame-weighted aggregate):
+    mean over t >= 1 of (max(0, cos(f_{t-1}, f_t)) + max(0, cos(f_0, f_t))) / 2
+i2v_subject / i2v_background (per video, mean aggregate), with img = the conditioning image:
+    0.4 * max_t cos(img, f_t) + 0.3 * mean_t cos(f_{t-1}, f_t) + 0.3 * min_t cos(f_{t-1}, f_t)
+with cosines clipped at 0. Upstream reads DINO (subject), CLIP (background) and DreamSim
+(i2v_background) features; the `tiny` backend reads the tiny world's frame encoder, whose
+subject head plays DINO's role and background head plays CLIP's/DreamSim's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from metrics.backends.features import TINY_WEIGHTS, get_feature_backend
+from metrics.base import MetricSpec, PerVideoMetric, VideoSample
+from metrics.registry import register
+
+TINY_DEPARTURE = ("features from the tiny world's frame encoder (backend 'tiny'), not {upstream}; "
+                  "numbers are about the tiny world only")
+
+
+def consistency_score(feats: np.ndarray) -> float:
+    """VBench's subject/background consistency of L2-normalised features (T, D)."""
+    prev = np.maximum(0.0, np.sum(feats[1:] * feats[:-1], axis=1))
+    first = np.maximum(0.0, feats[1:] @ feats[0])
+    return float(np.mean((prev + first) / 2))
+
+
+def i2v_score(image_feat: np.ndarray, feats: np.ndarray) -> float:
+    """VBench-I2V's 0.4 / 0.3 / 0.3 combination of image-to-frame and frame-to-frame cosines."""
+    to_image = np.maximum(0.0, feats @ image_feat)
+    adjacent = np.maximum(0.0, np.sum(feats[1:] * feats[:-1], axis=1))
+    return float(0.4 * to_image.max() + 0.3 * adjacent.mean() + 0.3 * adjacent.min())
+
+
+class _FeatureMetric(PerVideoMetric):
+    head: str  # "subject" or "background"
+
+    def __init__(self, features: str = "tiny") -> None:
+        self.features = features
+        self.backend = get_feature_backend(features)
+        super().__init__()
+
+    def identity_options(self) -> dict[str, object]:
+        return {"features": self.features}
+
+    def _feats(self, frames: np.ndarray) -> np.ndarray:
+        subj, bg = self.backend.frame_features(frames)
+        return subj if self.head == "subject" else bg
+
+
+class _Consistency(_FeatureMetric):
+    def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
+        if sample.num_frames < 2:
+            raise ValueError(f"{sample.video_id}: {self.spec.name} needs at least 2 frames")
+        return consistency_score(self._feats(sample.frames)), float(sample.num_frames - 1), {}
+
+
+class _I2V(_FeatureMetric):
+    def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
+        if sample.first_frame is None:
+            raise ValueError(f"{sample.video_id}: {self.spec.name} needs the conditioning image (first_frame)")
+        image = self._feats(sample.first_frame[None])[0]
+        return i2v_score(image, self._feats(sample.frames)), 1.0, {}
+
+
+def _spec(name: str, aggregation: str, rng: tuple[float, float], upstream: str, inputs: tuple[str, ...],
+          description: str) -> MetricSpec:
+    return MetricSpec(name=name, version="1", higher_is_better=True, kind="per-video", aggregation=aggregation,
+                      vbench_range=rng, inputs=inputs, weights=tuple(f"tiny/{w}" for w in TINY_WEIGHTS[:1]),
+                      description=description, departures=TINY_DEPARTURE.format(upstream=upstream))
+
+
+@register(_spec("subject_consistency", "frame_weighted_mean", (0.1462, 1.0), "DINO ViT-B/16", ("frames",),
+                "appearance of the subject stays the same across frames"))
+class SubjectConsistency(_Consistency):
+    head = "subject"
+
+
+@register(_spec("background_consistency", "frame_weighted_mean", (0.2615, 1.0), "CLIP ViT-B/32", ("frames",),
+                "the background stays the same across frames"))
+class BackgroundConsistency(_Consistency):
+    head = "background"
+
+
+@register(_spec("i2v_subject", "mean", (0.1462, 1.0), "DINO ViT-B/16", ("frames", "first_frame"),
+                "the subject matches the conditioning image and stays consistent"))
+class I2VSubject(_I2V):
+    head = "subject"
+
+
+@register(_spec("i2v_background", "mean", (0.2615, 1.0), "DreamSim", ("frames", "first_frame"),
+                "the background matches the conditioning image and stays consistent"))
+class I2VBackground(_I2V):
+    head = "background"
