@@ -1,0 +1,22 @@
+"""Swappable estimators the metrics are built on (optical flow, frame interpolation)."""
+
+from metrics.backends.flow import (
+    DISFlow,
+    FarnebackFlow,
+    FlowBackend,
+    get_flow_backend,
+    list_flow_backends,
+    register_flow_backend,
+)
+from metrics.backends.interpolation import (
+    FlowInterpolator,
+    InterpolationBackend,
+    get_interpolation_backend,
+    list_interpolation_backends,
+)
+
+__all__ = [
+    "DISFlow", "FarnebackFlow", "FlowBackend", "FlowInterpolator", "InterpolationBackend",
+    "get_flow_backend", "get_interpolation_backend", "list_flow_backends", "list_interpolation_backends",
+    "register_flow_backend",
+]
