@@ -1,0 +1,123 @@
+"""One self-contained HTML page per run: CSS inline, images as base64 data URIs, no scripts.
+
+A single file with no external resources can be archived, mailed or opened offline and still show
+exactly what was measured, on what, and with which code.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from reports.gallery import GalleryItem
+from reports.run_info import RunInfo
+from reports.tables import BASE, TINY_DISCLAIMER
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+.note { background: #fff6d9; border-left: 4px solid #e0b000; padding: .6em 1em; }
+dl.prov { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
+dl.prov dt { font-weight: 600; } dl.prov dd { margin: 0; font-family: monospace; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+th, td { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+tbody th, td:first-child { text-align: left; }
+caption { caption-side: top; text-align: left; font-size: .9em; color: #444; padding-bottom: .5em; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; } .plots img { max-width: 100%; width: 560px; }
+.gallery figure { margin: 1em 0; } .gallery img { image-rendering: pixelated; max-width: 100%; }
+figcaption { font-size: .88em; color: #444; } figcaption ol { margin: .3em 0; }
+"""
+
+
+def data_uri(path: Path, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _img(path: Path, alt: str) -> str:
+    return f'<img src="{data_uri(path)}" alt="{html.escape(alt)}">'
+
+
+def _kv(items: Sequence[tuple[str, object]]) -> str:
+    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items
+                   if v not in (None, "", {}, []))
+    return f'<dl class="prov">{rows}</dl>'
+
+
+def provenance_html(info: RunInfo) -> str:
+    """Preset, eval set, sampler, commit, key library versions and hardware."""
+    git = info.git
+    commit = git.get("commit", "unknown") + (" (uncommitted changes)" if git.get("dirty") else "")
+    v, hw = info.versions, info.hardware
+    others = ", ".join(f"{k} {val}" for k, val in v.items() if k not in ("python", "torch", "diffusers"))
+    sampler = ", ".join(f"{k}={val}" for k, val in info.sampler.items())
+    size = f"{info.num_videos} videos" if info.num_videos else None
+    return _kv([("run id", info.run_id), ("preset", info.preset_name),
+                ("description", info.preset.get("description")), ("eval set", size), ("sampler", sampler),
+                ("methods", ", ".join(info.methods)), ("git commit", commit), ("python", v.get("python")),
+                ("torch", v.get("torch")), ("diffusers", v.get("diffusers")), ("other libraries", others),
+                ("platform", hw.get("platform")), ("processor", hw.get("processor")),
+                ("CPU cores", hw.get("cpu_count")), ("torch threads", hw.get("torch_threads")),
+                ("GPU", hw.get("cuda") or "none")])
+
+
+def _plots_html(paths: Sequence[Path]) -> str:
+    if not paths:
+        return "<p>None.</p>"
+    return '<div class="plots">' + "".join(_img(p, p.stem) for p in paths) + "</div>"
+
+
+def gallery_html(items: Sequence[GalleryItem], sampler: dict[str, object] | None = None) -> str:
+    """Filmstrips grouped by method; the caption says which videos, seeds and sampler, when known."""
+    if not items:
+        return "<p>No sampled videos found (checkpoints/*/samples.npz).</p>"
+    sampler_text = ", ".join(f"{k}={v}" for k, v in (sampler or {}).items())
+    parts, current = [], None
+    for it in items:
+        if it.method != current:
+            current = it.method
+            parts.append(f"<h3>{html.escape('base model' if it.method == BASE else it.method)}</h3>")
+        title = f"step {it.step}" if it.method == BASE else f"seed {it.seed}, step {it.step}"
+        conditions = f"first {it.shown} of {it.total} eval videos (rows), frames left to right"
+        if it.sample_seeds:
+            conditions += f"; sampling seeds {', '.join(map(str, it.sample_seeds))}"
+        if sampler_text:
+            conditions += f"; sampler {sampler_text}"
+        caps = ("<ol>" + "".join(f"<li>{html.escape(c)}</li>" for c in it.captions) + "</ol>"
+                if it.captions else "")
+        parts.append(f"<figure>{_img(it.image, f'{it.method} {title}')}<figcaption><strong>"
+                     f"{html.escape(title)}</strong>: {html.escape(conditions)}{caps}</figcaption></figure>")
+    return '<div class="gallery">' + "".join(parts) + "</div>"
+
+
+def skips_html(skips: pd.DataFrame) -> str:
+    cols = ["method", "seed", "step", "video_id", "reason"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>"
+                   for _, r in skips.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
+               train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
+               tiny: bool) -> str:
+    """The whole report page as one string."""
+    title = f"Alignment report: {info.run_id}"
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{html.escape(TINY_DISCLAIMER)}</p>' if tiny else "",
+        "<h2>Provenance</h2>", provenance_html(info),
+        "<h2>Results</h2>", table_html,
+        "<details><summary>Every evaluated checkpoint</summary>", steps_html, "</details>",
+        "<h2>Metrics over training</h2>", _plots_html(metric_plots),
+        "<h2>Training curves</h2>", _plots_html(train_plots),
+        "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),
+    ]
+    if not skips.empty:
+        sections += [f"<h2>Skipped videos ({len(skips)})</h2>", skips_html(skips)]
+    body = "\n".join(s for s in sections if s)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")

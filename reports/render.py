@@ -1,0 +1,68 @@
+"""``render_report``: a run directory in, ``run_dir/report/`` out (tables, plots, gallery, one HTML page).
+
+Only reads the run (results.sqlite, run.json, samples.npz); everything it writes lives under
+``report/``, and the plot and gallery folders are rebuilt each time so no stale image survives.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from harness.store import ResultStore
+from reports.gallery import build_gallery, eval_captions
+from reports.html import build_page
+from reports.identity import directions_for
+from reports.plots import metric_curves, training_curves
+from reports.run_info import load_run_info
+from reports.tables import (
+    final_table,
+    is_tiny,
+    steps_to_html,
+    steps_to_markdown,
+    to_html,
+    to_latex,
+    to_markdown,
+)
+
+GALLERY_VIDEOS = 4
+
+
+def render_report(run_dir: Path, show_ci: bool = False) -> Path:
+    """Write the report of one run and return the path of its ``index.html``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    db = run_dir / "results.sqlite"
+    if not db.is_file():
+        raise FileNotFoundError(f"no results store in the run directory: {db} does not exist")
+    with ResultStore(db) as store:
+        info = load_run_info(run_dir, store)
+        agg = store.aggregates(info.run_id)
+        logs = store.train_logs(info.run_id)
+        skips = store.skips()
+    skips = skips[skips["run_id"] == info.run_id]
+
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table = final_table(agg, info.methods, info.metrics)
+    dirs = directions_for(table.metrics)
+    opts = {"show_ci": show_ci, "directions": dirs, "preset": info.preset_name, "num_videos": info.num_videos}
+    order = {"show_ci": show_ci, "methods": info.methods, "metrics": info.metrics}
+    (out / "table.md").write_text(to_markdown(table, **opts), encoding="utf-8")
+    (out / "table.tex").write_text(to_latex(table, **opts), encoding="utf-8")
+    (out / "steps.md").write_text(steps_to_markdown(agg, **order), encoding="utf-8")
+
+    for sub in ("plots", "gallery"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    metric_plots = metric_curves(agg, out / "plots", info.methods, info.metrics, dirs)
+    train_plots = training_curves(logs, out / "plots", info.methods)
+    gallery = build_gallery(run_dir, out / "gallery", GALLERY_VIDEOS, methods=info.methods,
+                            captions=eval_captions(info.preset, GALLERY_VIDEOS))
+
+    page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
+                      metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
+                      tiny=is_tiny(info.preset_name, table.metrics))
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index

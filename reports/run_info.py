@@ -1,0 +1,88 @@
+"""What a report needs to know about a run besides its numbers: preset, methods, metrics, provenance.
+
+``run.json`` is the primary source; the store's ``runs`` row (config and provenance) fills in when
+``run.json`` is missing, so a report can still be rendered from ``results.sqlite`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    run_id: str
+    preset: dict[str, Any] = field(default_factory=dict)  # the full preset config (may be empty)
+    methods: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    git: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+    preset_label: str | None = None  # the store's preset column, when the preset dict lacks a name
+
+    @property
+    def preset_name(self) -> str | None:
+        return self.preset.get("name") or self.preset_label
+
+    @property
+    def num_videos(self) -> int | None:
+        n = (self.preset.get("eval") or {}).get("num_videos")
+        return int(n) if n is not None else None
+
+    @property
+    def sampler(self) -> dict[str, Any]:
+        return dict(self.preset.get("sampler") or {})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("%s is unreadable (%s); using the results store's copy", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _as_preset(value: Any) -> dict[str, Any]:
+    """The preset config; a bare preset name (as some configs store it) becomes ``{"name": ...}``."""
+    if isinstance(value, dict):
+        return dict(value)
+    return {"name": str(value)} if value else {}
+
+
+def load_run_info(run_dir: Path, store: ResultStore) -> RunInfo:
+    """Merge run.json with the store's run row; the run id must be one the store knows, if it knows any."""
+    meta = _read_json(run_dir / "run.json")
+    runs = store.runs()
+    run_id = meta.get("run_id") or run_dir.resolve().name
+    if not runs.empty and run_id not in set(runs["run_id"]):
+        if len(runs) > 1:
+            raise ValueError(f"{run_dir}: run.json names run {run_id!r}, the store holds "
+                             f"{', '.join(runs['run_id'])}; cannot tell which to report")
+        run_id = runs["run_id"].iloc[0]
+    row = runs[runs["run_id"] == run_id].iloc[0].to_dict() if not runs.empty else {}
+    config = row.get("config") or {}
+    prov = row.get("provenance") or {}
+    options = meta.get("options") or {}
+    methods = options.get("methods") or list(meta.get("methods") or config.get("methods") or [])
+    return RunInfo(
+        run_dir=run_dir, run_id=str(run_id),
+        preset=_as_preset(meta.get("preset") or config.get("preset")),
+        methods=[str(m) for m in methods],
+        metrics=[str(m) for m in meta.get("metrics") or config.get("metrics") or []],
+        git=dict(meta.get("git") or prov.get("git") or {}),
+        versions=dict(meta.get("versions") or prov.get("versions") or {}),
+        hardware=dict(meta.get("hardware") or prov.get("hardware") or {}),
+        preset_label=row.get("preset"),
+    )
