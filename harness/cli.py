@@ -53,6 +53,9 @@ def pretrain(
     sets: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing checkpoint in --out")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    init_from: Annotated[
+        Path | None, typer.Option(help="warm-start from a saved model (continues on clips it has not seen)")
+    ] = None,
 ) -> None:
     """Pretrain the tiny base model on the world's `pretrain` split."""
     from harness.pretrain import OutputExistsError, TrainingDivergedError
@@ -60,8 +63,8 @@ def pretrain(
 
     cfg = _preset(preset, sets, [{"pretrain": {"steps": steps}}] if steps else None)
     try:
-        record = run_pretrain(cfg, out, force=force, show_progress=progress)
-    except (OutputExistsError, PermissionError, TrainingDivergedError) as exc:
+        record = run_pretrain(cfg, out, force=force, show_progress=progress, init_from=init_from)
+    except (OutputExistsError, PermissionError, TrainingDivergedError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"out": str(out), "train_seconds": record["train_seconds"],
                            "final_loss": record["loss_curve"][-1]["loss"],

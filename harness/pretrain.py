@@ -86,13 +86,30 @@ def judge_samples(adapter: TinyWanAdapter, preset: PresetConfig, n: int) -> dict
     return out
 
 
-def pretrain(preset: PresetConfig, out: Path, force: bool = False, show_progress: bool = True) -> dict:
+def _warm_start(preset: PresetConfig, init_from: Path) -> tuple[TinyWanAdapter, dict]:
+    """Continue from a saved model: same architecture, and clips it has not seen yet."""
+    adapter = TinyWanAdapter.load(init_from)
+    if adapter.config != preset.model:
+        raise ValueError(f"--init-from {init_from} has model config {adapter.config.model_dump()}, "
+                         f"but the preset asks for {preset.model.model_dump()}")
+    parent = json.loads((init_from / "training_record.json").read_text())
+    return adapter, parent
+
+
+def pretrain(preset: PresetConfig, out: Path, force: bool = False, show_progress: bool = True,
+             init_from: Path | None = None) -> dict:
     cfg = preset.pretrain
     check_output_dir(out, force)
     if preset.threads:
         torch.set_num_threads(preset.threads)
     torch.manual_seed(cfg.seed)
-    adapter = TinyWanAdapter(preset.model, preset.world.num_frames, preset.world.resolution)
+    parent, offset = None, 0
+    if init_from is not None:
+        adapter, parent = _warm_start(preset, init_from)
+        done = parent["preset"]["pretrain"]
+        offset = parent.get("data_offset", 0) + done["steps"] * done["batch_size"]
+    else:
+        adapter = TinyWanAdapter(preset.model, preset.world.num_frames, preset.world.resolution)
     model = adapter.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
@@ -104,7 +121,8 @@ def pretrain(preset: PresetConfig, out: Path, force: bool = False, show_progress
     start = time.time()
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not show_progress, dynamic_ncols=True)
     for step in bar:
-        batch = split_batch(preset.world, "pretrain", range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
+        first = offset + step * cfg.batch_size  # a warm start continues on unseen clips
+        batch = split_batch(preset.world, "pretrain", range(first, first + cfg.batch_size))
         captions = ["" if drop_rng.random() < cfg.caption_dropout else c for c in batch.captions]
         x0 = adapter.encode_video(batch.videos)
         noise = torch.randn(x0.shape, generator=gen)
@@ -139,7 +157,12 @@ def pretrain(preset: PresetConfig, out: Path, force: bool = False, show_progress
     oracle = judge_samples(adapter, preset, cfg.judge_videos) if cfg.judge_videos else None
     record = {
         "what": "tiny base model pretrained on the tiny world's pretrain split (EMA weights)",
-        "reproduce": f"harness pretrain --preset {preset.name} --out {out} --force",
+        "reproduce": (f"harness pretrain --preset {preset.name} --out <dir>"
+                      + (" (after reproducing the parent below) --init-from <parent dir>" if parent else "")
+                      + (f" --steps {cfg.steps}" if parent else "")),
+        "steps": cfg.steps,
+        "data_offset": offset,
+        "init_from": None if parent is None else {"path": str(init_from), "record": parent},
         "preset": preset.model_dump(mode="json"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "loss_curve": curve,

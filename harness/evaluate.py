@@ -1,0 +1,226 @@
+"""The Evaluator: sample the fixed eval set from a checkpoint, compute every metric, store it.
+
+Videos are sampled once per checkpoint with fixed per-video seeds and kept as
+``samples.npz`` next to the checkpoint, so a resumed evaluation never re-samples;
+only metrics without a stored aggregate are computed. Per-video records are written
+first and the aggregate (with a bootstrap 95 % CI over videos) last: the aggregate's
+presence marks the metric done, so an interruption between the two only means the
+metric is computed again (records are upserted, never duplicated).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.config import PresetConfig
+from harness.data.batches import split_batch
+from harness.data.video_io import tensor_to_frames
+from harness.data.world import WorldCondition
+from harness.models.base import ModelAdapter
+from harness.sampling import sample, sigma_schedule
+from harness.store import ResultStore, bootstrap_ci
+from metrics.base import Metric, VideoSample
+from metrics.registry import get_metric
+from metrics.rollups import shift_rollup, vbench_i2v_rollup
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    def __init__(self, preset: PresetConfig, metric_names: Sequence[str] | None = None, batch_size: int = 16):
+        self.preset, self.batch_size = preset, batch_size
+        names = list(metric_names or preset.eval.metrics)
+        self.metrics: list[Metric] = [get_metric(n, **preset.eval.backends.get(n, {})) for n in names]
+        self.eval = split_batch(preset.world, "eval", range(preset.eval.num_videos))
+        self.seeds = [preset.eval.seed + i for i in range(preset.eval.num_videos)]
+
+    # -- videos ------------------------------------------------------------------------
+    def sample_videos(self, adapter: ModelAdapter, show_progress: bool = True) -> np.ndarray:
+        """(N, T, H, W, 3) uint8 for the eval conditions and seeds."""
+        n, out = len(self.seeds), []
+        steps = len(sigma_schedule(self.preset.sampler)) - 1
+        with torch.no_grad(), tqdm(total=n * steps, desc="sampling", unit="video-step",
+                                   disable=not show_progress, leave=False) as bar:
+            for lo in range(0, n, self.batch_size):
+                sl = slice(lo, min(n, lo + self.batch_size))
+                cond = adapter.encode_condition(self.eval.first_frames[sl], self.eval.captions[sl])
+                m = sl.stop - sl.start
+                videos = sample(adapter, cond, self.seeds[sl], self.preset.sampler,
+                                progress=lambda k, m=m: bar.update(k * m))
+                out.extend(tensor_to_frames(v) for v in videos)
+        return np.stack(out)
+
+    def samples_for(self, adapter: ModelAdapter | None, path: Path, show_progress: bool = True) -> np.ndarray:
+        if path.is_file():
+            with np.load(path) as z:
+                return z["frames"]
+        if adapter is None:
+            raise FileNotFoundError(f"{path} is missing and no model was given to sample it")
+        frames = self.sample_videos(adapter, show_progress)
+        tmp = path.with_name(path.name + ".partial.npz")
+        np.savez_compressed(tmp, frames=frames, seeds=np.asarray(self.seeds))
+        os.replace(tmp, path)
+        return frames
+
+    # -- metrics -----------------------------------------------------------------------
+    def video_samples(self, frames: np.ndarray) -> list[VideoSample]:
+        return [
+            VideoSample(video_id=f"eval{i:04d}_seed{seed}", frames=f, fps=self.preset.world.fps,
+                        first_frame=self.eval.frames[i, 0], caption=self.eval.captions[i],
+                        condition=WorldCondition(self.eval.specs[i], self.preset.world))
+            for i, (f, seed) in enumerate(zip(frames, self.seeds, strict=True))
+        ]
+
+    def evaluate(self, store: ResultStore, checkpoint_id: int, adapter: ModelAdapter | None,
+                 samples_path: Path, show_progress: bool = True) -> dict[str, float]:
+        """Sample (or reload) the eval set for a checkpoint and compute what is missing."""
+        if any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics):
+            videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress))
+            return self.score(store, checkpoint_id, videos, show_progress)
+        return self._rollups(store, checkpoint_id)
+
+    def score(self, store: ResultStore, checkpoint_id: int, videos: list[VideoSample],
+              show_progress: bool = True) -> dict[str, float]:
+        """Compute every metric without a stored aggregate on given videos, then the roll-ups."""
+        todo = [m for m in self.metrics if not store.has_aggregate(checkpoint_id, m.identity)]
+        for metric in tqdm(todo, desc="metrics", disable=not show_progress, leave=False):
+            self._compute(store, checkpoint_id, metric, videos)
+        return self._rollups(store, checkpoint_id)
+
+    def _compute(self, store: ResultStore, checkpoint_id: int, metric: Metric,
+                 videos: list[VideoSample]) -> None:
+        metric.reset()
+        rows = [metric.update(v) for v in videos]
+        value = metric.compute()
+        extras = dict(getattr(metric, "compute_extras", {}) or {})
+        lo = hi = None
+        kept = [(r["value"], r.get("weight", 1.0)) for r in rows
+                if r.get("value") is not None and not _isnan(r["value"])]
+        if metric.spec.kind == "per-video" and kept:
+            vals, wts = np.array([k[0] for k in kept]), np.array([k[1] for k in kept])
+            _, lo, hi = bootstrap_ci(vals, wts)
+        if metric.spec.kind == "per-video":  # set metrics (FVD) have no per-video value
+            store.add_records(checkpoint_id, metric.identity, rows)
+        store.add_aggregate(checkpoint_id, metric.identity, value, len(kept) or len(rows), lo, hi,
+                            {"spec": metric.spec.name, "version": metric.spec.version, **extras})
+
+    def _rollups(self, store: ResultStore, checkpoint_id: int) -> dict[str, float]:
+        agg = store.aggregates()
+        agg = agg[agg["checkpoint_id"] == checkpoint_id]
+        by_name = {m.split("[")[0]: v for m, v in zip(agg["metric"], agg["value"], strict=True)
+                   if not m.startswith("rollup:")}
+        for prefix, fn in (("vbench_i2v", vbench_i2v_rollup), ("shift", shift_rollup)):
+            result = fn(by_name)
+            for key, value in result.items():
+                if isinstance(value, float) and not _isnan(value):
+                    store.add_aggregate(checkpoint_id, f"rollup:{prefix}_{key}[tiny]", value, 1, None, None,
+                                        {"missing": result.get("missing", [])})
+        return by_name
+
+
+def _isnan(x: object) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+# -- `harness eval`: a model directory, a run, or a folder of videos -------------------------------
+
+def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -> ModelAdapter:
+    """A full model directory (adapter.json) or a run's LoRA checkpoint (lora.safetensors)."""
+    from safetensors.torch import load_file
+
+    from harness.models.tiny_wan import TinyWanAdapter
+
+    if (path / "adapter.json").is_file():
+        adapter = TinyWanAdapter.load(path)
+    elif (path / "lora.safetensors").is_file():
+        method = path.parent.parent.name
+        cfg = (methods or {}).get(method)
+        if cfg is None:
+            raise FileNotFoundError(f"{path}: a LoRA checkpoint of method {method!r}, but its run.json (two "
+                                    "levels up from the run's checkpoints/) does not describe that method")
+        adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+        adapter.add_lora(cfg["lora_rank"], cfg["lora_alpha"])
+        adapter.load_lora_state_dict(load_file(path / "lora.safetensors"))
+    else:
+        raise FileNotFoundError(f"{path}: neither a model directory (adapter.json) nor a run checkpoint "
+                                "(lora.safetensors)")
+    adapter.model.eval()
+    return adapter
+
+
+def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progress: bool = True) -> Path:
+    """Compute metrics missing from every checkpoint of a run (e.g. a metric added later)."""
+    import json
+
+    from harness.config import PresetConfig as Preset
+
+    info = json.loads((run_dir / "run.json").read_text())
+    preset = Preset(**info["preset"])
+    evaluator = Evaluator(preset, metric_names)
+    with ResultStore(run_dir / "results.sqlite") as store:
+        for row in store.checkpoints().itertuples():
+            path = Path(row.path)
+            adapter = None if (path / "samples.npz").is_file() else adapter_for(preset, path, info["methods"])
+            evaluator.evaluate(store, int(row.checkpoint_id), adapter, path / "samples.npz", show_progress)
+    return run_dir / "results.sqlite"
+
+
+def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> ResultStore:
+    from harness.provenance import provenance
+
+    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out / "results.sqlite")
+    store.add_run(run_id, preset.name, {"preset": preset.model_dump(mode="json"), **config}, [0], provenance())
+    return store
+
+
+def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_names: Sequence[str] | None,
+                        show_progress: bool = True) -> Path:
+    evaluator = Evaluator(preset, metric_names)
+    adapter = adapter_for(preset, path)
+    with _new_store(out, f"eval-{path.name}", preset, {"checkpoint": str(path)}) as store:
+        ckpt = store.checkpoint(f"eval-{path.name}", "checkpoint", 0, 0, str(path), preset.sampler.model_dump())
+        evaluator.evaluate(store, ckpt, adapter, out / "samples.npz", show_progress)
+    return out / "results.sqlite"
+
+
+def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names: Sequence[str] | None,
+                    fps: float | None = None, show_progress: bool = True) -> tuple[Path, list[str]]:
+    """Score a folder of mp4 files; unreadable ones are reported, recorded as skips, and left out."""
+    from harness.data.video_io import VideoReadError, read_video
+
+    evaluator = Evaluator(preset, metric_names or [m for m in preset.eval.metrics if m != "fvd"])
+    needs_condition = [m.identity for m in evaluator.metrics if "condition" in m.spec.inputs]
+    if needs_condition:
+        raise ValueError(f"metrics {', '.join(needs_condition)} need tiny-world conditions, which a folder of "
+                         "videos does not have; pass --metrics with others")
+    files = sorted(folder.glob("*.mp4"))
+    if not files:
+        raise FileNotFoundError(f"no .mp4 files in {folder}")
+    run_id = f"videos-{folder.resolve().name}"
+    skipped: list[str] = []
+    with _new_store(out, run_id, preset, {"videos": str(folder)}) as store:
+        ckpt = store.checkpoint(run_id, "videos", 0, 0, str(folder), {"source": "files"})
+        videos = []
+        for f in files:
+            try:
+                frames = read_video(f)
+            except VideoReadError as exc:
+                log.warning("skipping %s", exc)
+                store.add_skip(ckpt, f.name, str(exc))
+                skipped.append(f.name)
+                continue
+            videos.append(VideoSample(video_id=f.name, frames=frames, fps=fps or preset.world.fps,
+                                      first_frame=frames[0]))
+        if not videos:
+            raise ValueError(f"none of the {len(files)} videos in {folder} could be read; see the skips above")
+        evaluator.score(store, ckpt, videos, show_progress)
+    return out / "results.sqlite", skipped

@@ -1,0 +1,213 @@
+"""`harness run`: the one outer loop every method goes through.
+
+    for each method, for each seed:
+        step 0 is the base model (evaluated once per run, stored as method 'base')
+        train; every `eval_every` steps and at the end: checkpoint, then evaluate
+
+Run directory layout::
+
+    run.json                      options, preset and provenance
+    results.sqlite                the ResultStore
+    checkpoints/base/step000000/  samples.npz
+    checkpoints/<method>/seed<k>/step<NNNNNN>/
+        lora.safetensors  trainer_state.pt  samples.npz  DONE
+
+A checkpoint directory is written under a temporary name and renamed when complete
+(DONE marks it); `--resume` continues each (method, seed) from its last complete
+checkpoint with the trainer's full state (LoRA, optimiser, random generator), so a
+resumed run computes the same numbers, and evaluates only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from harness.config import PresetConfig
+from harness.evaluate import Evaluator
+from harness.models.tiny_wan import TinyWanAdapter
+from harness.provenance import provenance
+from harness.store import ResultStore
+from trainers.base import Trainer, TrainerConfig
+from trainers.registry import get_trainer
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class RunOptions:
+    methods: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int | None = None
+    eval_every: int | None = None
+    metrics: list[str] | None = None
+    resume: bool = False
+    show_progress: bool = True
+
+
+def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> TrainerConfig:
+    cls = get_trainer(method)
+    raw = dict(preset.methods.get(method, {}))
+    if opts.steps is not None:
+        raw["steps"] = opts.steps
+    if opts.eval_every is not None:
+        raw["eval_every"] = opts.eval_every
+    try:
+        return cls.config_class(**raw)
+    except Exception as exc:  # pydantic ValidationError: name the method section
+        raise RunError(f"invalid settings for method {method!r} (preset section methods.{method}): {exc}") from exc
+
+
+def _checkpoint_dir(out: Path, method: str, seed: int, step: int) -> Path:
+    if method == "base":
+        return out / "checkpoints" / "base" / f"step{step:06d}"
+    return out / "checkpoints" / method / f"seed{seed}" / f"step{step:06d}"
+
+
+def _complete_steps(out: Path, method: str, seed: int, max_step: int) -> list[int]:
+    root = out / "checkpoints" / method / f"seed{seed}"
+    steps = [int(p.name[4:]) for p in root.glob("step*") if (p / "DONE").exists() and p.name[4:].isdigit()]
+    return sorted(s for s in steps if s <= max_step)
+
+
+def _latest_complete(out: Path, method: str, seed: int, max_step: int) -> int | None:
+    steps = _complete_steps(out, method, seed, max_step)
+    return steps[-1] if steps else None
+
+
+def _save_checkpoint(trainer: Trainer, path: Path, step: int, logs: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = trainer.state_dict()
+    save_file({k: v.contiguous() for k, v in state.pop("lora").items()}, tmp / "lora.safetensors")
+    torch.save({"step": step, **state}, tmp / "trainer_state.pt")
+    (tmp / "DONE").write_text(json.dumps({"step": step, "logs_since_last": len(logs)}))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _load_checkpoint(trainer: Trainer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = torch.load(path / "trainer_state.pt", weights_only=True)
+    state["lora"] = load_file(path / "lora.safetensors")
+    trainer.load_state_dict(state)
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    exists = (out / "results.sqlite").exists()
+    if exists and not resume:
+        log.info("%s already holds a run: continuing it (only what is missing is computed)", out)
+    if resume and not exists:
+        raise RunError(f"--resume given but {out} holds no run (no results.sqlite)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_text("")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise RunError(f"cannot write to {out} ({exc.strerror}); choose another --out") from exc
+
+
+def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
+    _prepare_out(out, opts.resume)
+    if preset.threads:
+        torch.set_num_threads(preset.threads)
+    configs = {m: method_config(preset, m, opts) for m in opts.methods}
+    evaluator = Evaluator(preset, opts.metrics)
+    run_config = {"preset": preset.model_dump(mode="json"),
+                  "methods": {m: c.model_dump() for m, c in configs.items()},
+                  "metrics": [m.identity for m in evaluator.metrics]}
+    with ResultStore(out / "results.sqlite") as store:
+        _run(preset, out, opts, configs, evaluator, run_config, store)
+    return out
+
+
+def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, TrainerConfig],
+         evaluator: Evaluator, run_config: dict, store: ResultStore) -> None:
+    run_id = out.resolve().name
+    prov = provenance()
+    try:
+        store.add_run(run_id, preset.name, run_config, opts.seeds, prov)
+    except ValueError as exc:  # same directory, different settings: never mix numbers
+        raise RunError(f"{out} holds a run with other settings ({exc}); choose another --out") from exc
+    if not (out / "run.json").exists():
+        (out / "run.json").write_text(json.dumps({"run_id": run_id, "options": asdict(opts), **run_config,
+                                                  **prov}, indent=2))
+    sampler = preset.sampler.model_dump()
+    base_dir = _checkpoint_dir(out, "base", 0, 0)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    base_ckpt = store.checkpoint(run_id, "base", 0, 0, str(base_dir), sampler)
+    base = TinyWanAdapter.load(preset.base_checkpoint_path())
+    base.model.eval()
+    log.info("evaluating the base model (step 0)")
+    evaluator.evaluate(store, base_ckpt, base, base_dir / "samples.npz", opts.show_progress)
+    for method, cfg in configs.items():
+        for seed in opts.seeds:
+            _train_one(preset, out, store, run_id, evaluator, method, cfg, seed, opts.show_progress)
+
+
+def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str, evaluator: Evaluator,
+               method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
+    torch.manual_seed(seed)
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    trainer = get_trainer(method)(adapter, preset, cfg, seed)
+    sampler = preset.sampler.model_dump()
+    start = _latest_complete(out, method, seed, cfg.steps) or 0
+    if start:
+        _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
+        log.info("%s seed %d: resuming from step %d", method, seed, start)
+    # Evaluate checkpoints that exist but were not fully evaluated (an interrupted evaluation).
+    for step in _complete_steps(out, method, seed, start):
+        path = _checkpoint_dir(out, method, seed, step)
+        ckpt = store.checkpoint(run_id, method, seed, step, str(path), sampler)
+        evaluator.evaluate(store, ckpt, None if (path / "samples.npz").exists() else _at(trainer, path),
+                           path / "samples.npz", show_progress)
+    if start:  # the loaded state is the latest checkpoint again
+        _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
+    logs: list[tuple[int, str, float]] = []
+    last_good = _checkpoint_dir(out, method, seed, start) if start else None
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
+               initial=start, total=cfg.steps)
+    for step in bar:
+        adapter.model.train()
+        values = trainer.train_step(step)
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            raise RunError(
+                f"{method} seed {seed}: non-finite {bad} at step {step}; last good checkpoint: "
+                f"{last_good or 'the base model (step 0)'}; lower the learning rate "
+                f"(methods.{method}.lr) and resume with --resume")
+        logs.extend((step + 1, k, float(v)) for k, v in values.items())
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            path = _checkpoint_dir(out, method, seed, done)
+            logs.append((done, "seconds", time.time() - t0))
+            _save_checkpoint(trainer, path, done, logs)
+            store.log_train(run_id, method, seed, logs)
+            logs, last_good = [], path
+            ckpt = store.checkpoint(run_id, method, seed, done, str(path), sampler)
+            adapter.model.eval()
+            evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress)
+
+
+def _at(trainer: Trainer, path: Path) -> TinyWanAdapter:
+    """The trainer's adapter with the weights of checkpoint ``path``."""
+    _load_checkpoint(trainer, path)
+    trainer.adapter.model.eval()
+    return trainer.adapter  # type: ignore[return-value]

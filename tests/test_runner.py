@@ -1,0 +1,114 @@
+"""The outer loop: checkpoints, evaluation, store, resume after a kill, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.config import load_preset, parse_override
+from harness.runner import RunError, RunOptions, run
+from harness.store import ResultStore
+
+FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2"]
+METRICS = ["dynamic_degree", "motion_score", "subject_consistency", "distortion_rate", "motion_adherence"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _preset(*extra):
+    return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
+
+
+def _opts(**kw):
+    return RunOptions(**{"methods": ["sft"], "steps": 4, "eval_every": 2, "metrics": METRICS,
+                         "show_progress": False, **kw})
+
+
+def _values(out: Path) -> dict:
+    with ResultStore(out / "results.sqlite") as store:
+        agg = store.aggregates()
+        return {(r.method, r.seed, r.step, r.metric): r.value for r in agg.itertuples()}
+
+
+def test_run_stores_base_and_every_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    run(_preset(), out, _opts())
+    with ResultStore(out / "results.sqlite") as store:
+        ckpts = store.checkpoints()
+        assert sorted(zip(ckpts["method"], ckpts["step"], strict=True)) == [("base", 0), ("sft", 2), ("sft", 4)]
+        agg = store.aggregates()
+        metrics = {m for m in agg["metric"] if not m.startswith("rollup:")}
+        assert len(metrics) == len(METRICS)
+        assert len(agg[~agg["metric"].str.startswith("rollup:")]) == 3 * len(METRICS)
+        assert (store.records().groupby(["checkpoint_id", "metric"]).size() == 4).all()
+        logs = store.train_logs()
+        assert sorted(logs[logs["key"] == "loss"]["step"]) == [1, 2, 3, 4]
+        assert store.runs()["provenance"][0]["versions"]["diffusers"]
+    for step in (2, 4):
+        ck = out / "checkpoints" / "sft" / "seed0" / f"step{step:06d}"
+        assert {"lora.safetensors", "trainer_state.pt", "samples.npz", "DONE"} <= {p.name for p in ck.iterdir()}
+    before = _values(out)
+    run(_preset(), out, _opts(resume=True))  # nothing left to do: same numbers, no new rows
+    assert _values(out) == before
+
+
+def test_resume_needs_a_run_and_a_rerun_needs_the_same_settings(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match="--resume given but"):
+        run(_preset(), out, _opts(resume=True))
+    run(_preset(), out, _opts(steps=2))
+    with pytest.raises(RunError, match="holds a run with other settings"):
+        run(_preset("methods.sft.lr=0.01"), out, _opts(steps=2))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from trainers.sft import SFTTrainer
+
+    original = SFTTrainer.train_step
+
+    def diverging(self, step):
+        logs = original(self, step)
+        return {**logs, "loss": float("nan")} if step == 3 else logs
+
+    monkeypatch.setattr(SFTTrainer, "train_step", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match=r"at step 3; last good checkpoint: .*step000002"):
+        run(_preset(), out, _opts(steps=6, eval_every=2))
+    assert (out / "checkpoints" / "sft" / "seed0" / "step000002" / "DONE").exists()
+    assert not (out / "checkpoints" / "sft" / "seed0" / "step000004").exists()
+
+
+def test_sigkill_then_resume_gives_the_same_numbers(tmp_path):
+    ref = tmp_path / "ref"
+    run(_preset(), ref, _opts(steps=6))
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "harness.cli", "run", "--methods", "sft", "--steps", "6", "--eval-every", "2",
+            "--out", str(out), "--metrics", ",".join(METRICS), "--no-progress", "--no-report",
+            *[a for s in FAST for a in ("--set", s)]]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    first = out / "checkpoints" / "sft" / "seed0" / "step000002" / "DONE"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run ended before its first checkpoint"
+    res = CliRunner().invoke(app, args[3:] + ["--resume"])
+    assert res.exit_code == 0, res.output
+    assert _values(out) == _values(ref)
+
+
+def test_cli_run_rejects_unknown_method_and_metric(tmp_path):
+    res = CliRunner().invoke(app, ["run", "--methods", "sft,magic", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown method(s) magic; registered: sft" in res.output
+    res = CliRunner().invoke(app, ["eval", "--run", str(tmp_path), "--metrics", "beauty"])
+    assert res.exit_code == 2 and "unknown metric(s) beauty; registered:" in res.output

@@ -1,0 +1,61 @@
+"""The Trainer interface. The outer loop (checkpoints, evaluation, resume, logging)
+lives once in harness.runner; a trainer owns only its loss, its data and its state."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.config import PresetConfig
+from harness.models.base import ModelAdapter
+
+
+class TrainerConfig(BaseModel):
+    """Fields every method has; methods extend it with their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(300, ge=1)
+    eval_every: int = Field(100, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(8.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class Trainer(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
+    description: ClassVar[str] = ""
+
+    def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int):
+        self.adapter, self.preset, self.config, self.seed = adapter, preset, config, seed
+        adapter.add_lora(config.lora_rank, config.lora_alpha)
+        self.params = adapter.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @abstractmethod
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimisation step; returns scalars to log (must include 'loss')."""
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        return float(grad_norm)
+
+    # -- resumable state: everything that changes the next step's numbers --------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"lora": self.adapter.lora_state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adapter.load_lora_state_dict(state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])

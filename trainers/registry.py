@@ -1,0 +1,36 @@
+"""Trainers registered by name; `harness list methods` reads this."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainers.base import Trainer
+
+TRAINERS: dict[str, type[Trainer]] = {}
+BUILTIN_MODULES = ("trainers.sft",)
+
+
+def register_trainer(cls: type[Trainer]) -> type[Trainer]:
+    if TRAINERS.get(cls.name, cls) is not cls:
+        raise ValueError(f"trainer {cls.name!r} registered twice")
+    TRAINERS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def get_trainer(name: str) -> type[Trainer]:
+    _load_builtin()
+    if name not in TRAINERS:
+        raise KeyError(f"unknown method {name!r}; registered: {', '.join(sorted(TRAINERS))}")
+    return TRAINERS[name]
+
+
+def available_methods() -> list[str]:
+    _load_builtin()
+    return sorted(TRAINERS)
