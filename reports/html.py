@@ -23,6 +23,7 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 .note { background: #fff6d9; border-left: 4px solid #e0b000; padding: .6em 1em; }
 dl.prov { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
 dl.prov dt { font-weight: 600; } dl.prov dd { margin: 0; font-family: monospace; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
 th, td { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 tbody th, td:first-child { text-align: left; }
@@ -98,7 +99,7 @@ def skips_html(skips: pd.DataFrame) -> str:
     head = "".join(f"<th>{c}</th>" for c in cols)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>"
                    for _, r in skips.iterrows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
@@ -110,8 +111,9 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">{html.escape(TINY_DISCLAIMER)}</p>' if tiny else "",
         "<h2>Provenance</h2>", provenance_html(info),
-        "<h2>Results</h2>", table_html,
-        "<details><summary>Every evaluated checkpoint</summary>", steps_html, "</details>",
+        "<h2>Results</h2>", f'<div class="scroll">{table_html}</div>',
+        "<details><summary>Every evaluated checkpoint</summary>", f'<div class="scroll">{steps_html}</div>',
+        "</details>",
         "<h2>Metrics over training</h2>", _plots_html(metric_plots),
         "<h2>Training curves</h2>", _plots_html(train_plots),
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),

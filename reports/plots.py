@@ -79,6 +79,8 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
     used: set[str] = set()
     for ident in idents:
         data = agg[(agg["metric"] == ident) & agg["value"].notna()]
+        if data.empty:  # e.g. temporal flickering when no video passed the static filter
+            continue
         base_rows = data[data["method"] == BASE]
         base = base_rows.iloc[0] if not base_rows.empty else None
         fig = Figure(figsize=_SIZE, layout="constrained")
