@@ -1,0 +1,101 @@
+"""Seconds per training step and per sampled video for the tiny model on this machine.
+
+    python benchmarks/bench_tiny_model.py [--repeats 5] [--out benchmarks/results/tiny_model.json]
+
+Training steps are timed for full fine-tuning (as in `harness pretrain`) and for
+LoRA (as the alignment trainers use it), at the preset's batch size. Sampling is
+timed per video for the preset's sampler, with and without CFG. Each figure is
+the median over repeats after one warm-up. Results are written with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from harness.config import load_preset
+from harness.data.batches import split_batch
+from harness.models.tiny_wan import TinyWanAdapter
+from harness.provenance import provenance
+from harness.sampling import SamplerConfig, sample
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def train_step_seconds(adapter: TinyWanAdapter, batch, repeats: int) -> float:
+    params = adapter.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        x0 = batch.videos
+        noise = torch.randn(x0.shape, generator=g)
+        sigma = torch.rand(x0.shape[0], generator=g)
+        cond = adapter.encode_condition(batch.first_frames, batch.captions)
+        loss = (adapter.predict(adapter.add_noise(x0, noise, sigma), sigma, cond)
+                - adapter.training_target(x0, noise, sigma)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return _median_seconds(step, repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tiny_model.json")
+    args = ap.parse_args()
+    preset = load_preset(args.preset)
+    if preset.threads:
+        torch.set_num_threads(preset.threads)
+    bs = preset.pretrain.batch_size
+    batch = split_batch(preset.world, "eval", range(bs))
+    results: dict = {"batch_size": bs, "repeats": args.repeats}
+
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    results["parameters"] = sum(p.numel() for p in adapter.model.parameters())
+    adapter.model.train()
+    results["train_step_full_s"] = train_step_seconds(adapter, batch, args.repeats)
+    adapter.add_lora(rank=8, alpha=8)
+    results["train_step_lora_r8_s"] = train_step_seconds(adapter, batch, args.repeats)
+
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    adapter.model.eval()
+    cond = adapter.encode_condition(batch.first_frames, batch.captions)
+    seeds = list(range(bs))
+    for name, sampler in {
+        "ode": preset.sampler,
+        "ode_cfg": preset.sampler.model_copy(update={"guidance_scale": 3.0}),
+        "sde": preset.sampler.model_copy(update={"kind": "sde"}),
+        "fewstep_3": SamplerConfig(timesteps=[1000, 757, 522]),
+    }.items():
+        secs = _median_seconds(lambda s=sampler: sample(adapter, cond, seeds, s), args.repeats)
+        results[f"sample_{name}"] = {"settings": sampler.model_dump(), "seconds_per_batch": secs,
+                                      "seconds_per_video": secs / bs}
+    with torch.no_grad():
+        x = torch.randn(adapter.latent_shape(bs))
+        results["forward_s"] = _median_seconds(
+            lambda: adapter.predict(x, torch.full((bs,), 0.5), cond), args.repeats)
+    record = {"benchmark": "tiny model speed", "preset": args.preset, "results": results, **provenance()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
