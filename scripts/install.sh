@@ -14,6 +14,7 @@ PY=${PYTHON:-python3}
 VENV=${HARNESS_VENV:-.venv}
 EXTRAS=${HARNESS_EXTRAS:-dev}
 TORCH_VERSION=$(sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+NUMPY_VERSION=$(sed -n 's/^ *"numpy==\([^"]*\)".*/\1/p' pyproject.toml)
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   FLAVOUR=cuda
@@ -38,9 +39,10 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 echo "installing torch==$TORCH_VERSION ($FLAVOUR build) into $VENV" >&2
 if [[ $FLAVOUR == cpu ]]; then
   # A '+cpu' wheel sorts above the plain release, so an extra CPU index wins when given.
-  "${PIP[@]}" "torch==$TORCH_VERSION" ${HARNESS_TORCH_CPU_INDEX:+--extra-index-url "$HARNESS_TORCH_CPU_INDEX"}
+  "${PIP[@]}" "torch==$TORCH_VERSION" "numpy==$NUMPY_VERSION" \
+    ${HARNESS_TORCH_CPU_INDEX:+--extra-index-url "$HARNESS_TORCH_CPU_INDEX"}
 else
-  "${PIP[@]}" "torch==$TORCH_VERSION"
+  "${PIP[@]}" "torch==$TORCH_VERSION" "numpy==$NUMPY_VERSION"
 fi
 "$VENV/bin/python" - "$FLAVOUR" <<'PYCHECK'
 import sys, torch
