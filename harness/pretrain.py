@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from harness.config import PresetConfig
 from harness.data.batches import split_batch
-from harness.data.oracle import judge
+from harness.data.oracle import judge, summarise
 from harness.data.video_io import tensor_to_frames
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.provenance import provenance
@@ -73,14 +73,8 @@ def judge_samples(adapter: TinyWanAdapter, preset: PresetConfig, n: int) -> dict
         "real": list(batch.frames),
         "noise": [rng.integers(0, 256, batch.frames.shape[1:], dtype=np.uint8) for _ in range(n)],
     }
-    out = {}
-    for name, vids in groups.items():
-        js = [judge(v, spec, preset.world) for v, spec in zip(vids, batch.specs, strict=True)]
-        out[name] = {
-            "integrity": float(np.nanmean([j.integrity for j in js])),
-            "motion_adherence": float(np.nanmean([j.motion_adherence for j in js])),
-            "distorted_share": float(np.mean([j.distorted for j in js])),
-        }
+    out: dict = {name: summarise([judge(v, spec, preset.world) for v, spec in zip(vids, batch.specs, strict=True)])
+                 for name, vids in groups.items()}
     out["n"] = n
     out["sampler"] = preset.sampler.model_dump()
     return out

@@ -6,13 +6,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from harness.config import PresetConfig
 from harness.data.batches import split_batch
-from harness.data.oracle import judge
+from harness.data.oracle import judge, summarise
 from harness.data.video_io import tensor_to_frames, write_video
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.provenance import provenance
@@ -30,7 +29,7 @@ def sample_and_judge(
     n = num or preset.eval.num_videos
     out.mkdir(parents=True, exist_ok=True)
     steps = len(sigma_schedule(preset.sampler)) - 1
-    rows = []
+    rows, judgements = [], []
     start = time.time()
     with tqdm(total=n * steps, desc="sampling (model calls x videos)", unit="call") as bar:
         for lo in range(0, n, batch_size):
@@ -45,15 +44,14 @@ def sample_and_judge(
                 name = f"eval_{i:05d}_seed{seed}.mp4"
                 write_video(out / name, frames, fps=preset.world.fps)
                 j = judge(frames, spec, preset.world)
+                judgements.append(j)
                 rows.append({"video": name, "index": i, "seed": seed, "caption": spec.caption,
                              "integrity": j.integrity, "motion_adherence": j.motion_adherence,
                              "distorted": j.distorted})
     summary = {
         "checkpoint": str(ckpt),
         "videos": n,
-        "mean_integrity": float(np.nanmean([r["integrity"] for r in rows])),
-        "mean_motion_adherence": float(np.nanmean([r["motion_adherence"] for r in rows])),
-        "distorted_share": float(np.mean([r["distorted"] for r in rows])),
+        **summarise(judgements),
         "sampler": preset.sampler.model_dump(),
         "seconds": round(time.time() - start, 2),
         "note": "oracle scores of the tiny world, not VBench or FVD of a real model",

@@ -41,8 +41,7 @@ class SpriteJudgement:
 
 def _mean(values: list[float | None]) -> float:
     kept = [v for v in values if v is not None]
-    # Every clip has a first frame where no sprite is occluded by construction of
-    # the judge's skip rule only if sprites are apart; if all are hidden, it is 'no evidence'.
+    # None = a sprite hidden behind another in every judged frame: no evidence either way.
     return float(np.mean(kept)) if kept else float("nan")
 
 
@@ -146,3 +145,12 @@ def judge(frames: np.ndarray, spec: ClipSpec, cfg: WorldConfig) -> Judgement:
             )
         )
     return Judgement(sprites=tuple(out))
+
+
+def summarise(judgements: list[Judgement]) -> dict[str, float]:
+    """Mean integrity and adherence over videos, and the share judged distorted."""
+    return {
+        "integrity": float(np.nanmean([j.integrity for j in judgements])),
+        "motion_adherence": float(np.nanmean([j.motion_adherence for j in judgements])),
+        "distorted_share": float(np.mean([j.distorted for j in judgements])),
+    }
