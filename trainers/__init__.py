@@ -1,4 +1,5 @@
-"""Alignment methods, one module per method (sft, dpo, pgdpo, apo, fcrm, shift).
+"""Alignment methods, one module per method, registered by name (trainers.registry).
 
-Not implemented yet: the trainers land with the harness-core and method issues.
+Shipped: `sft` (trainers/sft.py). Shared primitives live in trainers/objectives.py and
+the Trainer interface in trainers/base.py; the outer loop is harness.runner.
 """
