@@ -1,9 +1,9 @@
 """`sft`: supervised fine-tuning with LoRA on the finetune split (the baseline of all four papers).
 
 The loss is the base model's own flow-matching loss on real clips. On the tiny world the
-finetune split is sharp but mostly slow or still, so SFT should trade motion for
-appearance: the dynamic-degree collapse the SHIFT paper reports (Table 1: dynamic
-degree 0.67 -> 0.33, motion score 4.39 -> 2.69 on SVD).
+finetune split is sharp but mostly slow or still and its captions do not describe motion,
+so SFT trades motion for appearance (measured in the README), the collapse the SHIFT
+paper reports (Table 1: dynamic degree 0.67 -> 0.33, motion score 4.39 -> 2.69 on SVD).
 
 Defaults: SHIFT Table 5 uses LoRA rank 32 / alpha 32 and lr 1e-5 on 1.2-5 B models for
 thousands of steps; the tiny model (96-wide projections) gets rank 8 / alpha 8 and

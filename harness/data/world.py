@@ -58,6 +58,11 @@ class SplitSpec(BaseModel):
     pan_prob: float = Field(ge=0.0, le=1.0)
     blur_sigma: float = Field(ge=0.0, description="Gaussian blur in pixels (0 = sharp)")
     noise_std: float = Field(ge=0.0, description="additive pixel noise, in uint8 units")
+    caption_detail: Literal["full", "appearance"] = Field(
+        "full",
+        description="full: each sprite's motion and the pan are stated; appearance: sprites only "
+        "(size, colour, shape), like curated footage whose captions do not describe motion",
+    )
 
 
 def _default_splits() -> dict[str, SplitSpec]:
@@ -71,13 +76,16 @@ def _default_splits() -> dict[str, SplitSpec]:
             blur_sigma=0.6,
             noise_std=0.0,
         ),
-        # Sharper footage, but mostly slow or static: SFT on it should lose motion.
+        # Sharper footage, but mostly slow or still, and captioned by appearance only (as
+        # curated aesthetic sets are): SFT on it should lose motion. With full captions the
+        # stillness is explained by "stays still" and SFT leaves motion almost unchanged.
         "finetune": SplitSpec(
             speed_probs={"still": 0.5, "slow": 0.4, "fast": 0.1},
             sprite_count_probs=[0.5, 0.35, 0.15],
             pan_prob=0.1,
             blur_sigma=0.0,
             noise_std=0.0,
+            caption_detail="appearance",
         ),
         # Held-out conditions: broad motion, sharp (the target the methods aim at).
         "eval": SplitSpec(
@@ -143,9 +151,12 @@ class ClipSpec:
     tint: tuple[float, float, float]
     blur_sigma: float
     noise_std: float
+    caption_detail: str = "full"
 
     @property
     def caption(self) -> str:
+        if self.caption_detail == "appearance":
+            return " and ".join(f"{s.size} {s.colour} {s.shape}" for s in self.sprites)
         text = " and ".join(s.phrase() for s in self.sprites)
         if self.pan is not None:
             text += f", camera pans {self.pan}"
@@ -233,6 +244,7 @@ def sample_spec(cfg: WorldConfig, split: str, index: int) -> ClipSpec:
         tint=tint,  # type: ignore[arg-type]
         blur_sigma=spec.blur_sigma,
         noise_std=spec.noise_std,
+        caption_detail=spec.caption_detail,
     )
 
 
