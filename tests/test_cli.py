@@ -64,7 +64,7 @@ def test_nan_loss_stops_with_the_step_and_writes_nothing(tmp_path):
     [
         (["pretrain", "--preset", "nope"], "unknown preset 'nope'; allowed: tiny"),
         (["pretrain", "--set", "sampler.kind=heun"], "'ode' or 'sde'"),
-        (["world", "--split", "train"], "allowed: pretrain, finetune, eval"),
+        (["world", "--split", "train"], "allowed: pretrain, finetune, prompts, eval"),
     ],
 )
 def test_bad_input_names_the_problem(args, expected):

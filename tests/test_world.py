@@ -30,7 +30,7 @@ def test_splits_are_disjoint(world):
 
 
 def test_unknown_split_is_rejected(world):
-    with pytest.raises(ValueError, match="allowed: pretrain, finetune, eval"):
+    with pytest.raises(ValueError, match="allowed: pretrain, finetune, prompts, eval"):
         make_clip(world, "train", 0)
 
 

@@ -43,7 +43,7 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
 }
 SPEEDS = {"still": 0.0, "slow": 0.5, "fast": 1.25}  # pixels per frame at 16 px
 PAN_DIRECTIONS = ("left", "right", "up", "down")
-SPLITS = ("pretrain", "finetune", "eval")
+SPLITS = ("pretrain", "finetune", "prompts", "eval")
 _SUPERSAMPLE = 4  # sub-pixel grid used to antialias sprite edges
 TRIANGLE_CENTROID_DY = -1.1 + 2 / 3 * (0.75 + 1.1)  # apex at -1.1 r, base at 0.75 r
 
@@ -87,6 +87,15 @@ def _default_splits() -> dict[str, SplitSpec]:
             noise_std=0.0,
             caption_detail="appearance",
         ),
+        # Conditions the on-policy methods roll out from (preference pairs, RL prompts):
+        # the eval recipe with independent draws, so no method trains on an eval condition.
+        "prompts": SplitSpec(
+            speed_probs={"still": 0.2, "slow": 0.4, "fast": 0.4},
+            sprite_count_probs=[0.5, 0.35, 0.15],
+            pan_prob=0.3,
+            blur_sigma=0.0,
+            noise_std=0.0,
+        ),
         # Held-out conditions: broad motion, sharp (the target the methods aim at).
         "eval": SplitSpec(
             speed_probs={"still": 0.2, "slow": 0.4, "fast": 0.4},
@@ -108,7 +117,7 @@ class WorldConfig(BaseModel):
     num_frames: int = Field(8, ge=2, le=32)
     fps: int = Field(8, ge=1)
     pan_speed: float = Field(0.5, ge=0.0, description="pixels per frame at 16 px")
-    splits: dict[Literal["pretrain", "finetune", "eval"], SplitSpec] = Field(
+    splits: dict[Literal["pretrain", "finetune", "prompts", "eval"], SplitSpec] = Field(
         default_factory=_default_splits
     )
 
