@@ -19,3 +19,4 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_tiny_model.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_trainers.py

@@ -149,7 +149,8 @@ def run(
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the preset's)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     smoke: Annotated[
-        bool, typer.Option("--smoke", help="a run of seconds: 2 steps, 4 eval videos, 4 sampler steps")
+        bool, typer.Option("--smoke", help="a run of seconds: 2 steps, 4 eval videos, 4 sampler steps, "
+                                            "8 rollout conditions"),
     ] = False,
     sets: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -158,19 +159,26 @@ def run(
     """Train each method from the base model, evaluate every checkpoint, store every number."""
     from harness.runner import RunError, RunOptions
     from harness.runner import run as run_loop
-
-    extra = [{"eval": {"num_videos": 4}, "sampler": {"num_steps": 4}}] if smoke else []
-    cfg = _preset(preset, sets, extra)
-    try:
-        seed_list = [int(s) for s in seeds.split(",")]
-    except ValueError:
-        _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-    from trainers.registry import available_methods
+    from trainers.registry import available_methods, get_trainer
 
     chosen = _csv(methods) or []
     unknown = [m for m in chosen if m not in available_methods()]
     if unknown:
         _fail(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available_methods())}")
+    extra = [{"eval": {"num_videos": 4}, "sampler": {"num_steps": 4}, "probes": {"pairs": 4, "draws": 1}}]
+    cfg = _preset(preset, sets, extra if smoke else [])
+    if smoke:  # few rollout conditions for the pair sets and online stages too
+        for m in chosen:
+            section = cfg.methods.setdefault(m, {})
+            for part in [section, *section.get("stages", [])]:
+                if "pairs" in part or "pairs" in get_trainer(m).config_class.model_fields and part is section:
+                    part["pairs"] = {**(part.get("pairs") or {}), "conditions": 8}
+                if part.get("kind") == "online":
+                    part["conditions"] = 8
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
     opts = RunOptions(methods=chosen, seeds=seed_list, steps=2 if smoke else steps,
                       eval_every=1 if smoke else eval_every, metrics=_csv(metrics), resume=resume,
                       show_progress=progress)

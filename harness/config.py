@@ -53,6 +53,21 @@ class EvalSetConfig(BaseModel):
     )
 
 
+class ProbesConfig(BaseModel):
+    """Training probes (metrics/probes.py), measured on every method while it trains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str] = Field(default_factory=lambda: ["likelihood_displacement", "gamma"])
+    every: int = Field(25, ge=1, description="probe every this many steps (and at step 0 and each checkpoint)")
+    pairs: int = Field(16, ge=1, description="probe pairs: rollout pairs of the first conditions of `split`")
+    per_condition: int = Field(4, ge=2)
+    split: str = "prompts"
+    draws: int = Field(4, ge=1, description="fixed (t, noise) draws per pair for the likelihood probe")
+    seed: int = 12345
+    beta: float = Field(100.0, gt=0, description="beta of Gamma's DPO loss (a method's own beta wins)")
+
+
 class PresetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +79,7 @@ class PresetConfig(BaseModel):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     eval: EvalSetConfig = Field(default_factory=EvalSetConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method trainer settings, e.g. {sft: {steps: 300, lr: 5e-4}}"
     )

@@ -33,8 +33,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from harness.config import PresetConfig
+from harness.data.preferences import PairsError
 from harness.evaluate import Evaluator
 from harness.models.tiny_wan import TinyWanAdapter
+from harness.probing import ProbeRunner
 from harness.provenance import provenance
 from harness.store import ResultStore
 from trainers.base import Trainer, TrainerConfig
@@ -164,7 +166,11 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
                method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
     torch.manual_seed(seed)
     adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
-    trainer = get_trainer(method)(adapter, preset, cfg, seed)
+    try:
+        trainer = get_trainer(method)(adapter, preset, cfg, seed, workdir=out / "cache")
+        probes = ProbeRunner(preset, trainer, out / "cache")
+    except PairsError as exc:
+        raise RunError(f"{method} seed {seed}: {exc}") from exc
     sampler = preset.sampler.model_dump()
     start = _latest_complete(out, method, seed, cfg.steps) or 0
     if start:
@@ -178,7 +184,11 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
                            path / "samples.npz", show_progress)
     if start:  # the loaded state is the latest checkpoint again
         _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
+        probes.restore(store.train_logs(run_id).query("method == @method and seed == @seed"), start)
     logs: list[tuple[int, str, float]] = []
+    extra_checkpoints = trainer.checkpoint_steps()
+    if probes and start == 0:
+        logs.extend(probes.measure(trainer, 0))
     last_good = _checkpoint_dir(out, method, seed, start) if start else None
     t0 = time.time()
     bar = tqdm(range(start, cfg.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
@@ -195,13 +205,17 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
         logs.extend((step + 1, k, float(v)) for k, v in values.items())
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        at_checkpoint = done % cfg.eval_every == 0 or done == cfg.steps or done in extra_checkpoints
+        if probes and (at_checkpoint or probes.due(done)):
+            logs.extend(probes.measure(trainer, done))
+        if at_checkpoint:
             path = _checkpoint_dir(out, method, seed, done)
             logs.append((done, "seconds", time.time() - t0))
             _save_checkpoint(trainer, path, done, logs)
             store.log_train(run_id, method, seed, logs)
             logs, last_good = [], path
             ckpt = store.checkpoint(run_id, method, seed, done, str(path), sampler)
+            probes.store_checkpoint(store, ckpt)
             adapter.model.eval()
             evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress)
 

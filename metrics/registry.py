@@ -50,6 +50,11 @@ def metric_options(name: str) -> dict[str, Any]:
 def _lookup(name: str) -> type[Metric]:
     _ensure_builtin()
     if name not in _REGISTRY:
+        from metrics.probes import PROBES
+
+        if name in PROBES:
+            raise KeyError(f"{name!r} is a training probe: it is measured while a method trains "
+                           "(preset probes.names), not on videos")
         raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(_REGISTRY)) or '(none)'}")
     return _REGISTRY[name]
 
@@ -68,4 +73,7 @@ def get_metric(name: str, **options: Any) -> Metric:
 def list_metrics() -> list[MetricSpec]:
     """Specs of all registered metrics, sorted by name."""
     _ensure_builtin()
-    return [_REGISTRY[k].spec for k in sorted(_REGISTRY)]
+    from metrics.probes import PROBES  # probes read trainers' objectives: imported on demand
+
+    specs = {**{k: c.spec for k, c in _REGISTRY.items()}, **{k: c.spec for k, c in PROBES.items()}}
+    return [specs[k] for k in sorted(specs)]

@@ -102,9 +102,24 @@ def skips_html(skips: pd.DataFrame) -> str:
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
+def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None) -> list[str]:
+    if not plots and (table is None or table.empty):
+        return []
+    parts = ["<h2>Training probes</h2>",
+             '<p class="note">Likelihood displacement: the ELBO-proxy log-likelihood of fixed probe pairs '
+             "relative to the reference (the start of training); below zero, the chosen sample became less "
+             "likely. Gamma (PG-DPO Eq. 10): the method's first-order gain in log p(chosen) over a DPO step "
+             "on the same pairs; a DPO run has Gamma = 0 by definition.</p>"]
+    if table is not None and not table.empty:
+        parts.append('<div class="scroll">' + table.to_html(index=False, float_format=lambda v: f"{v:.3g}",
+                                                            na_rep="–", border=0) + "</div>")
+    parts.append(_plots_html(plots))
+    return parts
+
+
 def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
-               tiny: bool) -> str:
+               tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None) -> str:
     """The whole report page as one string."""
     title = f"Alignment report: {info.run_id}"
     sections = [
@@ -116,6 +131,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         "</details>",
         "<h2>Metrics over training</h2>", _plots_html(metric_plots),
         "<h2>Training curves</h2>", _plots_html(train_plots),
+        *_probes_html(probe_plots, probe_table),
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),
     ]
     if not skips.empty:

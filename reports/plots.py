@@ -22,7 +22,7 @@ _DPI = 110
 _SEED_STYLES = ("-", "--", "-.", ":")
 
 
-def _save(fig: Figure, directory: Path, stem: str, used: set[str]) -> Path:
+def save_figure(fig: Figure, directory: Path, stem: str, used: set[str]) -> Path:
     name, k = stem, 2
     while name in used:  # two identities may slug alike
         name, k = f"{stem}_{k}", k + 1
@@ -102,7 +102,7 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        paths.append(_save(fig, out_dir, f"metric_{slug(ident)}", used))
+        paths.append(save_figure(fig, out_dir, f"metric_{slug(ident)}", used))
     return paths
 
 
@@ -147,5 +147,5 @@ def training_curves(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        paths.append(_save(fig, out_dir, f"train_{slug(key)}", used))
+        paths.append(save_figure(fig, out_dir, f"train_{slug(key)}", used))
     return paths

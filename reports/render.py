@@ -14,10 +14,12 @@ from reports.gallery import build_gallery, eval_captions
 from reports.html import build_page
 from reports.identity import directions_for
 from reports.plots import metric_curves, training_curves
+from reports.probes import displacement_plot, gamma_plot, probe_logs, probe_summary
 from reports.run_info import load_run_info
 from reports.tables import (
     final_table,
     is_tiny,
+    markdown_grid,
     steps_to_html,
     steps_to_markdown,
     to_html,
@@ -56,12 +58,22 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
     metric_plots = metric_curves(agg, out / "plots", info.methods, info.metrics, dirs)
-    train_plots = training_curves(logs, out / "plots", info.methods)
+    plain_logs = logs[~logs["key"].str.startswith("probe/")] if not logs.empty else logs
+    train_plots = training_curves(plain_logs, out / "plots", info.methods)
+    probes = probe_logs(logs)
+    probe_plots = (displacement_plot(probes, out / "plots", info.methods)
+                   + gamma_plot(probes, out / "plots", info.methods))
+    summary = probe_summary(probes, info.methods)
+    if not summary.empty:
+        cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row]
+                 for row in summary.itertuples(index=False)]
+        (out / "probes.md").write_text(markdown_grid(list(summary.columns), cells), encoding="utf-8")
     gallery = build_gallery(run_dir, out / "gallery", GALLERY_VIDEOS, methods=info.methods,
                             captions=eval_captions(info.preset, GALLERY_VIDEOS))
 
     page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
                       metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
+                      probe_plots=probe_plots, probe_table=summary,
                       tiny=is_tiny(info.preset_name, table.metrics))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -226,7 +226,7 @@ def _styled(table: FinalTable, style: _Style, show_ci: bool,
     return headers, body
 
 
-def _markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     align = ["---"] + ["---:"] * (len(headers) - 1)
     lines = ["| " + " | ".join(r) + " |" for r in (headers, align, *rows)]
     return "\n".join(lines) + "\n"
@@ -238,7 +238,7 @@ def to_markdown(table: FinalTable, *, show_ci: bool = False, directions: Directi
     caption = "\n\n".join(_md_escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
     if not table.metrics:
         return caption + "\n\n_No results stored for this run._\n"
-    return caption + "\n\n" + _markdown_grid(*_styled(table, MARKDOWN, show_ci, directions))
+    return caption + "\n\n" + markdown_grid(*_styled(table, MARKDOWN, show_ci, directions))
 
 
 def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
@@ -312,7 +312,7 @@ def steps_to_markdown(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequ
     """The appendix table: every evaluated checkpoint, values (and CIs with ``show_ci``) per metric."""
     if agg.empty:
         return "_No results stored for this run._\n"
-    return _markdown_grid(*_step_grid(agg, _md_escape, show_ci, methods, metrics))
+    return markdown_grid(*_step_grid(agg, _md_escape, show_ci, methods, metrics))
 
 
 def steps_to_html(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence[str] | None = None,

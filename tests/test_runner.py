@@ -15,7 +15,8 @@ from harness.config import load_preset, parse_override
 from harness.runner import RunError, RunOptions, run
 from harness.store import ResultStore
 
-FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2"]
+FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2", "probes.pairs=2", "probes.draws=1",
+        "probes.every=2"]
 METRICS = ["dynamic_degree", "motion_score", "subject_consistency", "distortion_rate", "motion_adherence"]
 
 
@@ -46,9 +47,11 @@ def test_run_stores_base_and_every_checkpoint(tmp_path):
         ckpts = store.checkpoints()
         assert sorted(zip(ckpts["method"], ckpts["step"], strict=True)) == [("base", 0), ("sft", 2), ("sft", 4)]
         agg = store.aggregates()
-        metrics = {m for m in agg["metric"] if not m.startswith("rollup:")}
+        probes = {m for m in agg["metric"] if m.startswith(("gamma[", "likelihood_displacement["))}
+        assert len(probes) == 2 and set(agg[agg["metric"].isin(probes)]["step"]) == {2, 4}
+        metrics = {m for m in agg["metric"] if not m.startswith("rollup:")} - probes
         assert len(metrics) == len(METRICS)
-        assert len(agg[~agg["metric"].str.startswith("rollup:")]) == 3 * len(METRICS)
+        assert len(agg[~agg["metric"].str.startswith("rollup:") & ~agg["metric"].isin(probes)]) == 3 * len(METRICS)
         assert (store.records().groupby(["checkpoint_id", "metric"]).size() == 4).all()
         logs = store.train_logs()
         assert sorted(logs[logs["key"] == "loss"]["step"]) == [1, 2, 3, 4]
@@ -109,6 +112,6 @@ def test_sigkill_then_resume_gives_the_same_numbers(tmp_path):
 
 def test_cli_run_rejects_unknown_method_and_metric(tmp_path):
     res = CliRunner().invoke(app, ["run", "--methods", "sft,magic", "--out", str(tmp_path / "x")])
-    assert res.exit_code == 2 and "unknown method(s) magic; registered: sft" in res.output
+    assert res.exit_code == 2 and "unknown method(s) magic; registered: dpo, pgdpo, sft" in res.output
     res = CliRunner().invoke(app, ["eval", "--run", str(tmp_path), "--metrics", "beauty"])
     assert res.exit_code == 2 and "unknown metric(s) beauty; registered:" in res.output

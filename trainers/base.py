@@ -4,6 +4,7 @@ lives once in harness.runner; a trainer owns only its loss, its data and its sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -32,16 +33,33 @@ class Trainer(ABC):
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
     description: ClassVar[str] = ""
 
-    def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int):
+    def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int,
+                 workdir: Path | None = None):
         self.adapter, self.preset, self.config, self.seed = adapter, preset, config, seed
+        self.workdir = workdir  # the run's cache directory (pair sets, ...); None: keep nothing on disk
         adapter.add_lora(config.lora_rank, config.lora_alpha)
         self.params = adapter.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(seed)
 
     @abstractmethod
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss of step ``step`` and scalars to log. Draws its data and noise from
+        ``self.generator`` only, so a probe can replay it after saving the generator state."""
+
     def train_step(self, step: int) -> dict[str, float]:
-        """One optimisation step; returns scalars to log (must include 'loss')."""
+        """One optimisation step; returns scalars to log (including 'loss' and 'grad_norm')."""
+        loss, logs = self.compute_loss(step)
+        grad_norm = self.optimise(loss)
+        return {"loss": loss.item(), "grad_norm": grad_norm, **logs}
+
+    def checkpoint_steps(self) -> set[int]:
+        """Steps that must be checkpointed besides every ``eval_every`` (e.g. stage ends)."""
+        return set()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def optimise(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)

@@ -34,7 +34,7 @@ class SFTTrainer(Trainer):
     description = "supervised fine-tuning (LoRA) on the finetune split"
     config: SFTConfig
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         b = self.config.batch_size
         # Clip order depends only on (seed, step): a resumed run sees the same data.
         start = self.seed * 1_000_000 + step * b
@@ -43,6 +43,4 @@ class SFTTrainer(Trainer):
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
         sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)
         noise = torch.randn(x0.shape, generator=self.generator)
-        loss = denoising_loss(self.adapter, x0, cond, sigma, noise).mean()
-        grad_norm = self.optimise(loss)
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        return denoising_loss(self.adapter, x0, cond, sigma, noise).mean(), {}

@@ -93,10 +93,30 @@ class ModelAdapter(ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    @torch.no_grad()
+    def fold_lora(self) -> None:
+        """Add the LoRA update into the frozen base weights and restart the adapters
+        (A re-drawn, B = 0): the current policy becomes the new reference, as a staged
+        pipeline needs when each stage's reference is the result of the previous one."""
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        if not layers:
+            raise RuntimeError("fold_lora() needs LoRA adapters; call add_lora() first")
+        for layer in layers:
+            for name in layer.active_adapters:
+                base = layer.get_base_layer()
+                base.weight += layer.get_delta_weight(name).to(base.weight.dtype)
+                layer.reset_lora_parameters(name, init_lora_weights=True)
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(getattr(self.model, "_hf_peft_config_loaded", False))
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """Run the frozen base model: LoRA adapters disabled, re-enabled on exit."""
-        if not getattr(self.model, "_hf_peft_config_loaded", False):
+        if not self.has_lora:
             raise RuntimeError("reference() needs LoRA adapters; call add_lora() first")
         self.model.disable_adapters()
         try:

@@ -1,0 +1,91 @@
+"""The training-probe section: likelihood displacement (in the style of PG-DPO's Fig. 2)
+and the Gamma series with its share of positive steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from reports.plots import method_colors, save_figure
+from reports.tables import method_order
+
+LD = "probe/likelihood_displacement/"
+GAMMA = "probe/gamma/gamma"
+
+
+def probe_logs(logs: pd.DataFrame) -> pd.DataFrame:
+    return logs[logs["key"].str.startswith("probe/")] if not logs.empty else logs
+
+
+def displacement_plot(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None) -> list[Path]:
+    """One panel per method: change of the chosen and rejected ELBO-proxy log-likelihood
+    from the reference (the start of training); below zero = displaced."""
+    data = logs[logs["key"].isin([LD + "chosen_displacement", LD + "rejected_displacement"])] if len(logs) else logs
+    if data.empty:
+        return []
+    order = method_order(data["method"], methods)
+    colors = method_colors(order)
+    fig = Figure(figsize=(3.2 * len(order), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(order), squeeze=False)[0]
+    for ax, m in zip(axes, order, strict=True):
+        rows = data[data["method"] == m]
+        for seed, part in rows.groupby("seed"):
+            for key, style, name in (("chosen", "-", "chosen"), ("rejected", "--", "rejected")):
+                s = part[part["key"] == f"{LD}{key}_displacement"].sort_values("step")
+                label = name if len(rows["seed"].unique()) == 1 else f"{name} seed {seed}"
+                ax.plot(s["step"], s["value"], ls=style, color=colors[m], lw=1.4, label=label)
+        ax.axhline(0.0, color="0.5", lw=0.8)
+        ax.set_title(m, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("log p(x) - log p_ref(x)  (ELBO proxy)")
+    return [save_figure(fig, out_dir, "probe_likelihood_displacement", set())]
+
+
+def gamma_plot(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None) -> list[Path]:
+    data = logs[logs["key"] == GAMMA] if len(logs) else logs
+    if data.empty:
+        return []
+    order = method_order(data["method"], methods)
+    colors = method_colors(order)
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    for m in order:
+        for seed, s in data[data["method"] == m].groupby("seed"):
+            s = s.sort_values("step")
+            ax.plot(s["step"], s["value"], marker=".", color=colors[m], lw=1.0, label=f"{m} seed {seed}")
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_title("Gamma: first-order gain in log p(chosen) over a DPO step (> 0: better)", fontsize=10)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Gamma")
+    ax.set_yscale("symlog", linthresh=max(1e-12, float(data["value"].abs().quantile(0.2)) or 1e-12))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return [save_figure(fig, out_dir, "probe_gamma", set())]
+
+
+def probe_summary(logs: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per method and seed: the final chosen / rejected displacement, its minimum, and the
+    share of probed steps with Gamma > 0 (as the stored checkpoint value)."""
+    rows = []
+    if logs.empty:
+        return pd.DataFrame()
+    for (m, seed), part in logs.groupby(["method", "seed"]):
+        row: dict[str, object] = {"method": m, "seed": seed}
+        ch = part[part["key"] == LD + "chosen_displacement"].sort_values("step")
+        rj = part[part["key"] == LD + "rejected_displacement"].sort_values("step")
+        if len(ch):
+            row.update({"chosen Δlog p (final)": ch["value"].iloc[-1], "chosen Δlog p (min)": ch["value"].min(),
+                        "rejected Δlog p (final)": rj["value"].iloc[-1] if len(rj) else float("nan")})
+        g = part[part["key"] == GAMMA]
+        if len(g):
+            row.update({"Gamma > 0 (share of probed steps)": float((g["value"] > 0).mean()),
+                        "probed steps": len(g)})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = method_order(out["method"], methods)
+    return out.set_index("method").loc[order].reset_index()

@@ -1,0 +1,148 @@
+"""Rollout pairs, the dpo / pgdpo trainers, and the training probes on the tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import load_preset, parse_override
+from harness.data.preferences import PairsError, PairSet, build_rollout_pairs
+from harness.models.tiny_wan import TinyWanAdapter
+from harness.probing import ProbeRunner
+from metrics.probes import Gamma, LikelihoodDisplacement
+from trainers import preference
+from trainers.registry import get_trainer
+
+FAST = ["sampler.num_steps=2", "probes.pairs=3", "probes.draws=2", "probes.per_condition=2"]
+
+
+def _preset(*extra):
+    return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
+
+
+def _trainer(method, preset, tmp_path, seed=0, **overrides):
+    cls = get_trainer(method)
+    raw = {**preset.methods[method], "batch_size": 2, **overrides}
+    if "pairs" in cls.config_class.model_fields:
+        raw.setdefault("pairs", {"conditions": 4, "per_condition": 2})
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    torch.manual_seed(seed)  # LoRA initialisation, as the runner seeds it
+    return cls(adapter, preset, cls.config_class(**raw), seed, workdir=tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    preset = _preset()
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    return build_rollout_pairs(adapter, preset.world, preset.sampler, conditions=5, per_condition=3,
+                               show_progress=False)
+
+
+def test_rollout_pairs_pick_best_and_worst(pairs, tmp_path):
+    assert 1 <= len(pairs) <= 5 and pairs.chosen.dtype == np.uint8
+    assert (pairs.chosen_score > pairs.rejected_score).all()
+    assert pairs.sources[0].startswith("prompts:")
+    assert pairs.chosen.shape[1:] == (8, 16, 16, 3) and pairs.first_frames.shape[1:] == (16, 16, 3)
+    assert pairs.provenance["dropped_ties"] + len(pairs) == 5
+    back = PairSet.load(pairs.save(tmp_path / "p.npz"))
+    assert np.array_equal(back.chosen, pairs.chosen) and back.captions == pairs.captions
+    assert back.provenance == pairs.provenance
+    with pytest.raises(PairsError, match="at least 2"):
+        build_rollout_pairs(None, _preset().world, _preset().sampler, per_condition=1)
+
+
+def test_pairs_are_cached_per_run(tmp_path, monkeypatch):
+    preset = _preset()
+    first = _trainer("dpo", preset, tmp_path)
+    assert list((tmp_path / "cache" / "pairs").glob("rollouts-*.npz"))
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("pairs rebuilt instead of read from the cache")
+
+    monkeypatch.setattr(preference, "build_rollout_pairs", no_rebuild)
+    second = _trainer("pgdpo", preset, tmp_path)  # same pairs settings: the same cached set
+    assert np.array_equal(first.pairs.chosen, second.pairs.chosen)
+
+
+@pytest.mark.parametrize("method", ["dpo", "pgdpo"])
+def test_trainers_step_and_log(method, tmp_path):
+    trainer = _trainer(method, _preset(), tmp_path)
+    before = {k: v.clone() for k, v in trainer.adapter.lora_state_dict().items()}
+    logs = [trainer.train_step(s) for s in range(2)]
+    assert all(np.isfinite(v) for log in logs for v in log.values())
+    assert {"loss", "implicit_acc", "reward_margin", "policy_loss_w", "ref_loss_l"} <= set(logs[0])
+    if method == "pgdpo":
+        # First step: the policy is the reference, every margin is 0, alpha = gamma = 1/2.
+        assert logs[0]["alpha_min"] == logs[0]["alpha_max"] == pytest.approx(0.5)
+        assert logs[0]["gamma_mean"] == pytest.approx(0.5)
+    after = trainer.adapter.lora_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_probes_at_the_start_and_gamma_of_dpo_is_zero(tmp_path):
+    preset = _preset()
+    dpo = _trainer("dpo", preset, tmp_path)
+    dpo.train_step(0)
+    probes = ProbeRunner(preset, dpo, tmp_path / "cache")
+    ld, gamma = probes.probes
+    assert isinstance(ld, LikelihoodDisplacement) and isinstance(gamma, Gamma)
+    g = gamma.measure(dpo, 1)
+    # DPO against DPO at the same beta: the two updates coincide.
+    assert g["gamma"] == pytest.approx(0.0, abs=1e-12) and g["dlogp_dpo"] != 0.0
+    fresh = _trainer("sft", preset, tmp_path)
+    start = LikelihoodDisplacement(ld.pairs, draws=2).measure(fresh, 0)
+    assert start["chosen_displacement"] == 0.0 and start["logp_chosen"] == start["ref_logp_chosen"]
+    assert start["logp_chosen"] > start["logp_rejected"]  # chosen rollouts fit the base model better
+
+
+def test_gamma_matches_the_first_order_change_of_the_chosen_likelihood(tmp_path):
+    preset = _preset()
+    trainer = _trainer("pgdpo", preset, tmp_path, lr=1e-3)
+    trainer.train_step(0)  # move off the reference so every term is non-zero
+    probe = Gamma(ProbeRunner(preset, trainer, tmp_path / "cache").probes[0].pairs, beta=trainer.config.beta)
+    g = probe.measure(trainer, 1)
+    x_w, x_l, cond, sigma, noise = probe.fixed_draws(trainer.adapter, 1)
+    params = trainer.params
+    theta = [p.detach().clone() for p in params]
+
+    def logp_after(loss_fn, lr=1e-3):
+        grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+        with torch.no_grad():
+            for p, t, gr in zip(params, theta, grads, strict=True):
+                p.copy_(t - lr * (torch.zeros_like(p) if gr is None else gr))
+            e = preference.pair_errors(trainer.adapter, x_w, x_l, cond, sigma, noise, with_reference=False)
+            value = -e.per_sample(e.err_w).mean().item()
+            for p, t in zip(params, theta, strict=True):
+                p.copy_(t)
+        return value
+
+    from trainers.preference_losses import dpo_loss
+    method = logp_after(lambda: trainer.pair_loss(x_w, x_l, cond, sigma, noise)[0])
+    dpo = logp_after(lambda: dpo_loss(preference.pair_errors(trainer.adapter, x_w, x_l, cond, sigma, noise),
+                                      trainer.config.beta)[0].mean())
+    assert g["gamma"] == pytest.approx(method - dpo, rel=0.1, abs=1e-9)
+
+
+def test_probes_do_not_change_training(tmp_path):
+    preset = _preset()
+    plain = _trainer("sft", preset, tmp_path)
+    probed = _trainer("sft", preset, tmp_path)
+    probes = ProbeRunner(preset, probed, tmp_path / "cache")
+    for step in range(3):
+        plain.train_step(step)
+        probes.measure(probed, step)
+        probed.train_step(step)
+    a, b = plain.adapter.lora_state_dict(), probed.adapter.lora_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_probe_is_named(tmp_path):
+    preset = _preset("probes.names=[likelihood_displacement, vibes]")
+    with pytest.raises(KeyError, match="vibes"):
+        ProbeRunner(preset, _trainer("sft", preset, tmp_path), tmp_path / "cache")
+
+
+def test_pairs_file_with_no_good_row_refuses_to_start(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"caption": "x", "chosen": "missing.mp4", "rejected": "gone.mp4"}\n')
+    with pytest.raises(PairsError, match="line 1"):
+        _trainer("dpo", _preset(), tmp_path, pairs={"source": "file", "path": str(bad)})

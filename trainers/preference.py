@@ -1,0 +1,129 @@
+"""What the preference trainers share: pair data, pair predictions with common random
+numbers, and the loop step. ``dpo`` and ``pgdpo`` (and later ``apo``) differ only in
+``objective``.
+
+The reference model is the policy with its LoRA adapters disabled (no model copy).
+Every pair shares one (t, noise) draw between its chosen and rejected sample and
+between policy and reference, as Diffusion-DPO does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from abc import abstractmethod
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.data.preferences import PairSet, build_rollout_pairs, import_pairs, rollout_key
+from harness.models.base import Conditioning, ModelAdapter
+from trainers.base import Trainer, TrainerConfig
+from trainers.objectives import sample_sigmas
+from trainers.preference_losses import PairErrors
+
+log = logging.getLogger(__name__)
+
+
+class PairsConfig(BaseModel):
+    """Where the preference pairs come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["rollouts", "file"] = "rollouts"
+    path: str | None = Field(None, description="JSONL/CSV pairs file (source=file)")
+    split: str = Field("prompts", description="world split the rollout conditions come from")
+    conditions: int = Field(96, ge=1)
+    per_condition: int = Field(4, ge=2, description="videos per condition (PG-DPO: 4)")
+    seed: int = 0
+
+
+class DPOObjectiveConfig(TrainerConfig):
+    beta: float = Field(100.0, gt=0, description="beta of Eq. 3 (PG-DPO: 100)")
+    T: float = Field(1.0, gt=0, description="T in beta*T; 1 folds T into beta, as the papers' code does")
+
+
+class PreferenceConfig(DPOObjectiveConfig):
+    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+
+def weights_digest(adapter: ModelAdapter) -> str:
+    """Hash of the base weights (LoRA tensors excluded): part of the pair cache key."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(adapter.model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | None,
+               show_progress: bool = False) -> PairSet:
+    """The pair set ``cfg`` describes, from the run's cache when it was built before."""
+    if cfg.source == "file":
+        if not cfg.path:
+            raise ValueError("pairs.source=file needs pairs.path (a JSONL or CSV pairs file)")
+        return import_pairs(Path(cfg.path), resolution=preset.world.resolution,
+                            num_frames=preset.world.num_frames)
+    key = rollout_key(weights_digest(adapter), preset.world, cfg.split, cfg.conditions, cfg.per_condition,
+                      preset.sampler, cfg.seed, "oracle")
+    path = workdir / "pairs" / f"rollouts-{key}.npz" if workdir else None
+    if path and path.exists():
+        return PairSet.load(path)
+    log.info("building %d preference pairs from %d rollouts", cfg.conditions, cfg.conditions * cfg.per_condition)
+    pairs = build_rollout_pairs(adapter, preset.world, preset.sampler, split=cfg.split, conditions=cfg.conditions,
+                                per_condition=cfg.per_condition, seed=cfg.seed, show_progress=show_progress)
+    pairs.provenance["cache_key"] = key
+    if path:
+        pairs.save(path)
+        path.with_suffix(".json").write_text(json.dumps(pairs.provenance, indent=2))  # readable next to it
+    return pairs
+
+
+def pair_errors(adapter: ModelAdapter, x_w: torch.Tensor, x_l: torch.Tensor, cond: Conditioning,
+                sigma: torch.Tensor, noise: torch.Tensor, with_reference: bool = True) -> PairErrors:
+    """Policy (with grad) and reference (no grad) errors on noised pairs; shared (sigma, noise)."""
+    x0 = torch.cat([x_w, x_l])
+    sig, eps = torch.cat([sigma, sigma]), torch.cat([noise, noise])
+    both = Conditioning.cat([cond, cond])
+    x_t = adapter.add_noise(x0, eps, sig)
+    target = adapter.training_target(x0, eps, sig).float()
+    pred = adapter.predict(x_t, sig, both).float()
+    err_w, err_l = ((pred - target) ** 2).chunk(2)
+    if with_reference:
+        with torch.no_grad(), adapter.reference():
+            ref_pred = adapter.predict(x_t, sig, both).float()
+        ref_err_w, ref_err_l = ((ref_pred - target) ** 2).chunk(2)
+        ref_pred_w = ref_pred.chunk(2)[0]
+    else:
+        ref_err_w = ref_err_l = ref_pred_w = None
+    return PairErrors(err_w, err_l, ref_err_w, ref_err_l, pred_w=pred.chunk(2)[0], ref_pred_w=ref_pred_w)
+
+
+class PreferenceTrainer(Trainer):
+    config: PreferenceConfig
+
+    def __init__(self, adapter, preset, config, seed, workdir=None):
+        super().__init__(adapter, preset, config, seed, workdir)
+        self.pairs = load_pairs(adapter, preset, config.pairs, workdir)
+
+    @abstractmethod
+    def objective(self, errors: PairErrors) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-pair losses (B,) and scalars to log."""
+
+    def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, logs = self.objective(pair_errors(self.adapter, x_w, x_l, cond, sigma, noise))
+        return losses.mean(), logs
+
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        b = self.config.batch_size
+        idx = torch.randint(len(self.pairs), (b,), generator=self.generator).tolist()
+        x_w, x_l, cond = self.pairs.tensors(self.adapter, idx)
+        sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)
+        noise = torch.randn(x_w.shape, generator=self.generator)
+        return self.pair_loss(x_w, x_l, cond, sigma, noise)
