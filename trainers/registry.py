@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from trainers.base import Trainer
 
 TRAINERS: dict[str, type[Trainer]] = {}
-BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo")
+BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo")
 
 
 def register_trainer(cls: type[Trainer]) -> type[Trainer]:

@@ -1,0 +1,74 @@
+"""The `apo` trainer: stage configuration, the reference hand-off between stages, resume."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from harness.config import load_preset, parse_override
+from harness.models.tiny_wan import TinyWanAdapter
+from trainers.apo import APOConfig, APOTrainer
+
+FAST = ["sampler.num_steps=2"]
+PAIRS = {"conditions": 4, "per_condition": 2}
+
+
+def _trainer(tmp_path, stages, **kw):
+    preset = load_preset("tiny", [parse_override(s) for s in FAST])
+    cfg = APOConfig(**{**preset.methods["apo"], "batch_size": 2, "stages": stages, **kw})
+    torch.manual_seed(0)
+    return APOTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0, workdir=tmp_path / "c")
+
+
+def _probe_output(trainer):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(trainer.adapter.latent_shape(2), generator=g)
+    x_w, _, cond = trainer._pairs(0).tensors(trainer.adapter, [0, 0])
+    with torch.no_grad():
+        return trainer.adapter.predict(x, torch.full((2,), 0.7), cond)
+
+
+def test_stage_config_is_checked():
+    with pytest.raises(ValidationError, match="half_online stage needs labelled anchors"):
+        APOConfig(stages=[{"kind": "half_online", "steps": 3}])
+    cfg = APOConfig(stages=[{"kind": "offline", "steps": 40}, {"kind": "online", "steps": 20}])
+    assert cfg.steps == 60 and cfg.stages[0].pairs is not None
+    scaled = APOConfig(steps=6, stages=[{"kind": "offline", "steps": 40}, {"kind": "online", "steps": 20}])
+    assert [s.steps for s in scaled.stages] == [4, 2] and scaled.steps == 6
+
+
+def test_each_stage_references_the_previous_stage(tmp_path):
+    stages = [{"kind": "offline", "steps": 2, "pairs": PAIRS}, {"kind": "offline", "steps": 2, "pairs": PAIRS}]
+    trainer = _trainer(tmp_path, stages)
+    assert trainer.checkpoint_steps() == {2, 4}
+    base = _probe_output(trainer)
+    for step in range(2):
+        logs = trainer.train_step(step)
+        assert logs["stage"] == 0 and logs["pairs"] == 2 and logs["t_mean"] > 0
+    end_of_stage0 = _probe_output(trainer)
+    assert not torch.allclose(end_of_stage0, base)
+    with trainer.adapter.reference():  # stage 0's reference is the base model
+        assert torch.allclose(_probe_output(trainer), base, atol=1e-6)
+    trainer.train_step(2)
+    assert trainer.stage == 1
+    with trainer.adapter.reference():  # stage 1's reference: the frozen end of stage 0
+        assert torch.allclose(_probe_output(trainer), end_of_stage0, atol=1e-5)
+    state = {k: v for k, v in trainer.state_dict().items()}
+    after = _probe_output(trainer)
+    # A fresh trainer restored from the state rebuilds the same policy and reference.
+    other = _trainer(tmp_path, stages)
+    other.load_state_dict(state)
+    assert other.stage == 1 and torch.allclose(_probe_output(other), after, atol=1e-6)
+    with other.adapter.reference():
+        assert torch.allclose(_probe_output(other), end_of_stage0, atol=1e-5)
+    a, b = trainer.train_step(3), other.train_step(3)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_online_and_half_online_steps(tmp_path):
+    stages = [{"kind": "online", "steps": 1, "conditions": 4},
+              {"kind": "half_online", "steps": 1, "pairs": PAIRS}]
+    trainer = _trainer(tmp_path, stages)
+    online = trainer.train_step(0)
+    assert 0 <= online["pairs"] <= 2 and online["stage"] == 0
+    half = trainer.train_step(1)
+    assert half["stage"] == 1 and half["pairs"] == 2 and half["loss"] > 0
