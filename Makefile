@@ -20,3 +20,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_tiny_model.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_trainers.py
+	$(BIN)/python benchmarks/bench_guidance_distill.py

@@ -1,4 +1,4 @@
-"""Flow-matching samplers: Euler ODE, flow SDE, few-step schedules, CFG.
+"""Flow-matching samplers: Euler ODE, flow SDE, few-step schedules, CFG, spatiotemporal skip guidance.
 
 The sigma schedule comes from diffusers' FlowMatchEulerDiscreteScheduler (shift
 as in SD3/Wan), or from an explicit timestep list for few-step generators (e.g.
@@ -40,8 +40,16 @@ class SamplerConfig(BaseModel):
         None, description="explicit few-step schedule in [0, 1000], descending; overrides num_steps/shift"
     )
     guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance on the caption; 1 = off")
+    stg_scale: float = Field(0.0, ge=0.0, description="spatiotemporal skip guidance strength; 0 = off")
+    stg_blocks: list[int] = Field(default_factory=list, description="transformer blocks the STG weak model skips")
     eta: float = Field(0.7, ge=0.0, description="SDE noise level (kind='sde' only)")
     sigma_max_sde: float = Field(0.98, gt=0, lt=1, description="sigma cap inside the SDE std (avoids 1/0)")
+
+    @model_validator(mode="after")
+    def _check_stg(self) -> SamplerConfig:
+        if self.stg_scale > 0 and not self.stg_blocks:
+            raise ValueError("stg_scale > 0 needs stg_blocks (the transformer blocks to skip)")
+        return self
 
     @model_validator(mode="after")
     def _check_timesteps(self) -> SamplerConfig:
@@ -107,15 +115,25 @@ def integrate(
     return x
 
 
-def guided_velocity(adapter: ModelAdapter, cond: Conditioning, guidance_scale: float) -> VelocityFn:
-    """The adapter's velocity, with caption CFG done as one doubled batch."""
-    if guidance_scale == 1.0:
+def guided_velocity(adapter: ModelAdapter, cond: Conditioning, guidance_scale: float,
+                    stg_scale: float = 0.0, stg_blocks: Sequence[int] = ()) -> VelocityFn:
+    """The adapter's velocity with caption CFG (one doubled batch) and spatiotemporal skip
+    guidance (Diffusion-APO Eq. 3): v = v_u + w (v_c - v_u) + lambda (v_c - v_skip), where
+    v_skip is the prediction with ``stg_blocks`` skipped. Each guidance costs a forward pass."""
+    if guidance_scale == 1.0 and stg_scale == 0.0:
         return lambda x, s: adapter.predict(x, s, cond)
     both = Conditioning.cat([cond, cond.null_text()])
 
     def velocity(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        v_cond, v_uncond = adapter.predict(torch.cat([x, x]), torch.cat([s, s]), both).chunk(2)
-        return v_uncond + guidance_scale * (v_cond - v_uncond)
+        if guidance_scale == 1.0:
+            v_cond = v = adapter.predict(x, s, cond)
+        else:
+            v_cond, v_uncond = adapter.predict(torch.cat([x, x]), torch.cat([s, s]), both).chunk(2)
+            v = v_uncond + guidance_scale * (v_cond - v_uncond)
+        if stg_scale:
+            with adapter.skip_blocks(stg_blocks):
+                v = v + stg_scale * (v_cond - adapter.predict(x, s, cond))
+        return v
 
     return velocity
 
@@ -131,5 +149,6 @@ def sample(
     """Videos in pixel space (B, C, T, H, W) in [-1, 1] for conditions and seeds."""
     x = initial_noise(adapter.latent_shape(len(seeds)), seeds)
     sigmas = sigma_schedule(cfg, adapter.num_train_timesteps)
-    x = integrate(guided_velocity(adapter, cond, cfg.guidance_scale), x, sigmas, cfg, seeds, progress)
+    velocity = guided_velocity(adapter, cond, cfg.guidance_scale, cfg.stg_scale, cfg.stg_blocks)
+    x = integrate(velocity, x, sigmas, cfg, seeds, progress)
     return adapter.decode_latents(x).clamp(-1, 1)

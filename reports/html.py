@@ -102,6 +102,17 @@ def skips_html(skips: pd.DataFrame) -> str:
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
+def _distortion_html(table: pd.DataFrame | None) -> list[str]:
+    if table is None or table.empty or table["seeds"].max() < 2:
+        return []  # the Table 1 view needs a spread over seeds
+    shown = table.assign(mean=(100 * table["mean"]).round(1), std=(100 * table["std"]).round(1))
+    return ["<h2>Distortion rate over seeds (Diffusion-APO Table 1)</h2>",
+            '<p class="note">Final checkpoint of each method, in %: mean and sample std over seeds. '
+            "Compute counts denoising passes over a pair batch (an APO step with a 5-timestep window "
+            "counts 5).</p>",
+            '<div class="scroll">' + shown.to_html(index=False, na_rep="–", border=0) + "</div>"]
+
+
 def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None) -> list[str]:
     if not plots and (table is None or table.empty):
         return []
@@ -119,7 +130,8 @@ def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None) -> list[str]
 
 def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
-               tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None) -> str:
+               tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None,
+               distortion: pd.DataFrame | None = None) -> str:
     """The whole report page as one string."""
     title = f"Alignment report: {info.run_id}"
     sections = [
@@ -132,6 +144,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         "<h2>Metrics over training</h2>", _plots_html(metric_plots),
         "<h2>Training curves</h2>", _plots_html(train_plots),
         *_probes_html(probe_plots, probe_table),
+        *_distortion_html(distortion),
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),
     ]
     if not skips.empty:

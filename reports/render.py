@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from harness.store import ResultStore
+from reports.distortion import distortion_markdown, distortion_table
 from reports.gallery import build_gallery, eval_captions
 from reports.html import build_page
 from reports.identity import directions_for
@@ -68,12 +69,15 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
         cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row]
                  for row in summary.itertuples(index=False)]
         (out / "probes.md").write_text(markdown_grid(list(summary.columns), cells), encoding="utf-8")
+    distortion = distortion_table(agg, info.method_configs, info.methods)
+    if not distortion.empty:
+        (out / "distortion.md").write_text(distortion_markdown(distortion, info.num_videos), encoding="utf-8")
     gallery = build_gallery(run_dir, out / "gallery", GALLERY_VIDEOS, methods=info.methods,
                             captions=eval_captions(info.preset, GALLERY_VIDEOS))
 
     page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
                       metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
-                      probe_plots=probe_plots, probe_table=summary,
+                      probe_plots=probe_plots, probe_table=summary, distortion=distortion,
                       tiny=is_tiny(info.preset_name, table.metrics))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -28,6 +28,7 @@ class RunInfo:
     versions: dict[str, Any] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
     preset_label: str | None = None  # the store's preset column, when the preset dict lacks a name
+    method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # trainer settings per method
 
     @property
     def preset_name(self) -> str | None:
@@ -85,4 +86,6 @@ def load_run_info(run_dir: Path, store: ResultStore) -> RunInfo:
         versions=dict(meta.get("versions") or prov.get("versions") or {}),
         hardware=dict(meta.get("hardware") or prov.get("hardware") or {}),
         preset_label=row.get("preset"),
+        method_configs={str(k): dict(v) for k, v in (meta.get("methods") or config.get("methods") or {}).items()
+                        if isinstance(v, dict)},
     )

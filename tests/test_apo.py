@@ -72,3 +72,59 @@ def test_online_and_half_online_steps(tmp_path):
     assert 0 <= online["pairs"] <= 2 and online["stage"] == 0
     half = trainer.train_step(1)
     assert half["stage"] == 1 and half["pairs"] == 2 and half["loss"] > 0
+
+
+def test_distortion_table_is_mean_and_std_over_seeds_with_compute():
+    import pandas as pd
+
+    from reports.distortion import distortion_markdown, distortion_table
+
+    m = "distortion_rate[judge=oracle]"
+    rows = [("base", 0, 0, 0.4)] + [("dpo", s, st, v) for s, (st, v) in
+                                    enumerate([(300, 0.30), (300, 0.20), (300, 0.25)])]
+    rows += [("dpo", 0, 100, 0.9)]  # an earlier checkpoint: not the final one
+    rows += [("apo", s, 60, v) for s, v in enumerate([0.10, 0.20, 0.15])]
+    agg = pd.DataFrame(rows, columns=["method", "seed", "step", "value"]).assign(metric=m)
+    table = distortion_table(agg, {"apo": {"timesteps": {"n_high": 4, "n_low": 1}}, "dpo": {}}).set_index("method")
+    assert table.loc["dpo", "mean"] == pytest.approx(0.25) and table.loc["dpo", "std"] == pytest.approx(0.05)
+    compute = "compute (DPO-step equivalents)"
+    assert table.loc["apo", compute] == 300 == table.loc["dpo", compute]
+    assert table.loc["apo", "mean"] == pytest.approx(0.15) and table.loc["apo", "seeds"] == 3
+    assert "25.0% ± 5.0%" in distortion_markdown(table.reset_index(), 48)
+
+
+def test_distill_dpo_needs_a_distill_stage_first():
+    with pytest.raises(ValidationError, match="needs a distilled model"):
+        APOConfig(stages=[{"kind": "offline", "steps": 2}, {"kind": "distill_dpo", "steps": 2}])
+    APOConfig(stages=[{"kind": "distill", "steps": 2}, {"kind": "distill_dpo", "steps": 2}])
+
+
+def test_skip_guidance_by_hand(tmp_path):
+    from harness.sampling import guided_velocity
+
+    trainer = _trainer(tmp_path, [{"kind": "offline", "steps": 1, "pairs": PAIRS}])
+    a = trainer.adapter
+    x = torch.randn(a.latent_shape(2), generator=torch.Generator().manual_seed(1))
+    s = torch.full((2,), 0.6)
+    _, _, cond = trainer._pairs(0).tensors(a, [0, 0])
+    with torch.no_grad():
+        v = a.predict(x, s, cond)
+        with a.skip_blocks([2]):
+            v_skip = a.predict(x, s, cond)
+        assert not torch.allclose(v, v_skip)
+        assert torch.allclose(a.predict(x, s, cond), v)  # the hooks are gone after the context
+        stg = guided_velocity(a, cond, 1.0, 0.5, [2])(x, s)
+        assert torch.allclose(stg, v + 0.5 * (v - v_skip), atol=1e-6)
+        v_u = a.predict(x, s, cond.null_text())
+        both = guided_velocity(a, cond, 3.0, 0.5, [2])(x, s)
+        assert torch.allclose(both, v_u + 3.0 * (v - v_u) + 0.5 * (v - v_skip), atol=1e-5)
+    with pytest.raises(ValueError, match="4 blocks"):
+        with a.skip_blocks([7]):
+            pass
+
+
+def test_distill_stage_moves_the_student_towards_the_guided_teacher(tmp_path):
+    trainer = _trainer(tmp_path, [{"kind": "distill", "steps": 12, "conditions": 4}], lr=2e-3)
+    first = trainer.train_step(0)["loss"]
+    losses = [trainer.train_step(s)["loss"] for s in range(1, 12)]
+    assert first > 0 and sum(losses[-4:]) / 4 < first

@@ -18,8 +18,13 @@ Each stage's reference is the frozen result of the previous stage: at a stage
 boundary the LoRA update is folded into the base weights and the adapters restart,
 so "adapters disabled" is the previous stage's model. Stage ends are checkpoints.
 
-Not yet here (the paper's later stages): guidance distillation (CFG + STG into one
-forward pass) and distillation-aware DPO; a vision-language ranker.
+  * ``distill``: guidance distillation (Eq. 3-4): the student (the policy, one forward
+    pass) regresses the teacher's (the previous stage, frozen) CFG + STG guided velocity on
+    noised clips of ``split``, at trajectory-aware timesteps; the schedule is unchanged;
+  * ``distill_dpo``: distillation-aware DPO, an offline stage whose reference is the
+    distilled model (refused unless a ``distill`` stage comes before it).
+
+Not yet here: a vision-language ranker.
 
 Defaults scaled for the tiny model: lr 5e-5 and beta 100 as `dpo`, batch 8 pairs, one
 offline stage of 60 steps (= 300 DPO steps of compute), the paper's shifts {3,4,5,6},
@@ -37,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.batches import split_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
-from harness.sampling import sample
+from harness.sampling import guided_velocity, sample
 from trainers.base import Trainer
 from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors
 from trainers.preference_losses import dpo_loss
@@ -51,19 +56,24 @@ log = logging.getLogger(__name__)
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["offline", "online", "half_online"]
+    kind: Literal["offline", "online", "half_online", "distill", "distill_dpo"]
     steps: int = Field(ge=1)
-    pairs: PairsConfig | None = Field(None, description="offline: the pair set; half_online: labelled anchors")
+    pairs: PairsConfig | None = Field(None, description="offline/distill_dpo: the pair set; "
+                                                        "half_online: labelled anchors")
     ranker: str = Field("oracle", description="online: who picks chosen and rejected")
-    split: str = Field("prompts", description="online: the split whose conditions the policy rolls out from")
-    conditions: int = Field(96, ge=1, description="online: how many conditions of `split` to draw from")
+    split: str = Field("prompts", description="online: conditions to roll out from; distill: clips to noise")
+    conditions: int = Field(96, ge=1, description="online/distill: how many conditions of `split` to draw from")
+    # distill: the teacher (the previous stage, frozen) guided by CFG and STG (Eq. 3)
+    teacher_guidance_scale: float = Field(3.0, ge=1.0, description="distill: the teacher's CFG scale (1 + omega)")
+    teacher_stg_scale: float = Field(1.0, ge=0.0, description="distill: the teacher's STG strength (lambda)")
+    stg_blocks: list[int] = Field(default_factory=lambda: [2], description="distill: blocks STG skips")
 
     @model_validator(mode="after")
     def _data(self) -> StageConfig:
         if self.kind == "half_online" and self.pairs is None:
             raise ValueError("a half_online stage needs labelled anchors: give it `pairs` "
                              "(rollouts judged by the oracle, or a pairs file of human labels)")
-        if self.kind == "offline" and self.pairs is None:
+        if self.kind in ("offline", "distill_dpo") and self.pairs is None:
             self.pairs = PairsConfig()
         return self
 
@@ -73,6 +83,15 @@ class APOConfig(DPOObjectiveConfig):
     timesteps: TimestepSamplerConfig = Field(default_factory=TimestepSamplerConfig)
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(kind="offline", steps=60)],
                                       min_length=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> APOConfig:
+        kinds = [st.kind for st in self.stages]
+        for i, kind in enumerate(kinds):
+            if kind == "distill_dpo" and "distill" not in kinds[:i]:
+                raise ValueError(f"stage {i} (distill_dpo) needs a distilled model: put a `distill` stage "
+                                 "before it")
+        return self
 
     @model_validator(mode="after")
     def _steps(self) -> APOConfig:
@@ -140,7 +159,7 @@ class APOTrainer(Trainer):
         """(x_w, x_l, cond, n_pairs) for this step's stage."""
         stage = self.config.stages[self.stage]
         b = self.config.batch_size
-        if stage.kind == "offline":
+        if stage.kind in ("offline", "distill_dpo"):
             pairs = self._pairs(self.stage)
             idx = torch.randint(len(pairs), (b,), generator=self.generator).tolist()
             return (*pairs.tensors(self.adapter, idx), b)
@@ -187,9 +206,28 @@ class APOTrainer(Trainer):
                                    self.config.beta, self.config.T)
             yield t, loss.mean(), stats
 
+    def _distill_loss(self) -> torch.Tensor:
+        """Eq. 4: the student's single prediction against the teacher's CFG + STG guided one."""
+        stage = self.config.stages[self.stage]
+        b, T = self.config.batch_size, self.adapter.num_train_timesteps
+        idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
+        batch = split_batch(self.preset.world, stage.split, idx)
+        x0 = self.adapter.encode_video(batch.videos)
+        cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
+        sigma = self.timesteps.sample(b, self.generator).double() / T
+        sigma = sigma.clamp(min=1.0 / T).float()
+        noise = torch.randn(x0.shape, generator=self.generator)
+        x_t = self.adapter.add_noise(x0, noise, sigma)
+        with torch.no_grad(), self.adapter.reference():
+            teacher = guided_velocity(self.adapter, cond, stage.teacher_guidance_scale, stage.teacher_stg_scale,
+                                      stage.stg_blocks)(x_t, sigma)
+        return ((self.adapter.predict(x_t, sigma, cond).float() - teacher.float()) ** 2).mean()
+
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The window's summed loss in the current stage (one graph; for probes, which must not
         change the trainer, so no stage hand-off here). Training backpropagates per timestep."""
+        if self.config.stages[self.stage].kind == "distill":
+            return self._distill_loss(), {}
         x_w, x_l, cond, n = self._batch(step)
         if n == 0:
             return torch.zeros((), requires_grad=True), {"pairs": 0.0}
@@ -198,6 +236,9 @@ class APOTrainer(Trainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         self._advance_to(self.stage_at(step))
+        if self.config.stages[self.stage].kind == "distill":
+            loss = self._distill_loss()
+            return {"loss": loss.item(), "grad_norm": self.optimise(loss), "stage": float(self.stage)}
         x_w, x_l, cond, n = self._batch(step)
         logs: dict[str, float] = {"stage": float(self.stage), "pairs": float(n)}
         self.optimizer.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -108,6 +108,27 @@ class ModelAdapter(ABC):
                 base = layer.get_base_layer()
                 base.weight += layer.get_delta_weight(name).to(base.weight.dtype)
                 layer.reset_lora_parameters(name, init_lora_weights=True)
+
+    @contextlib.contextmanager
+    def skip_blocks(self, indices: Sequence[int]) -> Iterator[None]:
+        """The weak model of spatiotemporal skip guidance (STG): the given transformer blocks
+        pass their input through unchanged while the context is open."""
+        blocks = getattr(self.model, "blocks", None)
+        if blocks is None:
+            raise NotImplementedError(f"{type(self).__name__} has no transformer `blocks` to skip")
+        bad = [i for i in indices if not -len(blocks) <= i < len(blocks)]
+        if bad:
+            raise ValueError(f"cannot skip blocks {bad}: the model has {len(blocks)} blocks")
+
+        def passthrough(module, args, kwargs, output):
+            return args[0] if args else kwargs["hidden_states"]
+
+        handles = [blocks[i].register_forward_hook(passthrough, with_kwargs=True) for i in indices]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @property
     def has_lora(self) -> bool:
