@@ -128,3 +128,22 @@ def test_distill_stage_moves_the_student_towards_the_guided_teacher(tmp_path):
     first = trainer.train_step(0)["loss"]
     losses = [trainer.train_step(s)["loss"] for s in range(1, 12)]
     assert first > 0 and sum(losses[-4:]) / 4 < first
+
+
+def test_rankers(tmp_path):
+    import numpy as np
+
+    from harness.data.world import WorldConfig, make_clip
+    from trainers.rankers import LabelRanker, OracleRanker
+
+    world = WorldConfig()
+    clip = make_clip(world, "prompts", 0)
+    noise = np.random.default_rng(0).integers(0, 256, clip.frames.shape, dtype=np.uint8)
+    oracle = OracleRanker(world)
+    assert oracle.prefer(clip.frames, noise, clip.spec) == 1 and oracle.prefer(noise, clip.frames, clip.spec) == -1
+    trainer = _trainer(tmp_path, [{"kind": "offline", "steps": 1, "pairs": PAIRS}])
+    pairs = trainer._pairs(0)
+    labels = LabelRanker(pairs)
+    assert labels.prefer(pairs.chosen[0], pairs.rejected[0], None) == 1
+    assert labels.prefer(pairs.rejected[0], pairs.chosen[0], None) == -1
+    assert labels.prefer(noise, pairs.chosen[0], None) == 0 and labels.unknown == 1
