@@ -30,6 +30,8 @@ def _probe_output(trainer):
 def test_stage_config_is_checked():
     with pytest.raises(ValidationError, match="half_online stage needs labelled anchors"):
         APOConfig(stages=[{"kind": "half_online", "steps": 3}])
+    with pytest.raises(ValidationError, match="needs ranker_model"):
+        APOConfig(stages=[{"kind": "online", "steps": 3, "ranker": "vlm"}])
     cfg = APOConfig(stages=[{"kind": "offline", "steps": 40}, {"kind": "online", "steps": 20}])
     assert cfg.steps == 60 and cfg.stages[0].pairs is not None
     scaled = APOConfig(steps=6, stages=[{"kind": "offline", "steps": 40}, {"kind": "online", "steps": 20}])

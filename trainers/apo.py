@@ -24,7 +24,8 @@ so "adapters disabled" is the previous stage's model. Stage ends are checkpoints
   * ``distill_dpo``: distillation-aware DPO, an offline stage whose reference is the
     distilled model (refused unless a ``distill`` stage comes before it).
 
-Not yet here: a vision-language ranker.
+Rankers (trainers/rankers.py): the tiny world's oracle, or a local vision-language model
+with the paper's hierarchical four-way prompt.
 
 Defaults scaled for the tiny model: lr 5e-5 and beta 100 as `dpo`, batch 8 pairs, one
 offline stage of 60 steps (= 300 DPO steps of compute), the paper's shifts {3,4,5,6},
@@ -60,7 +61,8 @@ class StageConfig(BaseModel):
     steps: int = Field(ge=1)
     pairs: PairsConfig | None = Field(None, description="offline/distill_dpo: the pair set; "
                                                         "half_online: labelled anchors")
-    ranker: str = Field("oracle", description="online: who picks chosen and rejected")
+    ranker: Literal["oracle", "vlm"] = Field("oracle", description="online: who picks chosen and rejected")
+    ranker_model: str | None = Field(None, description="online with ranker vlm: the local model directory")
     split: str = Field("prompts", description="online: conditions to roll out from; distill: clips to noise")
     conditions: int = Field(96, ge=1, description="online/distill: how many conditions of `split` to draw from")
     # distill: the teacher (the previous stage, frozen) guided by CFG and STG (Eq. 3)
@@ -73,6 +75,8 @@ class StageConfig(BaseModel):
         if self.kind == "half_online" and self.pairs is None:
             raise ValueError("a half_online stage needs labelled anchors: give it `pairs` "
                              "(rollouts judged by the oracle, or a pairs file of human labels)")
+        if self.kind == "online" and self.ranker == "vlm" and not self.ranker_model:
+            raise ValueError("an online stage ranked by 'vlm' needs ranker_model (a local model directory)")
         if self.kind in ("offline", "distill_dpo") and self.pairs is None:
             self.pairs = PairsConfig()
         return self
@@ -120,7 +124,7 @@ class APOTrainer(Trainer):
         self.folded: list[dict[str, torch.Tensor]] = []  # LoRA state of each finished stage
         # The base weights, so a checkpoint of a later stage can be rebuilt by re-folding.
         self._base = {k: v.clone() for k, v in adapter.model.state_dict().items() if "lora_" not in k}
-        self._data: dict[int, object] = {}
+        self._data: dict[object, object] = {}  # pair sets per stage, rankers
 
     # -- stages ----------------------------------------------------------------------
     def checkpoint_steps(self) -> set[int]:
@@ -139,6 +143,12 @@ class APOTrainer(Trainer):
             self.stage += 1
             log.info("apo: stage %d (%s) starts; reference = the end of stage %d",
                      self.stage, self.config.stages[self.stage].kind, self.stage - 1)
+
+    def _ranker(self, stage: StageConfig):
+        key = ("ranker", stage.ranker, stage.ranker_model)
+        if key not in self._data:  # a VLM loads once
+            self._data[key] = get_ranker(stage.ranker, self.preset.world, stage.ranker_model)
+        return self._data[key]
 
     def _pairs(self, stage: int):
         if stage not in self._data:
@@ -169,7 +179,7 @@ class APOTrainer(Trainer):
             cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
             a = self._policy_videos(cond, b)
             c = self._policy_videos(cond, b)
-            ranker = get_ranker(stage.ranker, self.preset.world)
+            ranker = self._ranker(stage)
             keep, won, lost = [], [], []
             for i in range(b):
                 pref = ranker.prefer(a[i], c[i], batch.specs[i])
