@@ -1,6 +1,6 @@
 """Seconds per training step of each trainer on the tiny model, and the cost of the probes.
 
-    python benchmarks/bench_trainers.py [--repeats 10] [--out benchmarks/results/trainers.json]
+    python benchmarks/bench_trainers.py [--repeats 5] [--out benchmarks/results/trainers.json]
 
 Each trainer is built as `harness run` builds it (the preset's settings, LoRA), on a
 small rollout pair set (16 conditions) so that building it stays quick; a step's cost
@@ -40,7 +40,7 @@ def _median(fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "trainers.json")
     args = ap.parse_args()
     preset = load_preset(args.preset)
@@ -50,9 +50,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in available_methods():
             cls = get_trainer(method)
-            raw = dict(preset.methods.get(method, {}))
-            if "pairs" in raw:
-                raw["pairs"] = {**raw["pairs"], "conditions": 16}
+            raw = json.loads(json.dumps(preset.methods.get(method, {})))  # a deep copy
+            for part in [raw, *raw.get("stages", [])]:  # apo's stages carry their own pair sets
+                if "pairs" in part:
+                    part["pairs"] = {**part["pairs"], "conditions": 16}
             cfg = cls.config_class(**raw)
             torch.manual_seed(0)
             trainer = cls(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0, workdir=Path(tmp))

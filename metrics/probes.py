@@ -7,8 +7,11 @@
   from the reference (the start of training): negative = displaced.
 * ``gamma`` (PG-DPO Eq. 10 / 35): Gamma = -lr * grad log p(x_w) . (grad L_method - grad L_dpo)
   over the trainable parameters, on the probe pairs with one fixed draw each. L_method is
-  the trainer's own objective on the same pairs and draws when it has one (preference
-  trainers), else its loss for the coming step. The checkpoint value is the share of
+  the trainer's own objective on the same pairs when it has one (``pair_loss``: dpo,
+  pgdpo at the same draws; apo over its own fixed window of timesteps), else its loss for
+  the coming step, on its own batch (SFT: then Gamma compares updates computed on different
+  data and mostly says how much a DPO step on the probe pairs themselves would raise
+  their likelihood). The checkpoint value is the share of
   probed steps with Gamma > 0 (the paper: 81.7 % and 76.9 %). As in the paper, the step is
   the first-order SGD proxy -lr * grad, not the optimiser's actual (Adam) update.
 
@@ -26,7 +29,7 @@ import torch
 
 from harness.data.preferences import PairSet
 from metrics.base import MetricSpec, format_identity
-from trainers.preference import PreferenceTrainer, pair_errors
+from trainers.preference import pair_errors
 from trainers.preference_losses import PairErrors, dpo_loss
 
 PROBES: dict[str, type[TrainingProbe]] = {}
@@ -132,9 +135,9 @@ class Gamma(TrainingProbe):
         g_logp = _flat_grad(-PairErrors.per_sample(e.err_w).mean(), params)
         e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)
         g_dpo = _flat_grad(dpo_loss(e, self.beta)[0].mean(), params)
-        if isinstance(trainer, PreferenceTrainer):
+        if hasattr(trainer, "pair_loss"):  # the method's objective on the same pairs
             g_method = _flat_grad(trainer.pair_loss(x_w, x_l, cond, sigma, noise)[0], params)
-        else:  # the trainer's own next step, replayed without consuming its random stream
+        else:  # the trainer's own next step (another batch), replayed without consuming its random stream
             state = trainer.generator.get_state()
             g_method = _flat_grad(trainer.compute_loss(step)[0], params)
             trainer.generator.set_state(state)

@@ -149,3 +149,14 @@ def test_rankers(tmp_path):
     assert labels.prefer(pairs.chosen[0], pairs.rejected[0], None) == 1
     assert labels.prefer(pairs.rejected[0], pairs.chosen[0], None) == -1
     assert labels.prefer(noise, pairs.chosen[0], None) == 0 and labels.unknown == 1
+
+
+def test_gamma_of_apo_uses_its_window_objective_on_the_probe_pairs(tmp_path):
+    from metrics.probes import Gamma
+
+    trainer = _trainer(tmp_path, [{"kind": "offline", "steps": 2, "pairs": PAIRS}])
+    trainer.train_step(0)
+    probe = Gamma(trainer._pairs(0), beta=trainer.config.beta)
+    first, again = probe.measure(trainer, 1), probe.measure(trainer, 1)
+    assert first == again  # fixed draws and a fixed window: a probe is deterministic
+    assert first["dlogp_method"] != first["dlogp_dpo"] and all(abs(v) < 1 for v in first.values())

@@ -216,6 +216,19 @@ class APOTrainer(Trainer):
                                    self.config.beta, self.config.T)
             yield t, loss.mean(), stats
 
+    def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
+        """APO's objective on given pairs, for probes: the summed DPO loss over one window of
+        trajectory-aware timesteps drawn from a fixed generator (``sigma`` and ``noise`` of
+        the caller are not APO's own draws and are not used)."""
+        g = torch.Generator().manual_seed(0)
+        T, total = self.adapter.num_train_timesteps, 0.0
+        for t in self.timesteps.window(g).tolist():
+            eps = torch.randn(x_w.shape, generator=g)
+            loss, _ = dpo_loss(pair_errors(self.adapter, x_w, x_l, cond, torch.full((len(x_w),), t / T), eps),
+                               self.config.beta, self.config.T)
+            total = total + loss.mean()
+        return total, {}
+
     def _distill_loss(self) -> torch.Tensor:
         """Eq. 4: the student's single prediction against the teacher's CFG + STG guided one."""
         stage = self.config.stages[self.stage]
