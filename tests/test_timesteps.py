@@ -72,3 +72,16 @@ def test_window_has_four_high_and_one_low():
 def test_explicit_few_step_schedule_is_refused():
     with pytest.raises(ValueError, match="shifted schedule"):
         TrajectoryTimesteps(TimestepSamplerConfig(), SamplerConfig(timesteps=[1000, 757, 522]))
+
+
+def test_stride_carries_part_of_the_previous_window():
+    ts = _ts(stride=4)
+    g = torch.Generator().manual_seed(5)
+    prev = ts.window(g)
+    for _ in range(30):
+        w = ts.window(g, prev)
+        assert len(w) == 5 and (w >= 800).sum() == 4 and (w < 800).sum() == 1
+        assert int(prev[-1]) in w.tolist()  # window 5, stride 4: one timestep carries over
+        prev = w
+    fresh = _ts()  # no stride: windows are drawn afresh
+    assert len(fresh.window(g, prev)) == 5

@@ -125,6 +125,7 @@ class APOTrainer(Trainer):
         # The base weights, so a checkpoint of a later stage can be rebuilt by re-folding.
         self._base = {k: v.clone() for k, v in adapter.model.state_dict().items() if "lora_" not in k}
         self._data: dict[object, object] = {}  # pair sets per stage, rankers
+        self._window: torch.Tensor | None = None  # the last timestep window (a stride < window carries some over)
 
     # -- stages ----------------------------------------------------------------------
     def checkpoint_steps(self) -> set[int]:
@@ -209,7 +210,8 @@ class APOTrainer(Trainer):
     def _window_losses(self, x_w, x_l, cond):
         """Yield (t, DPO loss at t, stats) over one hybrid window, fresh noise per timestep."""
         T = self.adapter.num_train_timesteps
-        for t in self.timesteps.window(self.generator).tolist():
+        self._window = self.timesteps.window(self.generator, self._window)
+        for t in self._window.tolist():
             sigma = torch.full((len(x_w),), t / T)
             noise = torch.randn(x_w.shape, generator=self.generator)
             loss, stats = dpo_loss(pair_errors(self.adapter, x_w, x_l, cond, sigma, noise),
@@ -254,7 +256,9 @@ class APOTrainer(Trainer):
         x_w, x_l, cond, n = self._batch(step)
         if n == 0:
             return torch.zeros((), requires_grad=True), {"pairs": 0.0}
+        window = self._window
         parts = list(self._window_losses(x_w, x_l, cond))
+        self._window = window  # the carried-over window belongs to training, not to this call
         return sum(p[1] for p in parts), {"pairs": float(n)}
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -282,7 +286,7 @@ class APOTrainer(Trainer):
 
     # -- resumable state ---------------------------------------------------------------
     def state_dict(self):
-        return {**super().state_dict(), "stage": self.stage, "folded": self.folded}
+        return {**super().state_dict(), "stage": self.stage, "folded": self.folded, "window": self._window}
 
     def load_state_dict(self, state) -> None:
         # Rebuild the reference of the checkpoint's stage: base weights, then every finished stage folded in.
@@ -292,3 +296,4 @@ class APOTrainer(Trainer):
             self.adapter.load_lora_state_dict(lora)
             self._advance_to(self.stage + 1)
         super().load_state_dict(state)
+        self._window = state.get("window")

@@ -18,7 +18,9 @@ Readings the paper leaves open, made explicit here:
   (its ``shift``); without RO (``random_offset=False``) t' = t.
 
 The hybrid high/low sliding window (``window``) draws N_H timesteps with t >= 0.8 T and
-N_L below it, each from the sampler above restricted to its regime.
+N_L below it, each from the sampler above restricted to its regime. The paper's "window
+5, stride 4" is read as: consecutive windows share window - stride timesteps (the last
+ones of the previous window), and stride new ones are drawn to keep the 4 + 1 split.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class TimestepSamplerConfig(BaseModel):
     high_fraction: float = Field(0.8, gt=0, lt=1, description="the high-noise regime is t >= this * T")
     n_high: int = Field(4, ge=0, description="N_H timesteps from the high-noise regime per window")
     n_low: int = Field(1, ge=0, description="N_L timesteps from the rest per window")
+    stride: int | None = Field(None, ge=1, description="new timesteps per window; the rest carry over from the "
+                                                       "previous window (None: the window size, no overlap)")
 
 
 class TrajectoryTimesteps:
@@ -99,7 +103,24 @@ class TrajectoryTimesteps:
             out[i] = int(t.clamp(0, self.T).item())
         return out
 
-    def window(self, generator: torch.Generator) -> torch.Tensor:
-        """One sliding-window set: N_H high-noise then N_L low-noise timesteps."""
+    def window(self, generator: torch.Generator, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """One sliding-window set of N_H high-noise and N_L low-noise timesteps (high first).
+
+        With a ``stride`` smaller than the window, the last ``window - stride`` timesteps
+        of ``previous`` carry over and ``stride`` new ones are drawn so that the window
+        keeps its N_H / N_L composition (the paper: window 5, stride 4).
+        """
         c = self.cfg
-        return torch.cat([self.sample(c.n_high, generator, "high"), self.sample(c.n_low, generator, "low")])
+        size = c.n_high + c.n_low
+        keep = 0 if previous is None or c.stride is None else max(0, size - c.stride)
+        kept = previous[len(previous) - keep:] if keep else previous[:0] if previous is not None else None
+        cut = c.high_fraction * self.T
+        n_high = c.n_high - (int((kept >= cut).sum()) if kept is not None else 0)
+        n_low = c.n_low - (int((kept < cut).sum()) if kept is not None else 0)
+        if n_high < 0 or n_low < 0:  # the carried-over part cannot keep the composition: start afresh
+            kept, n_high, n_low = None, c.n_high, c.n_low
+        parts = [self.sample(n_high, generator, "high"), self.sample(n_low, generator, "low")]
+        if kept is not None and len(kept):
+            parts.append(kept)
+        w = torch.cat(parts)
+        return torch.cat([w[w >= cut], w[w < cut]])
