@@ -11,18 +11,17 @@ which are computed once per machine and timed separately). Goal (issue 3): <= 30
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_common import write_record
 
 from harness.config import load_preset
 from harness.evaluate import Evaluator
 from harness.models.tiny_wan import TinyWanAdapter
-from harness.provenance import provenance
 from harness.store import ResultStore
 
 
@@ -64,11 +63,7 @@ def main() -> None:
         "fvd_with_reference_build_s": fvd_first,
         "checkpoint_total_s": round(total, 3), "goal_s": 30,
     }
-    record = {"benchmark": "evaluate one checkpoint, full metric suite", "preset": args.preset,
-              "results": results, **provenance()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(json.dumps(results, indent=2))
+    write_record(args.out, "evaluate one checkpoint, full metric suite", args.preset, results)
 
 
 if __name__ == "__main__":

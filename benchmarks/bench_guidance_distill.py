@@ -13,16 +13,15 @@ and subject consistency. The paper reports a 3x speed-up on Wan.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from bench_common import write_record
 
 from harness.config import load_preset
 from harness.evaluate import Evaluator
 from harness.models.tiny_wan import TinyWanAdapter
-from harness.provenance import provenance
 from trainers.apo import APOConfig, APOTrainer
 
 METRICS = ["distortion_rate", "motion_adherence", "motion_score", "subject_consistency"]
@@ -77,12 +76,8 @@ def main() -> None:
                                 "distill_loss_first_last10": [losses[0], sum(losses[-10:]) / 10], "lr": 5e-4}
     results["speedup_teacher_over_student"] = (results["teacher_guided"]["seconds_per_video"]
                                                / student["seconds_per_video"])
-    record = {"benchmark": "guidance distillation (CFG + STG -> one pass)", "preset": args.preset,
-              "teacher": {"guidance_scale": args.guidance, "stg_scale": args.stg, "stg_blocks": [2]},
-              "results": results, **provenance()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(json.dumps(results, indent=2))
+    write_record(args.out, "guidance distillation (CFG + STG -> one pass)", args.preset, results,
+                 teacher={"guidance_scale": args.guidance, "stg_scale": args.stg, "stg_blocks": [2]})
 
 
 if __name__ == "__main__":

@@ -11,28 +11,15 @@ the median over repeats after one warm-up. Results are written with provenance.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from bench_common import median_seconds, write_record
 
 from harness.config import load_preset
 from harness.data.batches import split_batch
 from harness.models.tiny_wan import TinyWanAdapter
-from harness.provenance import provenance
 from harness.sampling import SamplerConfig, sample
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def train_step_seconds(adapter: TinyWanAdapter, batch, repeats: int) -> float:
@@ -51,7 +38,7 @@ def train_step_seconds(adapter: TinyWanAdapter, batch, repeats: int) -> float:
         loss.backward()
         opt.step()
 
-    return _median_seconds(step, repeats)
+    return median_seconds(step, repeats)
 
 
 def main() -> None:
@@ -84,17 +71,14 @@ def main() -> None:
         "sde": preset.sampler.model_copy(update={"kind": "sde"}),
         "fewstep_3": SamplerConfig(timesteps=[1000, 757, 522]),
     }.items():
-        secs = _median_seconds(lambda s=sampler: sample(adapter, cond, seeds, s), args.repeats)
+        secs = median_seconds(lambda s=sampler: sample(adapter, cond, seeds, s), args.repeats)
         results[f"sample_{name}"] = {"settings": sampler.model_dump(), "seconds_per_batch": secs,
                                       "seconds_per_video": secs / bs}
     with torch.no_grad():
         x = torch.randn(adapter.latent_shape(bs))
-        results["forward_s"] = _median_seconds(
+        results["forward_s"] = median_seconds(
             lambda: adapter.predict(x, torch.full((bs,), 0.5), cond), args.repeats)
-    record = {"benchmark": "tiny model speed", "preset": args.preset, "results": results, **provenance()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(json.dumps(results, indent=2))
+    write_record(args.out, "tiny model speed", args.preset, results)
 
 
 if __name__ == "__main__":

@@ -13,28 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from bench_common import median_seconds, write_record
 
 from harness.config import load_preset
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
-from harness.provenance import provenance
 from trainers.registry import available_methods, get_trainer
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -60,17 +48,16 @@ def main() -> None:
             trainer.adapter.model.train()
             step = iter(range(10**6))
             row = {"batch_size": cfg.batch_size,
-                   "step_s": _median(lambda t=trainer, s=step: t.train_step(next(s)), args.repeats)}
+                   "step_s": median_seconds(lambda t=trainer, s=step: t.train_step(next(s)), args.repeats)}
             probes = ProbeRunner(preset, trainer, Path(tmp))
             for probe in probes.probes:
-                row[f"probe_{probe.spec.name}_s"] = _median(lambda p=probe, t=trainer: p.measure(t, 1), args.repeats)
+                row[f"probe_{probe.spec.name}_s"] = median_seconds(lambda p=probe, t=trainer: p.measure(t, 1),
+                                                                   args.repeats)
             per_step = sum(v for k, v in row.items() if k.startswith("probe_")) / preset.probes.every
             row["probe_overhead_per_step"] = per_step / row["step_s"]
             results[method] = row
             print(method, json.dumps(row))
-    record = {"benchmark": "trainer step speed", "preset": args.preset, "results": results, **provenance()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_record(args.out, "trainer step speed", args.preset, results)
 
 
 if __name__ == "__main__":

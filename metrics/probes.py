@@ -112,8 +112,8 @@ class LikelihoodDisplacement(TrainingProbe):
         return series["chosen_displacement"][-1]
 
 
-def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], retain_graph: bool = False) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads,
                                                                                            strict=True)])
 
@@ -131,9 +131,8 @@ class Gamma(TrainingProbe):
     def measure(self, trainer, step: int) -> dict[str, float]:
         adapter, params = trainer.adapter, trainer.params
         x_w, x_l, cond, sigma, noise = self.fixed_draws(adapter, 1)
-        e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)
-        g_logp = _flat_grad(-PairErrors.per_sample(e.err_w).mean(), params)
-        e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)
+        e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)  # one forward serves both gradients
+        g_logp = _flat_grad(-PairErrors.per_sample(e.err_w).mean(), params, retain_graph=True)
         g_dpo = _flat_grad(dpo_loss(e, self.beta)[0].mean(), params)
         if hasattr(trainer, "pair_loss"):  # the method's objective on the same pairs
             g_method = _flat_grad(trainer.pair_loss(x_w, x_l, cond, sigma, noise)[0], params)

@@ -98,8 +98,6 @@ def test_prefer_runs_a_tiny_vlm(tiny_ranker):
     assert tiny_ranker.unparsed == (tiny_ranker.last_label is None)
     # fewer frames than num_frames, and an odd size, also go through
     assert tiny_ranker.prefer(a[:3], rng.integers(0, 256, (5, 20, 12, 3), dtype=np.uint8), None) in (-1, 0, 1)
-    with pytest.raises(NotImplementedError):
-        tiny_ranker.scores([a, b], None)
     with pytest.raises(ValueError, match="uint8"):
         tiny_ranker.prefer(a.astype(np.float32), b, None)
 

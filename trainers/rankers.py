@@ -22,28 +22,28 @@ from harness.data.world import WorldConfig
 
 
 class Ranker(ABC):
+    """Pairwise: which of two videos (uint8 (T, H, W, 3) frames) of one condition is better."""
+
     name: ClassVar[str]
 
     @abstractmethod
-    def scores(self, videos: list[np.ndarray], condition: object) -> list[float]:
-        """A score per video of one condition (uint8 (T, H, W, 3) frames); higher is better."""
-
     def prefer(self, a: np.ndarray, b: np.ndarray, condition: object) -> int:
         """+1 if ``a`` is preferred, -1 if ``b``, 0 for a tie (no preference: the pair is skipped)."""
-        sa, sb = self.scores([a, b], condition)
-        if not (np.isfinite(sa) and np.isfinite(sb)) or sa == sb:
-            return 0
-        return 1 if sa > sb else -1
 
 
 class OracleRanker(Ranker):
+    """Scores each video on its own (the oracle's mean of integrity and adherence) and compares."""
+
     name = "oracle"
 
     def __init__(self, world: WorldConfig):
         self._score = oracle_score(world)
 
-    def scores(self, videos: list[np.ndarray], condition: object) -> list[float]:
-        return [self._score(v, condition) for v in videos]
+    def prefer(self, a: np.ndarray, b: np.ndarray, condition: object) -> int:
+        sa, sb = self._score(a, condition), self._score(b, condition)
+        if not (np.isfinite(sa) and np.isfinite(sb)) or sa == sb:
+            return 0
+        return 1 if sa > sb else -1
 
 
 class LabelRanker(Ranker):
@@ -62,8 +62,6 @@ class LabelRanker(Ranker):
             self._labels[(_digest(lo), _digest(w))] = -1
         self.unknown = 0
 
-    def scores(self, videos: list[np.ndarray], condition: object) -> list[float]:
-        raise NotImplementedError("human labels are pairwise: use prefer()")
 
     def prefer(self, a: np.ndarray, b: np.ndarray, condition: object) -> int:
         label = self._labels.get((_digest(a), _digest(b)), 0)
@@ -215,8 +213,6 @@ class VLMRanker(Ranker):
         new = out[0, inputs["input_ids"].shape[1]:]
         return self.processor.decode(new, skip_special_tokens=True).strip()
 
-    def scores(self, videos: list[np.ndarray], condition: object) -> list[float]:
-        raise NotImplementedError("the VLM ranker is pairwise: use prefer()")
 
     def prefer(self, a: np.ndarray, b: np.ndarray, condition: object) -> int:
         self.last_output = self._generate(a, b)
