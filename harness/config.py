@@ -88,8 +88,13 @@ class PresetConfig(BaseModel):
     )
 
     def base_checkpoint_path(self) -> Path:
-        p = Path(self.base_checkpoint)
-        return p if p.is_absolute() else Path(str(resources.files("harness"))) / p
+        return package_path(self.base_checkpoint)
+
+
+def package_path(path: str | Path) -> Path:
+    """Relative paths of presets and assets are inside the harness package."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(str(resources.files("harness"))) / p
 
 
 def available_presets() -> list[str]:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import PresetConfig
+from harness.config import PresetConfig, package_path
 from harness.data.batches import split_batch
 from harness.data.video_io import tensor_to_frames
 from harness.data.world import WorldCondition
 from harness.models.base import ModelAdapter
-from harness.sampling import sample, sigma_schedule
+from harness.sampling import SamplerConfig, sample, sigma_schedule
 from harness.store import ResultStore, bootstrap_ci
 from metrics.base import Metric, VideoSample
 from metrics.registry import get_metric
@@ -43,28 +43,32 @@ class Evaluator:
         self.seeds = [preset.eval.seed + i for i in range(preset.eval.num_videos)]
 
     # -- videos ------------------------------------------------------------------------
-    def sample_videos(self, adapter: ModelAdapter, show_progress: bool = True) -> np.ndarray:
-        """(N, T, H, W, 3) uint8 for the eval conditions and seeds."""
+    def sample_videos(self, adapter: ModelAdapter, show_progress: bool = True,
+                      sampler: SamplerConfig | None = None) -> np.ndarray:
+        """(N, T, H, W, 3) uint8 for the eval conditions and seeds (the preset's sampler unless
+        a method brings its own, e.g. a few-step generator's)."""
+        sampler = sampler or self.preset.sampler
         n, out = len(self.seeds), []
-        steps = len(sigma_schedule(self.preset.sampler)) - 1
+        steps = len(sigma_schedule(sampler)) - 1
         with torch.no_grad(), tqdm(total=n * steps, desc="sampling", unit="video-step",
                                    disable=not show_progress, leave=False) as bar:
             for lo in range(0, n, self.batch_size):
                 sl = slice(lo, min(n, lo + self.batch_size))
                 cond = adapter.encode_condition(self.eval.first_frames[sl], self.eval.captions[sl])
                 m = sl.stop - sl.start
-                videos = sample(adapter, cond, self.seeds[sl], self.preset.sampler,
+                videos = sample(adapter, cond, self.seeds[sl], sampler,
                                 progress=lambda k, m=m: bar.update(k * m))
                 out.extend(tensor_to_frames(v) for v in videos)
         return np.stack(out)
 
-    def samples_for(self, adapter: ModelAdapter | None, path: Path, show_progress: bool = True) -> np.ndarray:
+    def samples_for(self, adapter: ModelAdapter | None, path: Path, show_progress: bool = True,
+                    sampler: SamplerConfig | None = None) -> np.ndarray:
         if path.is_file():
             with np.load(path) as z:
                 return z["frames"]
         if adapter is None:
             raise FileNotFoundError(f"{path} is missing and no model was given to sample it")
-        frames = self.sample_videos(adapter, show_progress)
+        frames = self.sample_videos(adapter, show_progress, sampler)
         tmp = path.with_name(path.name + ".partial.npz")
         np.savez_compressed(tmp, frames=frames, seeds=np.asarray(self.seeds))
         os.replace(tmp, path)
@@ -80,10 +84,11 @@ class Evaluator:
         ]
 
     def evaluate(self, store: ResultStore, checkpoint_id: int, adapter: ModelAdapter | None,
-                 samples_path: Path, show_progress: bool = True) -> dict[str, float]:
+                 samples_path: Path, show_progress: bool = True,
+                 sampler: SamplerConfig | None = None) -> dict[str, float]:
         """Sample (or reload) the eval set for a checkpoint and compute what is missing."""
         if any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics):
-            videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress))
+            videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress, sampler))
             return self.score(store, checkpoint_id, videos, show_progress)
         return self._rollups(store, checkpoint_id)
 
@@ -146,7 +151,8 @@ def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -
         if cfg is None:
             raise FileNotFoundError(f"{path}: a LoRA checkpoint of method {method!r}, but its run.json (two "
                                     "levels up from the run's checkpoints/) does not describe that method")
-        adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+        base = cfg.get("base_checkpoint")
+        adapter = TinyWanAdapter.load(package_path(base) if base else preset.base_checkpoint_path())
         adapter.add_lora(cfg["lora_rank"], cfg["lora_alpha"])
         adapter.load_lora_state_dict(load_file(path / "lora.safetensors"))
     else:

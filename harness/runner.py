@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from harness.config import PresetConfig
+from harness.config import PresetConfig, package_path
 from harness.data.preferences import PairsError
 from harness.evaluate import Evaluator
 from harness.models.tiny_wan import TinyWanAdapter
@@ -40,7 +40,7 @@ from harness.probing import ProbeRunner
 from harness.provenance import provenance
 from harness.store import ResultStore
 from trainers.base import Trainer, TrainerConfig
-from trainers.registry import get_trainer
+from trainers.registry import trainer_for
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,14 @@ class RunOptions:
 
 
 def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> TrainerConfig:
-    cls = get_trainer(method)
     raw = dict(preset.methods.get(method, {}))
+    parent = raw.get("trainer")
+    if parent and parent != method:  # a named variant starts from its trainer's own section
+        raw = {**preset.methods.get(parent, {}), **raw}
+    try:
+        cls = trainer_for(method, raw)
+    except KeyError as exc:
+        raise RunError(f"method {method!r}: {exc.args[0]}") from exc
     if opts.steps is not None:
         raw["steps"] = opts.steps
     if opts.eval_every is not None:
@@ -165,13 +171,21 @@ def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, T
 def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str, evaluator: Evaluator,
                method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
     torch.manual_seed(seed)
-    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    base_path = package_path(cfg.base_checkpoint) if cfg.base_checkpoint else preset.base_checkpoint_path()
+    adapter = TinyWanAdapter.load(base_path)
     try:
-        trainer = get_trainer(method)(adapter, preset, cfg, seed, workdir=out / "cache")
+        trainer = trainer_for(method, {"trainer": cfg.trainer})(adapter, preset, cfg, seed, workdir=out / "cache")
         probes = ProbeRunner(preset, trainer, out / "cache")
-    except PairsError as exc:
+    except (PairsError, ValueError) as exc:  # unusable pairs, replay/offline sources, rewards
         raise RunError(f"{method} seed {seed}: {exc}") from exc
-    sampler = preset.sampler.model_dump()
+    sampler_cfg = trainer.sampler
+    sampler = sampler_cfg.model_dump()
+    if cfg.base_checkpoint or cfg.sampler:  # its own starting model or sampler: its own step 0
+        path = _checkpoint_dir(out, method, seed, 0)
+        path.mkdir(parents=True, exist_ok=True)
+        ckpt = store.checkpoint(run_id, method, seed, 0, str(path), sampler)
+        adapter.model.eval()
+        evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
     start = _latest_complete(out, method, seed, cfg.steps) or 0
     if start:
         _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
@@ -181,7 +195,7 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
         path = _checkpoint_dir(out, method, seed, step)
         ckpt = store.checkpoint(run_id, method, seed, step, str(path), sampler)
         evaluator.evaluate(store, ckpt, None if (path / "samples.npz").exists() else _at(trainer, path),
-                           path / "samples.npz", show_progress)
+                           path / "samples.npz", show_progress, sampler_cfg)
     if start:  # the loaded state is the latest checkpoint again
         _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
         probes.restore(store.train_logs(run_id).query("method == @method and seed == @seed"), start)
@@ -217,7 +231,7 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
             ckpt = store.checkpoint(run_id, method, seed, done, str(path), sampler)
             probes.store_checkpoint(store, ckpt)
             adapter.model.eval()
-            evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress)
+            evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
 
 
 def _at(trainer: Trainer, path: Path) -> TinyWanAdapter:

@@ -139,6 +139,21 @@ def guided_velocity(adapter: ModelAdapter, cond: Conditioning, guidance_scale: f
 
 
 @torch.no_grad()
+def sample_latents(
+    adapter: ModelAdapter,
+    cond: Conditioning,
+    seeds: Sequence[int],
+    cfg: SamplerConfig,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Clean samples x0 in the model's space (no decoding), for conditions and seeds."""
+    x = initial_noise(adapter.latent_shape(len(seeds)), seeds)
+    sigmas = sigma_schedule(cfg, adapter.num_train_timesteps)
+    velocity = guided_velocity(adapter, cond, cfg.guidance_scale, cfg.stg_scale, cfg.stg_blocks)
+    return integrate(velocity, x, sigmas, cfg, seeds, progress)
+
+
+@torch.no_grad()
 def sample(
     adapter: ModelAdapter,
     cond: Conditioning,
@@ -147,8 +162,4 @@ def sample(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Videos in pixel space (B, C, T, H, W) in [-1, 1] for conditions and seeds."""
-    x = initial_noise(adapter.latent_shape(len(seeds)), seeds)
-    sigmas = sigma_schedule(cfg, adapter.num_train_timesteps)
-    velocity = guided_velocity(adapter, cond, cfg.guidance_scale, cfg.stg_scale, cfg.stg_blocks)
-    x = integrate(velocity, x, sigmas, cfg, seeds, progress)
-    return adapter.decode_latents(x).clamp(-1, 1)
+    return adapter.decode_latents(sample_latents(adapter, cond, seeds, cfg, progress)).clamp(-1, 1)

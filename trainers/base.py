@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import PresetConfig
 from harness.models.base import ModelAdapter
+from harness.sampling import SamplerConfig
 
 
 class TrainerConfig(BaseModel):
@@ -26,6 +27,12 @@ class TrainerConfig(BaseModel):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(8.0, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    # A named variant (preset key `fcrm-offline`, say) names the registered trainer it configures.
+    trainer: str | None = Field(None, description="registered trainer of a named variant; default: the key")
+    base_checkpoint: str | None = Field(
+        None, description="the method's own starting model (e.g. a few-step generator); default: the preset's")
+    sampler: SamplerConfig | None = Field(
+        None, description="the method's sampler for rollouts and evaluation; default: the preset's")
 
 
 class Trainer(ABC):
@@ -41,6 +48,7 @@ class Trainer(ABC):
         self.params = adapter.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = config.sampler or preset.sampler  # what this method's generator samples with
 
     @abstractmethod
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:

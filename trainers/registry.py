@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from trainers.base import Trainer
 
 TRAINERS: dict[str, type[Trainer]] = {}
-BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo")
+BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo", "trainers.fcrm")
 
 
 def register_trainer(cls: type[Trainer]) -> type[Trainer]:
@@ -34,3 +34,9 @@ def get_trainer(name: str) -> type[Trainer]:
 def available_methods() -> list[str]:
     _load_builtin()
     return sorted(TRAINERS)
+
+
+def trainer_for(method: str, settings: dict | None = None) -> type[Trainer]:
+    """The trainer of a run's method: a registered name, or a named variant whose settings
+    name its trainer (e.g. ``fcrm-offline: {trainer: fcrm, behaviour: none}``)."""
+    return get_trainer((settings or {}).get("trainer") or method)
