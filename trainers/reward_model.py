@@ -1,0 +1,211 @@
+"""The latent reward model: a frozen diffusion backbone as feature extractor + a small head.
+
+As FCRM's reward model (Sec. 5.1), it scores x0 in the generator's own space: the frozen
+base transformer runs on x0 at a fixed noise level, the output of one intermediate block
+(spatio-temporal tokens) is read by a forward hook (the blocks after it are skipped), and
+a query-attention head cross-attends to those tokens together with the caption tokens and
+maps the pooled result to a scalar. Only the head is trained, on oracle scores of tiny-world
+videos (base-model samples at 16 and 4 sampler steps, and real clips), then frozen.
+
+`harness train-reward` builds it; the shipped weights and their training record (held-out
+correlation with the oracle) live in harness/assets/tiny/rewards/latent_rm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.config import PresetConfig, package_path
+from harness.data.batches import split_batch
+from harness.data.preferences import oracle_score
+from harness.data.video_io import tensor_to_frames
+from harness.models.base import Conditioning, ModelAdapter
+from harness.models.tiny_wan import WEIGHTS_NAME, TinyWanAdapter
+from harness.sampling import SamplerConfig, sample
+
+DEFAULT_PATH = "assets/tiny/rewards/latent_rm"
+HEAD_FILE, RECORD_FILE = "head.safetensors", "record.json"
+
+
+class _Stop(Exception):
+    """Raised by the feature hook: the blocks after the read-out are not needed."""
+
+
+class RewardHead(nn.Module):
+    """Learned queries cross-attend to visual tokens and caption tokens -> scalar."""
+
+    def __init__(self, feature_dim: int, text_dim: int, width: int = 64, queries: int = 4, heads: int = 4):
+        super().__init__()
+        self.visual = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, width))
+        self.text = nn.Linear(text_dim, width)
+        self.kind = nn.Parameter(torch.zeros(2, width))  # visual / text token type embeddings
+        self.queries = nn.Parameter(0.02 * torch.randn(queries, width))
+        self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(queries * width), nn.Linear(queries * width, width), nn.SiLU(),
+                                 nn.Linear(width, 1))
+
+    def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        pad = text.abs().sum(-1) == 0  # the caption encoder pads with zeros
+        tokens = torch.cat([self.visual(features) + self.kind[0], self.text(text) + self.kind[1]], dim=1)
+        mask = torch.cat([torch.zeros(pad.shape[0], features.shape[1], dtype=torch.bool), pad], dim=1)
+        q = self.queries.expand(features.shape[0], -1, -1)
+        pooled, _ = self.attend(q, tokens, tokens, key_padding_mask=mask, need_weights=False)
+        return self.out(pooled.flatten(1)).squeeze(-1)
+
+
+class LatentRewardModel:
+    def __init__(self, backbone: ModelAdapter, head: RewardHead, layer: int, sigma: float, digest: str = ""):
+        self.backbone, self.head, self.layer, self.sigma, self.digest = backbone, head, layer, sigma, digest
+        backbone.model.requires_grad_(False).eval()
+        head.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def features(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """(B, tokens, width) output of backbone block ``layer`` on x0 at noise level ``sigma``."""
+        captured: list[torch.Tensor] = []
+
+        def hook(module, args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop
+
+        handle = self.backbone.model.blocks[self.layer].register_forward_hook(hook)
+        try:
+            self.backbone.predict(x0, torch.full((x0.shape[0],), self.sigma), cond)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return captured[0].float()
+
+    @torch.no_grad()
+    def score(self, x0: torch.Tensor, cond: Conditioning, batch_size: int = 64) -> torch.Tensor:
+        out = [self.head(self.features(x0[i:i + batch_size], cond.index(slice(i, i + batch_size))),
+                         cond.text[i:i + batch_size].float()) for i in range(0, x0.shape[0], batch_size)]
+        return torch.cat(out)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_reward_model(path: str | Path | None = None) -> LatentRewardModel:
+    """The head in ``path`` (default: the shipped one) on the backbone its record names; the
+    backbone's weights must be the ones it was trained on (checked by digest)."""
+    from trainers.rewards import RewardError
+
+    directory = package_path(path or DEFAULT_PATH)
+    head_file, record_file = directory / HEAD_FILE, directory / RECORD_FILE
+    for needed in (head_file, record_file):
+        if not needed.is_file():
+            raise RewardError(f"latent reward model file missing: {needed}; build it with "
+                              f"`harness train-reward --preset tiny --out {directory}`")
+    record = json.loads(record_file.read_text())
+    base_dir = package_path(record["backbone"])
+    if not (base_dir / WEIGHTS_NAME).is_file():
+        raise RewardError(f"the latent reward model's backbone is missing: {base_dir / WEIGHTS_NAME}")
+    digest = file_digest(base_dir / WEIGHTS_NAME)
+    if record["backbone_digest"] != digest:
+        raise RewardError(f"the latent reward model in {directory} was trained on the features of other backbone "
+                          f"weights ({record['backbone_digest']}; {base_dir} holds {digest}); rebuild it with "
+                          f"`harness train-reward --out {directory} --force`")
+    backbone = TinyWanAdapter.load(base_dir)
+    head = RewardHead(**record["head"])
+    head.load_state_dict(load_file(head_file))
+    return LatentRewardModel(backbone, head, record["layer"], record["sigma"], digest=file_digest(head_file))
+
+
+# -- training -----------------------------------------------------------------------------
+def _oracle_dataset(preset: PresetConfig, adapter: TinyWanAdapter, conditions: int, start: int,
+                    show_progress: bool) -> tuple[torch.Tensor, list[int], np.ndarray, dict[str, int]]:
+    """Videos (N, C, T, H, W) with their condition indices and oracle scores: per condition,
+    two base-model samples at the preset's sampler, one at 4 Euler steps (blurrier, more
+    distorted: coverage of bad videos) and the real clip."""
+    batch = split_batch(preset.world, "prompts", range(start, start + conditions))
+    judge = oracle_score(preset.world)
+    four = SamplerConfig(**{**preset.sampler.model_dump(), "num_steps": 4})
+    videos, owners, kinds = [], [], {"sampled": 0, "sampled_4_steps": 0, "real": 0}
+    for lo in tqdm(range(0, conditions, 32), desc="reward-model data", disable=not show_progress):
+        idx = list(range(lo, min(conditions, lo + 32)))
+        cond = adapter.encode_condition(batch.first_frames[idx], [batch.captions[i] for i in idx])
+        for k, cfg in ((0, preset.sampler), (1, preset.sampler), (2, four)):
+            seeds = [int(np.random.SeedSequence([77, start + i, k]).generate_state(1)[0] & 0x7FFFFFFF) for i in idx]
+            videos.append(sample(adapter, cond, seeds, cfg))
+            owners += idx
+            kinds["sampled_4_steps" if k == 2 else "sampled"] += len(idx)
+        videos.append(batch.videos[idx])
+        owners += idx
+        kinds["real"] += len(idx)
+    x = torch.cat(videos)
+    scores = np.array([judge(tensor_to_frames(v), batch.specs[i]) for v, i in zip(x, owners, strict=True)])
+    keep = np.isfinite(scores)
+    return x[keep], [o for o, k in zip(owners, keep, strict=True) if k], scores[keep], kinds
+
+
+def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384, start: int = 20_000,
+                       steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, layer: int = 2,
+                       sigma: float = 0.0, held_out: float = 0.15, seed: int = 0,
+                       show_progress: bool = True) -> dict:
+    """Fit the head on oracle scores; hold out whole conditions to report generalisation."""
+    from scipy import stats
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    base_dir = preset.base_checkpoint_path()
+    backbone = TinyWanAdapter.load(base_dir)
+    backbone.model.eval()
+    x, owners, scores, kinds = _oracle_dataset(preset, backbone, conditions, start, show_progress)
+    batch = split_batch(preset.world, "prompts", range(start, start + conditions))
+    cond = backbone.encode_condition(batch.first_frames[owners], [batch.captions[i] for i in owners])
+    head = RewardHead(backbone.model.config.num_attention_heads * backbone.model.config.attention_head_dim,
+                      backbone.config.text_dim)
+    rm = LatentRewardModel(backbone, head, layer, sigma)
+    feats = torch.cat([rm.features(x[i:i + 64], cond.index(slice(i, i + 64))) for i in range(0, len(x), 64)])
+    text = cond.text.float()
+    y = torch.tensor(scores, dtype=torch.float32)
+    test_conditions = set(range(int(conditions * (1 - held_out)), conditions))
+    test = torch.tensor([o in test_conditions for o in owners])
+    train_idx, test_idx = torch.nonzero(~test).squeeze(1), torch.nonzero(test).squeeze(1)
+    head.requires_grad_(True).train()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for step in tqdm(range(steps), desc="train reward head", disable=not show_progress):
+        b = train_idx[torch.randint(len(train_idx), (batch_size,), generator=g)]
+        loss = torch.nn.functional.mse_loss(head(feats[b], text[b]), y[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        opt.step()
+    head.requires_grad_(False).eval()
+    with torch.no_grad():
+        pred = head(feats[test_idx], text[test_idx]).numpy()
+    truth = scores[test_idx.numpy()]
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, out / HEAD_FILE)
+    record = {
+        "what": "tiny-world latent reward model: frozen base-transformer features + query-attention head",
+        "reproduce": f"harness train-reward --preset {preset.name} --out <dir> --force",
+        "backbone": preset.base_checkpoint, "backbone_digest": file_digest(base_dir / WEIGHTS_NAME),
+        "layer": layer, "sigma": sigma,
+        "head": {"feature_dim": feats.shape[-1], "text_dim": text.shape[-1]},
+        "target": "oracle score: mean of sprite integrity and motion adherence",
+        "data": {"split": "prompts", "conditions": [start, start + conditions], "videos": kinds,
+                 "kept": len(y), "held_out_conditions": len(test_conditions)},
+        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "seconds": round(time.time() - t0, 1)},
+        "held_out": {"videos": len(truth), "pearson": float(stats.pearsonr(pred, truth)[0]),
+                     "spearman": float(stats.spearmanr(pred, truth)[0]),
+                     "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+                     "rmse_of_mean_predictor": float(np.sqrt(np.mean((truth - y[train_idx].mean().item()) ** 2)))},
+    }
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
+    return record

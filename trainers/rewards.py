@@ -1,0 +1,137 @@
+"""Reward registry shared by the reward-driven trainers (FCRM, later SHIFT).
+
+A reward scores clean samples x0 in the model's space, one scalar per sample::
+
+    reward(x0, inputs) -> (B,) float64, NaN/inf where it cannot score a sample
+
+Trainers treat a non-finite reward as "drop this sample" and count it.
+
+* ``latent_rm`` (space: latent): FCRM's default. A learned reward model that reads the
+  frozen base transformer's intermediate features of x0 (a noise-aware feature
+  extractor, as the paper's Wan-backbone reward model) with the caption tokens, through a
+  small query-attention head trained on oracle scores (trainers/reward_model.py). No
+  decoding: for real models the same head runs on the frozen DiT's latent-stream features.
+* ``oracle`` (space: pixel): decode, then the tiny world's oracle judge (mean of sprite
+  integrity and motion adherence). The pixel-space reward of the ablation. It is the same
+  judge as the ``distortion_rate``/``motion_adherence`` metrics, so training on it is not
+  a held-out evaluation; the report says so.
+* ``luminance`` (space: pixel): mean frame luma (BT.601) in [0, 1], the paper's
+  "lightness" reward.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from harness.config import PresetConfig
+from harness.data.preferences import oracle_score
+from harness.data.video_io import tensor_to_frames
+from harness.data.world import ClipSpec
+from harness.models.base import Conditioning, ModelAdapter
+
+
+class RewardError(ValueError):
+    """A reward cannot be built or cannot score these inputs; the message says why."""
+
+
+@dataclass
+class RewardInputs:
+    """What a reward may read besides x0: the encoded conditions and, for world clips,
+    their specs (the oracle's ground truth; None for imported data)."""
+
+    cond: Conditioning
+    specs: list[ClipSpec] | None = None
+
+
+class Reward(ABC):
+    name: ClassVar[str]
+    space: ClassVar[str]  # "latent": reads x0 directly; "pixel": decodes first
+    description: ClassVar[str] = ""
+
+    def __init__(self, adapter: ModelAdapter, preset: PresetConfig):
+        self.adapter, self.preset = adapter, preset
+
+    @property
+    def identity(self) -> str:
+        return self.name
+
+    @abstractmethod
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
+        """(B,) float64 rewards; non-finite where a sample cannot be scored."""
+
+    def frames(self, x0: torch.Tensor) -> list[np.ndarray]:
+        """Decoded uint8 frames (T, H, W, 3) per sample, for pixel-space rewards."""
+        return [tensor_to_frames(v) for v in self.adapter.decode_latents(x0).clamp(-1, 1)]
+
+
+REWARDS: dict[str, type[Reward]] = {}
+
+
+def register_reward(cls: type[Reward]) -> type[Reward]:
+    if REWARDS.get(cls.name, cls) is not cls:
+        raise ValueError(f"reward {cls.name!r} registered twice")
+    REWARDS[cls.name] = cls
+    return cls
+
+
+def build_reward(name: str, adapter: ModelAdapter, preset: PresetConfig, **options: object) -> Reward:
+    if name not in REWARDS:
+        raise RewardError(f"unknown reward {name!r}; registered: {', '.join(sorted(REWARDS))}")
+    return REWARDS[name](adapter, preset, **options)  # type: ignore[call-arg]
+
+
+@register_reward
+class LuminanceReward(Reward):
+    name, space = "luminance", "pixel"
+    description = "mean frame luma (BT.601) in [0, 1]"
+
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
+        rgb = (self.adapter.decode_latents(x0).clamp(-1, 1).double() + 1) / 2  # (B, 3, T, H, W)
+        luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+        return luma.flatten(1).mean(1)
+
+
+@register_reward
+class OracleReward(Reward):
+    name, space = "oracle", "pixel"
+    description = "tiny-world oracle judge: mean of sprite integrity and motion adherence (decoded pixels)"
+
+    def __init__(self, adapter: ModelAdapter, preset: PresetConfig):
+        super().__init__(adapter, preset)
+        self.score: Callable[[np.ndarray, object], float] = oracle_score(preset.world)
+
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
+        if inputs.specs is None:
+            raise RewardError("the oracle reward needs tiny-world conditions (clip specs); imported samples "
+                              "have none: use reward latent_rm or luminance for them")
+        return torch.tensor([self.score(f, s) for f, s in zip(self.frames(x0), inputs.specs, strict=True)],
+                            dtype=torch.float64)
+
+
+@register_reward
+class LatentRewardModelReward(Reward):
+    name, space = "latent_rm", "latent"
+    description = "learned latent reward model: frozen base-transformer features + query-attention head"
+
+    def __init__(self, adapter: ModelAdapter, preset: PresetConfig, path: str | None = None):
+        super().__init__(adapter, preset)
+        from trainers.reward_model import load_reward_model
+
+        self.model = load_reward_model(path)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}[{self.model.digest}]"
+
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
+        return self.model.score(x0, inputs.cond).double()
