@@ -1,0 +1,186 @@
+"""The fcrm trainer on the tiny model: behaviour distributions, bad input, resume; the rewards."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import load_preset, parse_override
+from harness.models.tiny_wan import TinyWanAdapter
+from trainers.fcrm import FCRMConfig, FCRMTrainer
+from trainers.fcrm_data import FCRMDataError
+from trainers.rewards import REWARDS, Reward, RewardError, RewardInputs, build_reward, register_reward
+
+SMALL = {"conditions": 2, "group_size": 2, "batch_size": 2, "inner_steps": 2, "offline": {"count": 6}}
+
+
+@pytest.fixture(scope="module")
+def preset():
+    return load_preset("tiny", [parse_override("sampler.num_steps=2")])
+
+
+def _trainer(preset, seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = FCRMConfig(**{**SMALL, **overrides})
+    return FCRMTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, seed)
+
+
+@pytest.mark.parametrize("behaviour", ["on_policy", "ema", "replay", "none"])
+def test_every_behaviour_trains(preset, behaviour):
+    tr = _trainer(preset, behaviour=behaviour, offline=SMALL["offline"] if behaviour == "none" else None)
+    logs = [tr.train_step(s) for s in range(3)]
+    assert all(np.isfinite(v) for row in logs for v in row.values())
+    branch = "offline" if behaviour == "none" else "online"
+    assert f"{branch}/residual_sq" in logs[-1]
+    if behaviour == "replay":
+        assert logs[-1]["replay/size"] == 8  # two rounds of 2 x 2 rollouts, unfiltered
+    if behaviour == "ema":  # the behaviour weights trail the policy: eta * old + (1 - eta) * new
+        assert any(not torch.equal(e, p) for e, p in zip(tr.ema, tr.params, strict=True))
+
+
+def test_first_step_residual_is_minus_beta_advantage(preset):
+    """At step 0 the policy is the reference (LoRA B = 0) and b_phi = 0, so with common random
+    numbers g = -beta * A exactly: residual_sq = mean(A^2) = 1 for normalised groups of two."""
+    tr = _trainer(preset, behaviour="on_policy", offline=None, beta=1.0)
+    logs = tr.train_step(0)
+    assert logs["online/loss_gap"] == 0.0 and logs["online/b"] == 0.0
+    assert logs["online/residual_sq"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_resume_gives_the_same_numbers(preset):
+    a = _trainer(preset, behaviour="replay", offline=SMALL["offline"])
+    for s in range(3):
+        a.train_step(s)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)  # as the runner's checkpoint does (the live state keeps changing)
+    after = [a.train_step(s) for s in range(3, 5)]
+    b = _trainer(preset, behaviour="replay", offline=SMALL["offline"])
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    again = [b.train_step(s) for s in range(3, 5)]
+    assert after == again
+
+
+def test_empty_or_mismatched_offline_source_fails_at_start(preset, tmp_path):
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, captions=np.array([], dtype=str), latents=np.zeros((0, 3, 8, 16, 16), np.float32),
+             first_frames=np.zeros((0, 16, 16, 3), np.uint8))
+    with pytest.raises(FCRMDataError, match="is empty"):
+        _trainer(preset, offline={"source": str(empty)})
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, captions=np.array(["red circle moves left"]), latents=np.zeros((1, 4, 8, 32, 32), np.float32),
+             first_frames=np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(FCRMDataError, match=r"shape \(4, 8, 32, 32\).*\(3, 8, 16, 16\)"):
+        _trainer(preset, offline={"source": str(wrong)})
+    with pytest.raises(FCRMDataError, match="does not exist"):
+        _trainer(preset, offline={"source": str(tmp_path / "missing.npz")})
+    with pytest.raises(ValueError, match="needs an `offline` source"):
+        FCRMConfig(behaviour="none", offline=None)
+
+
+def test_file_offline_source_trains(preset, tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 8, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "offline.npz"
+    np.savez(path, captions=np.array(["red circle moves left"] * 4), frames=frames)
+    tr = _trainer(preset, behaviour="none", offline={"source": str(path)}, reward={"name": "luminance"})
+    assert tr.offline.rewards.tolist() == pytest.approx(
+        [float((f / 255.0 @ np.array([0.299, 0.587, 0.114])).mean()) for f in frames], abs=1e-6)
+    assert np.isfinite(tr.train_step(0)["loss"])
+
+
+@register_reward
+class _HalfNaN(Reward):
+    name, space = "test-half-nan", "latent"
+
+    def __call__(self, x0, inputs):
+        r = x0.flatten(1).mean(1).double()
+        r[::2] = float("nan")
+        return r
+
+
+def test_non_finite_rewards_are_dropped_and_counted(preset):
+    tr = _trainer(preset, behaviour="on_policy", offline=None, reward={"name": "test-half-nan"}, conditions=2,
+                  group_size=4)
+    logs = tr.train_step(0)
+    assert logs["reward/dropped"] == 4 and len(tr.round) == 4
+    assert np.isfinite(logs["loss"])
+
+
+def test_rewards_by_hand(preset):
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    x0 = torch.full((2, 3, 8, 16, 16), -1.0)
+    x0[1] = 1.0
+    lum = build_reward("luminance", adapter, preset)
+    assert lum(x0, RewardInputs(None)).tolist() == pytest.approx([0.0, 1.0])
+    from harness.data.batches import split_batch
+
+    batch = split_batch(preset.world, "eval", range(2))
+    cond = adapter.encode_condition(batch.first_frames, batch.captions)
+    oracle = build_reward("oracle", adapter, preset)
+    real, noise = oracle(batch.videos, RewardInputs(cond, batch.specs)), oracle(torch.rand_like(batch.videos) * 2 - 1,
+                                                                                RewardInputs(cond, batch.specs))
+    assert (real > 0.85).all() and (noise < real - 0.3).all()
+    with pytest.raises(RewardError, match="needs tiny-world conditions"):
+        oracle(batch.videos, RewardInputs(cond, None))
+    rm = build_reward("latent_rm", adapter, preset)
+    scores = rm(torch.cat([batch.videos, torch.rand_like(batch.videos) * 2 - 1]), RewardInputs(Conditioning_cat(cond)))
+    assert torch.isfinite(scores).all() and scores[:2].min() > scores[2:].max()  # real clips over noise
+    with pytest.raises(RewardError, match="unknown reward"):
+        build_reward("hps", adapter, preset)
+    assert {"latent_rm", "oracle", "luminance"} <= set(REWARDS)
+
+
+def Conditioning_cat(cond):
+    return cond.cat([cond, cond])
+
+
+def test_missing_reward_model_names_the_file_and_the_command(preset, tmp_path):
+    with pytest.raises(RewardError, match=r"head.safetensors.*harness train-reward"):
+        build_reward("latent_rm", TinyWanAdapter.load(preset.base_checkpoint_path()), preset, path=str(tmp_path))
+
+
+def test_pair_loss_gives_gamma_a_gradient(preset):
+    tr = _trainer(preset, behaviour="on_policy", offline=None)
+    x_w, x_l = torch.rand(2, 3, 8, 16, 16) * 2 - 1, torch.rand(2, 3, 8, 16, 16) * 2 - 1
+    from harness.data.batches import split_batch
+
+    batch = split_batch(preset.world, "eval", range(2))
+    cond = tr.adapter.encode_condition(batch.first_frames, batch.captions)
+    loss, _ = tr.pair_loss(x_w, x_l, cond, torch.tensor([0.3, 0.6]), torch.randn(2, 3, 8, 16, 16))
+    assert loss.item() == pytest.approx(1.0)  # g = -A = -/+1 at the reference, b_phi = 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.params)
+
+
+def test_variants_run_through_the_outer_loop_with_their_own_base_and_sampler(tmp_path):
+    from harness.runner import RunError, RunOptions, method_config, run
+    from harness.store import ResultStore
+    from reports.render import render_report
+
+    sets = ["eval.num_videos=4", "sampler.num_steps=2", "probes.pairs=2", "probes.draws=1", "probes.every=2",
+            "methods.fcrm.conditions=2", "methods.fcrm.group_size=2", "methods.fcrm.batch_size=2",
+            "methods.fcrm.offline.count=4"]
+    preset = load_preset("tiny", [parse_override(s) for s in sets])
+    opts = RunOptions(methods=["fcrm-fewstep", "fcrm-replay-neg"], steps=2, eval_every=2,
+                      metrics=["distortion_rate", "latent_reward", "luminance"], show_progress=False)
+    cfg = method_config(preset, "fcrm-replay-neg", opts)
+    assert cfg.trainer == "fcrm" and cfg.replay.filter == "negative" and cfg.offline is None
+    assert cfg.conditions == 2 and cfg.batch_size == 2  # inherited from the fcrm section
+    out = tmp_path / "run"
+    run(preset, out, opts)
+    with ResultStore(out / "results.sqlite") as store:
+        ck = store.checkpoints()
+        got = sorted(zip(ck["method"], ck["step"], strict=True))
+        assert got == [("base", 0), ("fcrm-fewstep", 0), ("fcrm-fewstep", 2), ("fcrm-replay-neg", 2)]
+        few = ck[ck["method"] == "fcrm-fewstep"]
+        assert all([float(t) for t in s["timesteps"]] == [1000, 757, 522] for s in few["sampler"])
+        agg = store.aggregates()
+        assert agg["metric"].str.startswith("latent_reward[").any()
+    render_report(out)
+    text = (out / "report" / "fcrm.md").read_text()
+    assert "Replay: negative-only" in text and "Generator: few-step (3 NFE): its base (step 0)" in text
+    bad = load_preset("tiny", [parse_override("methods.fcrm-x.trainer=nope")])
+    with pytest.raises(RunError, match="unknown method 'nope'"):
+        method_config(bad, "fcrm-x", opts)
