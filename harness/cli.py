@@ -90,6 +90,45 @@ def train_features_cmd(
                            "held_out": record["held_out"]}, indent=2))
 
 
+@app.command("train-reward")
+def train_reward_cmd(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/reward"),
+    steps: Annotated[int, typer.Option(help="head training steps")] = 1500,
+    conditions: Annotated[int, typer.Option(help="prompts-split conditions to build the data from")] = 384,
+    force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train the latent reward model's head on oracle scores (FCRM's default reward)."""
+    from trainers.reward_model import HEAD_FILE, train_reward_model
+
+    if (out / HEAD_FILE).exists() and not force:
+        _fail(f"reward model weights already exist in {out}; pass --force to replace them")
+    record = train_reward_model(_preset(preset, None), out, conditions=conditions, steps=steps,
+                                show_progress=progress)
+    typer.echo(json.dumps({"out": str(out), "data": record["data"], "held_out": record["held_out"]}, indent=2))
+
+
+@app.command("distill-fewstep")
+def distill_fewstep_cmd(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="output model directory")] = Path("runs/fewstep"),
+    steps: Annotated[int, typer.Option(help="distillation steps")] = 1200,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing model in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Distil the base model into a 3-step generator (timesteps 1000, 757, 522) for FCRM's few-step mode."""
+    from harness.fewstep import distill_fewstep
+
+    try:
+        record = distill_fewstep(_preset(preset, None), out, steps=steps, force=force, show_progress=progress)
+    except FileExistsError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"out": str(out), "train": record["train"],
+                           "judged_on_eval": {k: v["samples"] for k, v in record["judged_on_eval"].items()}},
+                          indent=2))
+
+
 @app.command()
 def sample(
     preset: PresetOpt = "tiny",
@@ -159,22 +198,29 @@ def run(
     """Train each method from the base model, evaluate every checkpoint, store every number."""
     from harness.runner import RunError, RunOptions
     from harness.runner import run as run_loop
-    from trainers.registry import available_methods, get_trainer
+    from trainers.registry import available_methods, trainer_for
 
     chosen = _csv(methods) or []
-    unknown = [m for m in chosen if m not in available_methods()]
-    if unknown:
-        _fail(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available_methods())}")
     extra = [{"eval": {"num_videos": 4}, "sampler": {"num_steps": 4}, "probes": {"pairs": 4, "draws": 1}}]
     cfg = _preset(preset, sets, extra if smoke else [])
-    if smoke:  # few rollout conditions for the pair sets and online stages too
+    variants = [m for m, section in cfg.methods.items() if section.get("trainer")]
+    unknown = [m for m in chosen if m not in available_methods() and m not in variants]
+    if unknown:
+        _fail(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available_methods())}; "
+              f"variants in preset {cfg.name!r}: {', '.join(variants) or 'none'}")
+    if smoke:  # few rollout conditions for the pair sets, online stages and reward rollouts too
         for m in chosen:
             section = cfg.methods.setdefault(m, {})
+            fields = trainer_for(m, section).config_class.model_fields
             for part in [section, *section.get("stages", [])]:
-                if "pairs" in part or "pairs" in get_trainer(m).config_class.model_fields and part is section:
+                if "pairs" in part or "pairs" in fields and part is section:
                     part["pairs"] = {**(part.get("pairs") or {}), "conditions": 8}
                 if part.get("kind") == "online":
                     part["conditions"] = 8
+            if "group_size" in fields:  # reward rollouts: 2 conditions x 2, a small offline set
+                section.update(conditions=2, group_size=2, batch_size=2)
+                if section.get("offline", {}) is not None and "offline" in fields:
+                    section["offline"] = {**(section.get("offline") or {}), "count": 4}
     try:
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
@@ -270,12 +316,16 @@ def report_cmd(
 
 
 @list_app.command("methods")
-def list_methods() -> None:
-    """Registered alignment methods."""
+def list_methods(preset: PresetOpt = "tiny") -> None:
+    """Registered alignment methods, and the preset's named variants of them."""
     from trainers.registry import available_methods, get_trainer
 
     for name in available_methods():
         typer.echo(f"{name}\t{get_trainer(name).description}")
+    for name, section in _preset(preset, None).methods.items():
+        if section.get("trainer"):
+            changes = ", ".join(f"{k}={v}" for k, v in section.items() if k != "trainer")
+            typer.echo(f"{name}\tvariant of {section['trainer']}: {changes}")
 
 
 @list_app.command("metrics")
