@@ -113,6 +113,24 @@ def _distortion_html(table: pd.DataFrame | None) -> list[str]:
             '<div class="scroll">' + shown.to_html(index=False, na_rep="–", border=0) + "</div>"]
 
 
+def _markdown_section(title: str, text: str) -> list[str]:
+    """A section from a report's Markdown: paragraphs as notes, pipe grids as tables."""
+    if not text:
+        return []
+    parts = [f"<h2>{html.escape(title)}</h2>"]
+    for block in text.strip().split("\n\n"):
+        lines = block.strip().splitlines()
+        if lines and lines[0].startswith("|"):
+            rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if not set(ln) <= set("|-: ")]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+                         f"<tbody>{body}</tbody></table></div>")
+        else:
+            parts.append(f'<p class="note">{html.escape(" ".join(lines))}</p>')
+    return parts
+
+
 def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None) -> list[str]:
     if not plots and (table is None or table.empty):
         return []
@@ -131,7 +149,7 @@ def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None) -> list[str]
 def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
                tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None,
-               distortion: pd.DataFrame | None = None) -> str:
+               distortion: pd.DataFrame | None = None, fcrm_md: str = "") -> str:
     """The whole report page as one string."""
     title = f"Alignment report: {info.run_id}"
     sections = [
@@ -145,6 +163,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         "<h2>Training curves</h2>", _plots_html(train_plots),
         *_probes_html(probe_plots, probe_table),
         *_distortion_html(distortion),
+        *_markdown_section("FCRM ablation (Table 3 layout)", fcrm_md),
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),
     ]
     if not skips.empty:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from harness.store import ResultStore
 from reports.distortion import distortion_markdown, distortion_table
+from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table
 from reports.gallery import build_gallery, eval_captions
 from reports.html import build_page
 from reports.identity import directions_for
@@ -44,6 +47,9 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
         agg = store.aggregates(info.run_id)
         logs = store.train_logs(info.run_id)
         skips = store.skips()
+        reward_ids = sorted({m for m in agg["metric"] if m.startswith("latent_reward[")}) if not agg.empty else []
+        records = pd.concat([store.records(metric=m, run_id=info.run_id) for m in reward_ids]) if reward_ids \
+            else None
     skips = skips[skips["run_id"] == info.run_id]
 
     out = run_dir / "report"
@@ -72,12 +78,16 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     distortion = distortion_table(agg, info.method_configs, info.methods)
     if not distortion.empty:
         (out / "distortion.md").write_text(distortion_markdown(distortion, info.num_videos), encoding="utf-8")
+    fcrm = fcrm_table(agg, info.method_configs, logs, records)
+    fcrm_text = fcrm_markdown(fcrm, fcrm_checks(fcrm))
+    if fcrm_text:
+        (out / "fcrm.md").write_text(fcrm_text, encoding="utf-8")
     gallery = build_gallery(run_dir, out / "gallery", GALLERY_VIDEOS, methods=info.methods,
                             captions=eval_captions(info.preset, GALLERY_VIDEOS))
 
     page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
                       metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
-                      probe_plots=probe_plots, probe_table=summary, distortion=distortion,
+                      probe_plots=probe_plots, probe_table=summary, distortion=distortion, fcrm_md=fcrm_text,
                       tiny=is_tiny(info.preset_name, table.metrics))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
