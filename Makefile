@@ -21,3 +21,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_trainers.py
 	$(BIN)/python benchmarks/bench_guidance_distill.py
+	$(BIN)/python benchmarks/bench_fcrm.py
