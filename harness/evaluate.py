@@ -175,7 +175,10 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
         for row in store.checkpoints().itertuples():
             path = Path(row.path)
             adapter = None if (path / "samples.npz").is_file() else adapter_for(preset, path, info["methods"])
-            evaluator.evaluate(store, int(row.checkpoint_id), adapter, path / "samples.npz", show_progress)
+            # Re-sample with the settings the checkpoint was evaluated with (a method may have its own).
+            sampler = SamplerConfig(**row.sampler) if isinstance(row.sampler, dict) and "kind" in row.sampler \
+                else None
+            evaluator.evaluate(store, int(row.checkpoint_id), adapter, path / "samples.npz", show_progress, sampler)
     return run_dir / "results.sqlite"
 
 

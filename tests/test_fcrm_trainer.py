@@ -184,3 +184,17 @@ def test_variants_run_through_the_outer_loop_with_their_own_base_and_sampler(tmp
     bad = load_preset("tiny", [parse_override("methods.fcrm-x.trainer=nope")])
     with pytest.raises(RunError, match="unknown method 'nope'"):
         method_config(bad, "fcrm-x", opts)
+
+
+def test_cli_smoke_run_of_fcrm(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--smoke", "--methods", "fcrm", "--out", str(tmp_path / "r"),
+                                   "--no-progress", "--no-report", "--metrics", "latent_reward,luminance"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["run", "--smoke", "--methods", "fcrm-nope", "--out", str(tmp_path / "s")])
+    assert res.exit_code != 0 and "variants in preset 'tiny'" in res.output
+    listed = CliRunner().invoke(app, ["list", "methods"]).output
+    assert "fcrm-replay-neg\tvariant of fcrm" in listed
