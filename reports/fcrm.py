@@ -92,7 +92,7 @@ def fcrm_table(agg: pd.DataFrame, method_configs: dict[str, dict[str, Any]],
                "seeds": int(at["seed"].nunique()) if step is None else 1}
         row.update({col: _value(agg, method, step, prefix) for col, prefix, _ in COLUMNS})
         cfg = method_configs.get(method, {})
-        row["training reward"] = (cfg.get("reward") or {}).get("name", "") if key != "base" else ""
+        row["training reward"] = (cfg.get("reward") or {}).get("name", "latent_rm") if step is None else ""
         row["last-round reward"] = _training_reward(logs, method) if step is None else float("nan")
         own_start = not agg[(agg["method"] == method) & (agg["step"] == 0)].empty
         row["delta"], row["delta_se"] = (paired_change(records, method, method if own_start else "base")
@@ -153,7 +153,9 @@ def fcrm_checks(table: pd.DataFrame, logs: pd.DataFrame | None = None) -> list[t
 def _fmt(col: str, v: float) -> str:
     if not np.isfinite(v):
         return "–"
-    return f"{100 * v:.1f}%" if col == "distortion rate" else f"{v:.4f}" if col == "luminance" else f"{v:.3f}"
+    if col == "distortion rate":
+        return f"{100 * v:.1f}%"
+    return f"{v:.1f}" if col.startswith("FVD") else f"{v:.4f}" if col == "luminance" else f"{v:.3f}"
 
 
 def fcrm_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]]) -> str:
