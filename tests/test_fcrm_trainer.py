@@ -198,3 +198,14 @@ def test_cli_smoke_run_of_fcrm(tmp_path):
     assert res.exit_code != 0 and "variants in preset 'tiny'" in res.output
     listed = CliRunner().invoke(app, ["list", "methods"]).output
     assert "fcrm-replay-neg\tvariant of fcrm" in listed
+
+
+def test_ema_rollouts_use_the_ema_weights_and_restore_the_policy(preset):
+    tr = _trainer(preset, behaviour="ema", offline=None)
+    tr.train_step(0)
+    tr.train_step(1)
+    policy = [p.detach().clone() for p in tr.params]
+    assert any(not torch.equal(e, p) for e, p in zip(tr.ema, policy, strict=True))
+    with tr._behaviour_weights():
+        assert all(torch.equal(p, e) for p, e in zip(tr.params, tr.ema, strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(tr.params, policy, strict=True))

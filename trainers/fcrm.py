@@ -32,7 +32,9 @@ weight decay 1e-4, grad clip 1, EMA eta 0.9; scaled for the tiny model: group si
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,25 +188,20 @@ class FCRMTrainer(Trainer):
             out.append(self.reward(part.x0, RewardInputs(part.condition(self.adapter), part.specs)))
         return torch.cat(out).double()
 
-    def _behaviour_weights(self):
-        """Context: the LoRA weights rollouts come from (the EMA for ema/replay)."""
-        trainer = self
-
-        class Swap:
-            def __enter__(self):
-                if trainer.ema is not None:
-                    self.saved = [p.detach().clone() for p in trainer.params]
-                    with torch.no_grad():
-                        for p, e in zip(trainer.params, trainer.ema, strict=True):
-                            p.copy_(e)
-
-            def __exit__(self, *exc):
-                if trainer.ema is not None:
-                    with torch.no_grad():
-                        for p, s in zip(trainer.params, self.saved, strict=True):
-                            p.copy_(s)
-
-        return Swap()
+    @contextlib.contextmanager
+    def _behaviour_weights(self) -> Iterator[None]:
+        """The LoRA weights rollouts come from: the EMA for ema/replay, else the policy's own."""
+        if self.ema is None:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, saved)
 
     def _rollout_round(self, step: int) -> None:
         cfg = self.config
