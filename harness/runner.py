@@ -209,7 +209,11 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
                initial=start, total=cfg.steps)
     for step in bar:
         adapter.model.train()
-        values = trainer.train_step(step)
+        try:
+            values = trainer.train_step(step)
+        except ValueError as exc:  # a data source ran dry, a reward cannot score, ...: say where, keep the rest
+            raise RunError(f"{method} seed {seed} stopped at step {step}: {exc}; last good checkpoint: "
+                           f"{last_good or 'the base model (step 0)'} (resume with --resume once fixed)") from exc
         if not all(math.isfinite(v) for v in values.values()):
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             raise RunError(

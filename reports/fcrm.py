@@ -31,6 +31,7 @@ LABELS = {
     "fcrm-offline": "Data: fully offline", "fcrm-replay-pos": "Replay: positive-only",
     "fcrm-replay-all": "Replay: unfiltered", "fcrm-replay-neg": "Replay: negative-only",
     "fcrm-fewstep": "Generator: few-step (3 NFE)", "fcrm-luminance": "Luminance reward (offline)",
+    "fcrm-kl0.01": "KL penalty 0.01", "fcrm-kl1": "KL penalty 1",
 }
 
 

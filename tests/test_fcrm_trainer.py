@@ -209,3 +209,23 @@ def test_ema_rollouts_use_the_ema_weights_and_restore_the_policy(preset):
     with tr._behaviour_weights():
         assert all(torch.equal(p, e) for p, e in zip(tr.params, tr.ema, strict=True))
     assert all(torch.equal(p, q) for p, q in zip(tr.params, policy, strict=True))
+
+
+@register_reward
+class _AllNaN(Reward):
+    name, space = "test-all-nan", "latent"
+
+    def __call__(self, x0, inputs):
+        return torch.full((x0.shape[0],), float("nan"), dtype=torch.float64)
+
+
+def test_a_run_whose_rewards_are_all_non_finite_stops_with_the_step(tmp_path):
+    from harness.runner import RunError, RunOptions, run
+
+    sets = ["eval.num_videos=2", "sampler.num_steps=2", "probes.names=[]", "methods.fcrm.conditions=2",
+            "methods.fcrm.group_size=2", "methods.fcrm.batch_size=2", "methods.fcrm.behaviour=on_policy",
+            "methods.fcrm.offline=null", "methods.fcrm.reward.name=test-all-nan"]
+    preset = load_preset("tiny", [parse_override(s) for s in sets])
+    with pytest.raises(RunError, match=r"fcrm seed 0 stopped at step 0: .*no sample to train on.*base model"):
+        run(preset, tmp_path / "r", RunOptions(methods=["fcrm"], steps=2, eval_every=2,
+                                               metrics=["luminance"], show_progress=False))
