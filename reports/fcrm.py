@@ -143,6 +143,8 @@ def fcrm_checks(table: pd.DataFrame, logs: pd.DataFrame | None = None) -> list[t
           ", ".join(f"{k.removeprefix('fcrm-replay-')} {lr(k):.3f}" for k in replay))
     check("FCRM improves the few-step generator's latent reward", ["fcrm-fewstep", "fcrm-fewstep@0"],
           lr("fcrm-fewstep") > lr("fcrm-fewstep@0"), f"{lr('fcrm-fewstep@0'):.3f} -> {lr('fcrm-fewstep'):.3f}")
+    check("a KL penalty of 1 holds the latent reward back", ["fcrm", "fcrm-kl1"],
+          lr("fcrm-kl1") < lr("fcrm"), f"{lr('fcrm'):.3f} without, {lr('fcrm-kl1'):.3f} with")
     if "fcrm-luminance" in val and "base@0" in val:
         a, b = lr("base@0", "luminance"), lr("fcrm-luminance", "luminance")
         d0, d1 = lr("base@0", "distortion rate"), lr("fcrm-luminance", "distortion rate")
