@@ -85,7 +85,7 @@ def test_mc_losses_follow_eq6_with_common_random_numbers():
         u = e - x0[0]  # the flow target
         want_theta += ((1.5 * x_t + 0.1 - u) ** 2).sum() / 2
         want_ref += ((x_t - u) ** 2).sum() / 2  # same (tau, eps) under the reference
-        want_kl += ((0.5 * x_t + 0.1) ** 2).mean() / 2
+        want_kl += ((0.5 * x_t + 0.1) ** 2).sum() / 2
     assert m.policy.item() == pytest.approx(want_theta.item(), rel=1e-6)
     assert m.reference.item() == pytest.approx(want_ref.item(), rel=1e-6)
     assert m.kl.item() == pytest.approx(want_kl.item(), rel=1e-6)

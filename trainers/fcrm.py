@@ -20,7 +20,8 @@ over clean samples from a behaviour distribution, with the double-sampling estim
 * ``timesteps``: a few-step generator's fixed set (App. D.3, e.g. [1000, 757, 522]) instead
   of tau ~ U(0, 1); pair it with ``sampler.timesteps`` and a few-step ``base_checkpoint``.
 * ``kl_coef``: the optional KL penalty (the ablation's {0, 0.01, 1}), estimated by
-  ||v_theta - v_ref||^2 on the residual's own draws (no extra forward pass).
+  ||v_theta - v_ref||^2 on the residual's own draws (no extra forward pass), reduced like
+  the loss so that the coefficient is in the residual's units.
 
 Rewards come from the registry in trainers/rewards.py (default: the latent reward model).
 A sample whose reward is not finite is dropped and counted (``reward/dropped``).

@@ -114,7 +114,7 @@ def mc_draws(n: int, n_mc: int, shape: Sequence[int], generator: torch.Generator
 class MCLosses:
     policy: torch.Tensor  # (B,) L_theta estimate, with gradient
     reference: torch.Tensor  # (B,) L_ref estimate on the same draws, no gradient
-    kl: torch.Tensor  # (B,) mean ||v_theta - v_ref||^2 on the same draws (the KL penalty's estimate)
+    kl: torch.Tensor  # (B,) ||v_theta - v_ref||^2 on the same draws, same reduction (the KL penalty's estimate)
 
 
 def mc_losses(adapter: ModelAdapter, x0: torch.Tensor, cond: Conditioning, sigma: torch.Tensor,
@@ -137,8 +137,10 @@ def mc_losses(adapter: ModelAdapter, x0: torch.Tensor, cond: Conditioning, sigma
     if reduction not in ("sum", "mean"):
         raise ValueError(f"unknown loss reduction {reduction!r}; allowed: sum, mean")
     target = target.float()
+    # The KL estimate takes the loss's own reduction, so its coefficient is in the residual's units
+    # (a per-dimension mean would make even kl_coef = 1 vanish next to a summed loss).
     return MCLosses(per_sample((pred - target) ** 2), per_sample((pred_ref - target) ** 2),
-                    ((pred - pred_ref) ** 2).flatten(1).mean(1).view(b, n_mc).mean(1))
+                    per_sample((pred - pred_ref) ** 2))
 
 
 # -- b_phi: the condition-dependent log-normaliser ---------------------------------------------------
