@@ -263,7 +263,7 @@ class FCRMTrainer(Trainer):
         gs = [residual(b, target, m.reference, m.policy, cfg.beta, cfg.gamma) for m in mcs]
         per_sample = double_sampling_surrogate(gs[0], gs[1]) if len(gs) == 2 else gs[0] ** 2
         kl = torch.stack([m.kl for m in mcs]).mean(0)
-        loss = per_sample.mean() + cfg.kl_coef * kl.mean()
+        loss = per_sample.mean() + cfg.kl_coef * kl.mean() if cfg.kl_coef else per_sample.mean()
         gap = torch.stack([m.reference - m.policy.detach() for m in mcs]).mean(0)
         g0, g1 = gs[0].detach(), gs[-1].detach()
         # residual_sq: the unbiased estimate of g^2 (g_A g_B); naive_sq: the biased g_A^2 (Prop. 1).
