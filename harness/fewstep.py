@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from harness.config import PresetConfig
 from harness.data.batches import split_batch
+from harness.models.base import Conditioning
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.pretrain import check_output_dir, judge_samples
 from harness.sampling import SamplerConfig, initial_noise, integrate
@@ -80,7 +81,7 @@ def distill_fewstep(preset: PresetConfig, out: Path, *, timesteps: tuple[float, 
         s_k = torch.tensor(sigmas, dtype=torch.float32)[k]
         s_next = torch.tensor(sigmas, dtype=torch.float32)[k + 1]
         target = (x_next - x_k) / (s_next - s_k).view(-1, 1, 1, 1, 1)
-        cond = type(conds[0])(first[i], text[i], tuple(batch.captions[j] for j in i.tolist()))
+        cond = Conditioning(first[i], text[i], tuple(batch.captions[j] for j in i.tolist()))
         loss = torch.nn.functional.mse_loss(student.predict(x_k, s_k, cond), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,7 +29,6 @@ class LatentReward(PerVideoMetric):
     def __init__(self, path: str | None = None) -> None:
         from trainers.reward_model import load_reward_model
 
-        self.path = path
         self.model = load_reward_model(path)
         super().__init__()
 

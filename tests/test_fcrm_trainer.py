@@ -125,15 +125,11 @@ def test_rewards_by_hand(preset):
     with pytest.raises(RewardError, match="needs tiny-world conditions"):
         oracle(batch.videos, RewardInputs(cond, None))
     rm = build_reward("latent_rm", adapter, preset)
-    scores = rm(torch.cat([batch.videos, torch.rand_like(batch.videos) * 2 - 1]), RewardInputs(Conditioning_cat(cond)))
+    scores = rm(torch.cat([batch.videos, torch.rand_like(batch.videos) * 2 - 1]), RewardInputs(cond.cat([cond, cond])))
     assert torch.isfinite(scores).all() and scores[:2].min() > scores[2:].max()  # real clips over noise
     with pytest.raises(RewardError, match="unknown reward"):
         build_reward("hps", adapter, preset)
     assert {"latent_rm", "oracle", "luminance"} <= set(REWARDS)
-
-
-def Conditioning_cat(cond):
-    return cond.cat([cond, cond])
 
 
 def test_missing_reward_model_names_the_file_and_the_command(preset, tmp_path):

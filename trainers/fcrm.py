@@ -43,6 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.batches import split_batch
+from harness.models.base import Conditioning
 from harness.sampling import sample_latents
 from trainers.base import Trainer, TrainerConfig
 from trainers.fcrm_data import FCRMDataError, ReplayBuffer, Samples, check_source, file_offline, world_offline
@@ -251,10 +252,10 @@ class FCRMTrainer(Trainer):
         return self.round.take(picks)
 
     # -- the objective -------------------------------------------------------------------------
-    def branch_loss(self, samples: Samples, target: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def branch_loss(self, samples: Samples, cond: Conditioning, target: torch.Tensor,
+                    b: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean over samples of the (double-sampling) squared residual, plus the KL penalty."""
         cfg = self.config
-        cond = samples.condition(self.adapter)
         shape = samples.x0.shape[1:]
         draws = [mc_draws(len(samples), cfg.n_mc, shape, self.generator, cfg.timesteps)
                  for _ in range(2 if cfg.estimator == "double" else 1)]
@@ -277,8 +278,8 @@ class FCRMTrainer(Trainer):
         online = self._online_batch(step)
         if online is not None and len(online):
             target = online.advantages if cfg.target == "advantage" else online.rewards
-            b = self.log_z(online.condition(self.adapter))
-            loss, parts = self.branch_loss(online, target, b)
+            cond = online.condition(self.adapter)
+            loss, parts = self.branch_loss(online, cond, target, self.log_z(cond))
             total = total + loss
             logs.update({f"online/{k}": v for k, v in parts.items()})
             logs["reward/batch_mean"] = float(online.rewards.mean())
@@ -290,9 +291,10 @@ class FCRMTrainer(Trainer):
             adv = offline_advantages(off.rewards, mean, sigma, cfg.offline.advantage, cfg.offline.a0,
                                      cfg.offline.a_max)
             target = adv if cfg.target == "advantage" else off.rewards
+            cond = off.condition(self.adapter)
             b = self.b_offline.expand(len(off)) if cfg.offline.normaliser == "source" else \
-                self.log_z(off.condition(self.adapter)).detach()
-            loss, parts = self.branch_loss(off, target, b)
+                self.log_z(cond).detach()
+            loss, parts = self.branch_loss(off, cond, target, b)
             total = total + cfg.offline.weight * loss
             logs.update({f"offline/{k}": v for k, v in parts.items()})
             logs.update({"offline/reward_mean": float(off.rewards.mean()), "offline/advantage_mean": float(adv.mean())})

@@ -7,7 +7,7 @@ caption) and a reward computed once: at insert for replay, at start for offline 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,7 +79,6 @@ class ReplayBuffer:
     inserted: int = 0  # samples ever inserted (after the filter)
     evicted: int = 0
     filtered_out: int = 0
-    _meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
