@@ -1,4 +1,5 @@
-"""Swappable estimators the metrics are built on (optical flow, frame interpolation)."""
+"""Swappable estimators the metrics and motion rewards are built on (optical flow, frame
+interpolation, point tracking)."""
 
 from metrics.backends.flow import (
     DISFlow,
@@ -14,9 +15,10 @@ from metrics.backends.interpolation import (
     get_interpolation_backend,
     list_interpolation_backends,
 )
+from metrics.backends.tracking import FlowChainTracker, Tracker, get_tracker, list_trackers, register_tracker
 
 __all__ = [
     "DISFlow", "FarnebackFlow", "FlowBackend", "FlowInterpolator", "InterpolationBackend",
     "get_flow_backend", "get_interpolation_backend", "list_flow_backends", "list_interpolation_backends",
-    "register_flow_backend",
+    "register_flow_backend", "FlowChainTracker", "Tracker", "get_tracker", "list_trackers", "register_tracker",
 ]

@@ -221,3 +221,45 @@ def resolve_flow(flow: str | FlowBackend, options: dict[str, Any] | None = None)
             raise ValueError("flow_options only apply when the flow backend is given by name")
         return flow
     return get_flow_backend(flow, **(options or {}))
+
+
+# -- consecutive-frame flow fields with a forward-backward confidence ----------------------------
+def warp(field: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``field`` (H, W[, C]) sampled at x + flow(x), bilinear, edges replicated."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(np.ascontiguousarray(field, dtype=np.float32), gx + flow[..., 0], gy + flow[..., 1],
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def sample_points(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """``field`` (H, W[, C]) at sub-pixel points ``xy`` (M, 2) as (M[, C]), bilinear, edges replicated."""
+    mx = np.ascontiguousarray(xy[:, 0:1], dtype=np.float32)
+    my = np.ascontiguousarray(xy[:, 1:2], dtype=np.float32)
+    out = cv2.remap(np.ascontiguousarray(field, dtype=np.float32), mx, my, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out[:, 0]
+
+
+def fb_confidence(fw: np.ndarray, bw: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
+    """Soft forward-backward consistency in [0, 1]: exp(-|fw + bw(x + fw)|^2 / (alpha (|fw|^2 + |bw'|^2) + beta)).
+    A pixel whose backward flow does not return it to its start (occlusion, a flow error) gets
+    a low confidence; the thresholds are Sundaram et al.'s occlusion test (alpha 0.01, beta 0.5 px^2)."""
+    back = warp(bw, fw)
+    err = ((fw + back) ** 2).sum(-1)
+    scale = alpha * ((fw**2).sum(-1) + (back**2).sum(-1)) + beta
+    return np.exp(-err / scale).astype(np.float32)
+
+
+def consecutive_flows(backend: FlowBackend, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forward flows t -> t+1, backward flows t+1 -> t (each (T-1, H, W, 2)) and the forward
+    flows' confidence (T-1, H, W) from forward-backward consistency, for a weights-free backend
+    that gives no confidence of its own."""
+    n = len(frames)
+    if n < 2:
+        raise ValueError(f"need at least 2 frames for flow, got {n}")
+    pairs = [p for t in range(n - 1) for p in ((t, t + 1), (t + 1, t))]
+    flows = backend.flows(frames, pairs)
+    fw, bw = np.stack(flows[0::2]), np.stack(flows[1::2])
+    conf = np.stack([fb_confidence(f, b) for f, b in zip(fw, bw, strict=True)])
+    return fw, bw, conf
