@@ -109,6 +109,33 @@ def train_reward_cmd(
     typer.echo(json.dumps({"out": str(out), "data": record["data"], "held_out": record["held_out"]}, indent=2))
 
 
+@app.command("train-motion-reward")
+def train_motion_reward_cmd(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="output directory (one sub-directory per kind)")] = Path(
+        "runs/motion_reward"),
+    kinds: Annotated[str, typer.Option(help="comma-separated: imr, lmr")] = "imr,lmr",
+    clips: Annotated[int, typer.Option(help="real prompts-split clips (each with 4 base samples)")] = 192,
+    steps: Annotated[int, typer.Option(help="discriminator training steps")] = 1500,
+    force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Pre-train SHIFT's pixel-motion discriminators (IMR, LMR): real clips vs base samples."""
+    from trainers.motion_reward import KINDS, WEIGHTS_FILE, train_motion_rewards
+
+    names = _csv(kinds) or []
+    unknown = sorted(set(names) - set(KINDS))
+    if unknown or not names:
+        _fail(f"unknown motion reward kind(s) {unknown or kinds!r}; allowed: {', '.join(KINDS)}")
+    existing = [str(out / k / WEIGHTS_FILE) for k in names if (out / k / WEIGHTS_FILE).exists()]
+    if existing and not force:
+        _fail(f"motion reward weights already exist ({', '.join(existing)}); pass --force to replace them")
+    records = train_motion_rewards(_preset(preset, None), out, names, clips=clips, steps=steps,
+                                   show_progress=progress)
+    typer.echo(json.dumps({k: {"out": str(out / k), "held_out": r["held_out"]} for k, r in records.items()},
+                          indent=2))
+
+
 @app.command("distill-fewstep")
 def distill_fewstep_cmd(
     preset: PresetOpt = "tiny",
@@ -221,6 +248,9 @@ def run(
                 section.update(conditions=2, group_size=2, batch_size=2)
                 if section.get("offline", {}) is not None and "offline" in fields:
                     section["offline"] = {**(section.get("offline") or {}), "count": 4}
+            if "buffer" in fields:  # SHIFT: a buffer of 2 x 2 rollouts, 16 real clips for the discriminators
+                section.update(buffer={"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}, batch_size=2,
+                               real={**(section.get("real") or {}), "count": 16})
     try:
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
