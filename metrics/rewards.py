@@ -1,6 +1,7 @@
 """Training rewards as metrics, so every checkpoint of every method is scored by them:
 `latent_reward` (FCRM's learned latent reward model, the "Latent Reward" column of its
-Tables 1 and 3) and `luminance` (mean frame luma, the paper's lightness reward).
+Tables 1 and 3), `luminance` (mean frame luma, the paper's lightness reward), and SHIFT's
+pre-trained pixel-motion discriminators `imr_reward` and `lmr_reward`.
 
 A method trained on one of these rewards is evaluated on it here; the report marks the
 training reward so that its rise is read next to the held-out metrics (a reward that rises
@@ -9,6 +10,7 @@ while distortion and FVD get worse is being hacked).
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
@@ -55,3 +57,52 @@ class Luminance(PerVideoMetric):
     def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
         rgb = np.asarray(sample.frames, dtype=np.float64) / 255.0
         return float((rgb @ np.array([0.299, 0.587, 0.114])).mean()), 1.0, {}
+
+
+class _MotionReward(PerVideoMetric):
+    """A pre-trained SHIFT discriminator's clipped raw logit (real vs generated motion). It is the
+    static reward of the non-adversarial ablations and a fixed yardstick for every other method
+    (an adversarial SHIFT run trains on a moving copy of it)."""
+
+    kind = ""
+
+    def __init__(self, path: str | None = None, clip: float = 10.0) -> None:
+        from trainers.motion_reward import load_discriminator
+
+        self.model = load_discriminator(self.kind, path)
+        self.clip = clip
+        super().__init__()
+
+    def identity_options(self) -> dict[str, object]:
+        return {"model": self.model.digest, "tracker": self.model.tracker.identity}
+
+    def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
+        frames = np.asarray(sample.frames)
+        t, h, w = frames.shape[:3]
+        if (t, h) != (self.model.spec["num_frames"], self.model.spec["size"]) or h != w:
+            raise ValueError(f"{self.kind}_reward reads {self.model.spec['num_frames']} frames at "
+                             f"{self.model.spec['size']} px; video {sample.video_id!r} has {t} at {h}x{w}")
+        seed = zlib.crc32(sample.video_id.encode())  # the LMR's random queries, fixed per video
+        with torch.no_grad():
+            logit = self.model(self.model.features([frames], [seed]))
+        return float(logit.clamp(-self.clip, self.clip)[0]), 1.0, {}
+
+
+@register(MetricSpec(
+    name="imr_reward", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
+    vbench_range=None, inputs=("frames",), weights=("rewards/imr",),
+    description="SHIFT's instantaneous motion reward: pre-trained ViT on transport-residual + flow-confidence maps",
+    departures="weights-free flow (OpenCV DIS, forward-backward confidence) instead of SEA-RAFT; a 2-layer ViT",
+))
+class IMRReward(_MotionReward):
+    kind = "imr"
+
+
+@register(MetricSpec(
+    name="lmr_reward", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
+    vbench_range=None, inputs=("frames",), weights=("rewards/lmr",),
+    description="SHIFT's long-term motion reward: pre-trained trajectory transformer on tracked random points",
+    departures="flow-chaining tracker (OpenCV DIS) instead of CoTracker3; 64 queries instead of 1024",
+))
+class LMRReward(_MotionReward):
+    kind = "lmr"

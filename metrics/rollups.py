@@ -9,7 +9,9 @@ which fills a missing dimension with 0, missing (or NaN) dimensions are left out
 of the weighted means and listed under ``missing``.
 
 ``shift_rollup`` is the SHIFT paper's grouping of the raw (unnormalised) scores:
-appearance, motion and the overall mean of all available dimensions.
+appearance, motion, the overall mean of all available dimensions (Tables 1-2: overall =
+(6 appearance + 3 motion) / 9), and the motion-minus-appearance gap its App. B reads as a
+reward-hacking signal.
 
 Inputs map base metric names (``dynamic_degree``) to values; stored identities
 (``dynamic_degree[flow=dis]``) are accepted and reduced to their base name.
@@ -92,5 +94,7 @@ def shift_rollup(values: Mapping[str, Any]) -> dict[str, Any]:
     appearance = [raw[k] for k in SHIFT_APPEARANCE if k in raw]
     motion = [raw[k] for k in SHIFT_MOTION if k in raw]
     missing = sorted(k for k in (*SHIFT_APPEARANCE, *SHIFT_MOTION) if k not in raw)
-    return {"appearance": _mean(appearance), "motion": _mean(motion), "overall": _mean(appearance + motion),
-            "missing": missing}
+    app, mot = _mean(appearance), _mean(motion)
+    # SHIFT's reward-hacking diagnostic (App. B, Fig. 5b): the motion-minus-appearance gap over training.
+    return {"appearance": app, "motion": mot, "overall": _mean(appearance + motion),
+            "motion_minus_appearance": mot - app, "missing": missing}
