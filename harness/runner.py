@@ -204,13 +204,17 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
     if probes and start == 0:
         logs.extend(probes.measure(trainer, 0))
     last_good = _checkpoint_dir(out, method, seed, start) if start else None
-    t0 = time.time()
+    # "seconds": time spent in training steps only (no probes, checkpoints or evaluation), carried
+    # over a resume, so that methods' training costs compare (SHIFT's time relative to SFT).
+    train_seconds = _logged_seconds(store, run_id, method, seed, start)
     bar = tqdm(range(start, cfg.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
                initial=start, total=cfg.steps)
     for step in bar:
         adapter.model.train()
         try:
+            t0 = time.perf_counter()
             values = trainer.train_step(step)
+            train_seconds += time.perf_counter() - t0
         except ValueError as exc:  # a data source ran dry, a reward cannot score, ...: say where, keep the rest
             raise RunError(f"{method} seed {seed} stopped at step {step}: {exc}; last good checkpoint: "
                            f"{last_good or 'the base model (step 0)'} (resume with --resume once fixed)") from exc
@@ -228,7 +232,7 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
             logs.extend(probes.measure(trainer, done))
         if at_checkpoint:
             path = _checkpoint_dir(out, method, seed, done)
-            logs.append((done, "seconds", time.time() - t0))
+            logs.append((done, "seconds", train_seconds))
             _save_checkpoint(trainer, path, done, logs)
             store.log_train(run_id, method, seed, logs)
             logs, last_good = [], path
@@ -236,6 +240,15 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
             probes.store_checkpoint(store, ckpt)
             adapter.model.eval()
             evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
+
+
+def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, step: int) -> float:
+    if not step:
+        return 0.0
+    logs = store.train_logs(run_id)
+    rows = logs[(logs["method"] == method) & (logs["seed"] == seed) & (logs["key"] == "seconds")
+                & (logs["step"] <= step)] if not logs.empty else logs
+    return float(rows.sort_values("step")["value"].iloc[-1]) if not rows.empty else 0.0
 
 
 def _at(trainer: Trainer, path: Path) -> TinyWanAdapter:

@@ -76,6 +76,24 @@ class Trainer(ABC):
         self.optimizer.step()
         return float(grad_norm)
 
+    def optimise_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step on the sum of ``terms``, back-propagated one term at a time so that each
+        term's own gradient norm is known (before clipping): {"grad_norm", "grad_norm/<term>"}.
+        A hybrid objective's balance (e.g. SHIFT's SFT anchor vs its advantage term) shows in
+        the ratio of these norms; the step itself equals that of ``optimise(sum(terms))``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        norms: dict[str, float] = {}
+        before = [torch.zeros_like(p) for p in self.params]
+        for name, term in terms.items():
+            term.backward()
+            now = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            norms[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(a - b) for a, b in zip(now, before, strict=True)])))
+            before = now
+        norms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
+        self.optimizer.step()
+        return norms
+
     # -- resumable state: everything that changes the next step's numbers --------------
     def state_dict(self) -> dict[str, Any]:
         return {"lora": self.adapter.lora_state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -9,7 +9,8 @@ if TYPE_CHECKING:
     from trainers.base import Trainer
 
 TRAINERS: dict[str, type[Trainer]] = {}
-BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo", "trainers.fcrm")
+BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo", "trainers.fcrm",
+                   "trainers.shift")
 
 
 def register_trainer(cls: type[Trainer]) -> type[Trainer]:

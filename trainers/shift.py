@@ -1,0 +1,327 @@
+"""`shift`: Smooth Hybrid Fine-Tuning with adversarial pixel-motion advantages (paper 000, Alg. 1).
+
+Every step minimises Eq. 12 on two batches of the same size:
+
+    L = lambda_sft * mean_b ||v(x_t) - v*||^2  +  lambda_awr * mean_b A~_b ||v(x~_t) - v~*||^2
+
+* the offline anchor x: real clips of ``anchor_split`` (SFT's data, in the same order as the
+  `sft` method, so the two see identical clips);
+* the online term x~: the policy's own rollouts from a buffer of ``buffer.prompts`` prompts x
+  ``buffer.rollouts_per_prompt`` samples, refilled on-policy after ``buffer.passes`` passes (K);
+* A~ = clip(r - mean(r), +-adv_clip), centred on the buffer's (fake) mean without std
+  normalisation; r = sum over ``rewards`` (imr, lmr) of the discriminators' clipped raw logits
+  (or sigmoids, ``reward_form``), scored once per buffer by the EMA discriminators;
+* beta as 1/lambda_awr (App. C: lambda_sft = 1, lambda_awr = 1/beta);
+* ``noise_alignment`` (match_sigmas): both terms share sigma and the noise tensor;
+* ``adversarial``: one discriminator step per generator step (D:G 1:1 per buffer pass) on
+  Eq. 7's BCE, the buffer's current fakes against real clips of ``real``; an EMA copy
+  (decay ``disc_ema``) scores the next buffer. Off: the pre-trained discriminators stay fixed.
+
+The discriminator's real clips come from the motion-faithful prompts split, not the
+finetune split: the tiny world's finetune split is still by construction (it stands in for
+the motion SFT loses on real data), so a discriminator that called it "real" would reward
+stillness. On a real preset both are the same dataset (DAVIS in the paper).
+
+Ablations A0-A4 (Table 3) are named variants in the preset (`shift-a0` ... `shift-a3`;
+`shift` is A4), and `shift-sigmoid` is the logit-vs-sigmoid ablation.
+
+Defaults (Table 5) scaled for the tiny model: lambda_awr 0.01 -> 0.1 (the tiny model moves
+in 300 steps, the paper's in thousands; the beta ablation spans 0.01-1), buffer 640 -> 32
+(8 prompts x 4 rollouts, paper 8), K 10 -> 5 (20 steps per buffer, the paper's 640 / 320 x 10),
+lr 1e-5 -> 5e-4 and LoRA rank 32 -> 8 as `sft`; AdamW (0.9, 0.95), weight decay 0.01,
+warmup 20, grad clip 1 as the paper; discriminator lr 1e-5 -> 1e-4 (tiny heads from scratch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness.data.batches import split_batch
+from harness.data.video_io import tensor_to_frames
+from harness.sampling import sample_latents
+from metrics.backends.tracking import FlowFields
+from trainers.base import Trainer, TrainerConfig
+from trainers.fcrm_data import Samples
+from trainers.motion_reward import MotionDiscriminator, ema_copy, load_discriminator, rewards_from_logits
+from trainers.objectives import denoising_loss, sample_sigmas
+from trainers.registry import register_trainer
+from trainers.rewards import RewardError
+
+log = logging.getLogger(__name__)
+
+
+def fake_centred_advantages(rewards: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alg. 1 line 4: A~ = r - mean(r) over the buffer's generated samples, no std normalisation,
+    clipped to [-clip, clip]; also returns which samples were clipped."""
+    centred = rewards - rewards.mean()
+    return centred.clamp(-clip, clip), centred.abs() > clip
+
+
+def shift_loss(l_real: torch.Tensor, l_fake: torch.Tensor, advantages: torch.Tensor, lambda_sft: float,
+               lambda_awr: float) -> dict[str, torch.Tensor]:
+    """Eq. 12 from per-sample denoising losses: {"sft": lambda_sft mean_b ||.||^2 of real clips,
+    "awr": lambda_awr mean_b A~_b ||.||^2 of rollouts}; the objective is their sum."""
+    return {"sft": lambda_sft * l_real.mean(), "awr": lambda_awr * (advantages.to(l_fake.dtype) * l_fake).mean()}
+
+
+class ShiftError(ValueError):
+    """SHIFT cannot go on (a diverged discriminator, non-finite rewards); the message says where."""
+
+
+class BufferConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: int = Field(8, ge=1, description="prompts per buffer (paper: 640 / 8 = 80)")
+    rollouts_per_prompt: int = Field(4, ge=1, description="P (paper: 8)")
+    passes: int = Field(5, ge=1, description="K, passes over a buffer before it is refilled (paper: 10)")
+
+
+class RealConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = "prompts"
+    start: int = Field(300_000, ge=0, description="first clip index (kept apart from rollouts and pre-training)")
+    count: int = Field(256, ge=2)
+
+
+class ShiftConfig(TrainerConfig):
+    rewards: list[Literal["imr", "lmr"]] = Field(default_factory=lambda: ["imr", "lmr"])
+    reward_paths: dict[str, str] = Field(default_factory=dict, description="kind -> model dir (default: shipped)")
+    reward_form: Literal["logit", "sigmoid"] = "logit"
+    reward_clip: tuple[float, float] = (-10.0, 10.0)
+    adv_clip: float = Field(10.0, gt=0)
+    lambda_awr: float = Field(0.1, ge=0, description="1 / beta")
+    lambda_sft: float = Field(1.0, ge=0)
+    noise_alignment: bool = True
+    adversarial: bool = True
+    disc_lr: float = Field(1e-4, gt=0)
+    disc_ema: float = Field(0.99, ge=0, lt=1)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    anchor_split: str = "finetune"
+    split: str = Field("prompts", description="world split the rollout conditions come from")
+    condition_pool: int = Field(2048, ge=1)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    real: RealConfig = Field(default_factory=RealConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ShiftConfig:
+        if not self.rewards or len(set(self.rewards)) != len(self.rewards):
+            raise ValueError(f"rewards must name imr and/or lmr once each, got {self.rewards}")
+        if self.reward_clip[0] >= self.reward_clip[1]:
+            raise ValueError(f"reward_clip must be (r_min, r_max) with r_min < r_max, got {self.reward_clip}")
+        return self
+
+
+@register_trainer
+class ShiftTrainer(Trainer):
+    name = "shift"
+    config_class = ShiftConfig
+    description = "SHIFT: SFT anchor + advantage-weighted rollouts, adversarial IMR/LMR rewards"
+    config: ShiftConfig
+
+    def __init__(self, adapter, preset, config: ShiftConfig, seed: int, workdir: Path | None = None):
+        super().__init__(adapter, preset, config, seed, workdir)
+        for group in self.optimizer.param_groups:
+            group["betas"], group["weight_decay"] = (0.9, 0.95), config.weight_decay
+        world = preset.world
+        self.discs: dict[str, MotionDiscriminator] = {}
+        for kind in config.rewards:
+            disc = load_discriminator(kind, config.reward_paths.get(kind))
+            want = (world.num_frames, world.resolution)
+            if (disc.spec["num_frames"], disc.spec["size"]) != want:
+                raise RewardError(f"the {kind} reward model reads {disc.spec['num_frames']} frames at "
+                                  f"{disc.spec['size']} px, the preset's world has {want[0]} at {want[1]} px; "
+                                  f"train one with `harness train-motion-reward --kinds {kind}`")
+            self.discs[kind] = disc
+        self.scorers = {k: ema_copy(d) for k, d in self.discs.items()} if config.adversarial else self.discs
+        self.disc_opts = {k: torch.optim.AdamW(d.net.parameters(), lr=config.disc_lr, betas=(0.9, 0.95))
+                          for k, d in self.discs.items()} if config.adversarial else {}
+        self.real = self._real_pool()
+        self.buffer: Samples | None = None
+        self.buffer_feats: dict[str, torch.Tensor] = {}
+        self.orders: torch.Tensor | None = None
+        self.fill_logs: dict[str, float] = {}
+        self.current: list[int] = []
+
+    # -- data ------------------------------------------------------------------------------------
+    def _features(self, frames: list, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """Each discriminator's features; one flow pass per video shared by kinds on the same tracker."""
+        shared: dict[str, list[FlowFields]] = {}
+        out = {}
+        for kind, disc in self.discs.items():
+            key = disc.tracker.identity
+            if key not in shared:
+                shared[key] = disc.fields(frames)
+            out[kind] = disc.features(frames, seeds, shared[key])
+        return out
+
+    def _real_pool(self) -> dict[str, torch.Tensor]:
+        cfg = self.config.real
+        batch = split_batch(self.preset.world, cfg.split, range(cfg.start, cfg.start + cfg.count))
+        frames = [tensor_to_frames(v) for v in batch.videos]
+        return self._features(frames, [cfg.start + i for i in range(cfg.count)])
+
+    def _rewards(self, feats: dict[str, torch.Tensor], nets: dict[str, MotionDiscriminator],
+                 step: int, what: str) -> tuple[torch.Tensor, dict[str, float]]:
+        total, logs = None, {}
+        for kind, net in nets.items():
+            with torch.no_grad():
+                logits = net(feats[kind]).double()
+            if not torch.isfinite(logits).all():
+                raise ShiftError(f"step {step}: the {kind} reward model gives non-finite logits on {what} (it "
+                                 f"diverged); lower methods.<method>.disc_lr")
+            r = rewards_from_logits(logits, self.config.reward_form, self.config.reward_clip)
+            logs[f"reward/{kind}_{what}"] = float(r.mean())
+            total = r if total is None else total + r
+        assert total is not None
+        return total, logs
+
+    def _fill(self, step: int) -> None:
+        """Alg. 1 lines 2-4: on-policy rollouts, their rewards under the (EMA) discriminators,
+        fake-centred clipped advantages, and K shuffled passes over them."""
+        cfg, buf = self.config, self.config.buffer
+        idx = torch.randint(cfg.condition_pool, (buf.prompts,), generator=self.generator).tolist()
+        batch = split_batch(self.preset.world, cfg.split, idx)
+        rows = [i for i in range(buf.prompts) for _ in range(buf.rollouts_per_prompt)]
+        seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
+        query_seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
+        first, captions = batch.first_frames[rows], [batch.captions[i] for i in rows]
+        cond = self.adapter.encode_condition(first, captions)
+        was_training = self.adapter.model.training
+        self.adapter.model.eval()
+        with torch.no_grad():
+            x0 = sample_latents(self.adapter, cond, seeds, self.sampler)
+            frames = [tensor_to_frames(v) for v in self.adapter.decode_latents(x0)]
+        self.adapter.model.train(was_training)
+        self.buffer_feats = self._features(frames, query_seeds)
+        rewards, logs = self._rewards(self.buffer_feats, self.scorers, step, "fake")
+        real_idx = torch.randint(len(next(iter(self.real.values()))), (len(rows),), generator=self.generator)
+        real_r, real_logs = self._rewards({k: v[real_idx] for k, v in self.real.items()}, self.scorers, step, "real")
+        adv, clipped = fake_centred_advantages(rewards, cfg.adv_clip)
+        self.buffer = Samples(x0, first, captions, rewards, adv, [batch.specs[i] for i in rows])
+        self.orders = torch.stack([torch.randperm(len(rows), generator=self.generator) for _ in range(buf.passes)])
+        self.fill_logs = {**logs, **real_logs, "reward/fake_mean": float(rewards.mean()),
+                          "reward/fake_std": float(rewards.std()), "reward/real_mean": float(real_r.mean()),
+                          "reward/real_minus_fake": float(real_r.mean() - rewards.mean()),
+                          "advantage/abs_mean": float(adv.abs().mean()),
+                          "advantage/clipped": float(clipped.double().mean())}
+
+    @property
+    def steps_per_pass(self) -> int:
+        buf = self.config.buffer
+        return math.ceil(buf.prompts * buf.rollouts_per_prompt / self.config.batch_size)
+
+    def _fake_batch(self, step: int) -> tuple[Samples, list[int]]:
+        per_buffer = self.steps_per_pass * self.config.buffer.passes
+        k = step % per_buffer
+        if k == 0 or self.buffer is None:
+            self._fill(step)
+        assert self.buffer is not None and self.orders is not None
+        p, j = divmod(k, self.steps_per_pass)
+        order, b = self.orders[p].tolist(), self.config.batch_size
+        idx = [order[(j * b + i) % len(order)] for i in range(b)]
+        return self.buffer.take(idx), idx
+
+    # -- the objective -------------------------------------------------------------------------
+    def loss_terms(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        cfg, b = self.config, self.config.batch_size
+        fake, self.current = self._fake_batch(step)
+        start = self.seed * 1_000_000 + step * b  # the clips `sft` sees at this step
+        anchor = split_batch(self.preset.world, cfg.anchor_split, range(start, start + b))
+        x0 = self.adapter.encode_video(anchor.videos)
+        cond = self.adapter.encode_condition(anchor.first_frames, anchor.captions)
+        sigma = sample_sigmas(cfg.timestep_sampling, b, self.generator)
+        noise = torch.randn(x0.shape, generator=self.generator)
+        if cfg.noise_alignment:  # match_sigmas: the same t and eps for both terms
+            sigma_f, noise_f = sigma, noise
+        else:
+            sigma_f = sample_sigmas(cfg.timestep_sampling, b, self.generator)
+            noise_f = torch.randn(x0.shape, generator=self.generator)
+        l_real = denoising_loss(self.adapter, x0, cond, sigma, noise)
+        l_fake = denoising_loss(self.adapter, fake.x0, fake.condition(self.adapter), sigma_f, noise_f)
+        terms = shift_loss(l_real, l_fake, fake.advantages, cfg.lambda_sft, cfg.lambda_awr)
+        logs = {"loss/real_mse": float(l_real.detach().mean()), "loss/fake_mse": float(l_fake.detach().mean()),
+                **self.fill_logs}
+        return terms, logs
+
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        terms, logs = self.loss_terms(step)
+        return sum(terms.values()), logs  # type: ignore[return-value]
+
+    def disc_step(self, step: int) -> dict[str, float]:
+        """Eq. 7 on the buffer's current fakes against real clips, then the EMA update."""
+        n_real = len(next(iter(self.real.values())))
+        real_idx = torch.randint(n_real, (len(self.current),), generator=self.generator)
+        logs = {}
+        for kind, disc in self.discs.items():
+            real, fake = self.real[kind][real_idx], self.buffer_feats[kind][self.current]
+            disc.train()
+            logits = disc(torch.cat([real, fake]))
+            if not torch.isfinite(logits).all():
+                raise ShiftError(f"step {step}: the {kind} discriminator diverged (non-finite logits); the "
+                                 f"generator was not updated at this step; lower methods.<method>.disc_lr")
+            labels = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            opt = self.disc_opts[kind]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(disc.net.parameters(), 1.0)
+            opt.step()
+            disc.eval()
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.scorers[kind].net.parameters()), list(disc.net.parameters()),
+                                     1 - self.config.disc_ema)
+            logs[f"disc/{kind}_loss"] = float(loss.detach())
+            logs[f"disc/{kind}_accuracy"] = float(((logits > 0).float() == labels).float().mean())
+        return logs
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        for group in self.optimizer.param_groups[:1]:  # linear warmup (Table 5: 20 steps)
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        terms, logs = self.loss_terms(step)
+        disc_logs = self.disc_step(step) if cfg.adversarial else {}
+        norms = self.optimise_terms(terms)
+        ratio = norms["grad_norm/sft"] / norms["grad_norm/awr"] if norms["grad_norm/awr"] > 0 else float("inf")
+        loss = float(sum(t.detach() for t in terms.values()))
+        return {"loss": loss, **norms, "grad_norm/sft_over_awr": min(ratio, 1e9), **logs, **disc_logs}
+
+    def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
+        """SHIFT's advantage term on a preference pair, for the Gamma probe: the pair as a buffer
+        of two, whose fake-centred advantages are +1 and -1, with shared sigma and noise."""
+        l_w = denoising_loss(self.adapter, x_w, cond, sigma, noise)
+        l_l = denoising_loss(self.adapter, x_l, cond, sigma, noise)
+        return self.config.lambda_awr * (l_w - l_l).mean(), {}
+
+    # -- resumable state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["shift"] = {
+            "disc": {k: d.net.state_dict() for k, d in self.discs.items()},
+            "scorer": {k: d.net.state_dict() for k, d in self.scorers.items()} if self.config.adversarial else {},
+            "disc_opt": {k: o.state_dict() for k, o in self.disc_opts.items()},
+            "buffer": None if self.buffer is None else self.buffer.state(),
+            "buffer_feats": dict(self.buffer_feats), "orders": self.orders, "fill_logs": dict(self.fill_logs),
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        s = state["shift"]
+        for k, d in self.discs.items():
+            d.net.load_state_dict(s["disc"][k])
+            if self.config.adversarial:
+                self.scorers[k].net.load_state_dict(s["scorer"][k])
+                self.disc_opts[k].load_state_dict(s["disc_opt"][k])
+        self.buffer = None if s["buffer"] is None else Samples.from_state(s["buffer"])
+        self.buffer_feats = dict(s["buffer_feats"])
+        self.orders = s["orders"]
+        self.fill_logs = dict(s["fill_logs"])
