@@ -22,3 +22,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_trainers.py
 	$(BIN)/python benchmarks/bench_guidance_distill.py
 	$(BIN)/python benchmarks/bench_fcrm.py
+	$(BIN)/python benchmarks/bench_shift.py

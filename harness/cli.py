@@ -116,7 +116,7 @@ def train_motion_reward_cmd(
         "runs/motion_reward"),
     kinds: Annotated[str, typer.Option(help="comma-separated: imr, lmr")] = "imr,lmr",
     clips: Annotated[int, typer.Option(help="real prompts-split clips (each with 4 base samples)")] = 192,
-    steps: Annotated[int, typer.Option(help="discriminator training steps")] = 1500,
+    steps: Annotated[int, typer.Option(help="discriminator training steps")] = 400,
     force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:

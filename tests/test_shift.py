@@ -192,6 +192,6 @@ def test_cli_smoke_run_of_shift(tmp_path):
     res = CliRunner().invoke(app, ["run", "--smoke", "--methods", "shift", "--out", str(tmp_path / "r"),
                                    "--no-progress", "--metrics", "lmr_reward,motion_score,dynamic_degree"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "r" / "report" / "hacking.md").is_file()
+    assert "Table 1" in (tmp_path / "r" / "report" / "shift.md").read_text()
     listed = CliRunner().invoke(app, ["list", "methods"]).output
     assert "shift-a0\tvariant of shift" in listed

@@ -236,7 +236,7 @@ def held_out_scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def train_motion_rewards(preset: PresetConfig, out: Path, kinds: list[str], *, clips: int = 192, negatives: int = 4,
-                         start: int = 200_000, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3,
+                         start: int = 200_000, steps: int = 400, batch_size: int = 64, lr: float = 1e-3,
                          held_out: float = 0.2, seed: int = 0, show_progress: bool = True) -> dict[str, dict]:
     """Pre-train the discriminators (Sec. 5 "Reward model pre-training"); whole clips (a real clip
     with its 4 negatives) are held out to report generalisation."""
