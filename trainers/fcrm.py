@@ -42,11 +42,17 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data.batches import split_batch
 from harness.models.base import Conditioning
-from harness.sampling import sample_latents
 from trainers.base import Trainer, TrainerConfig
-from trainers.fcrm_data import FCRMDataError, ReplayBuffer, Samples, check_source, file_offline, world_offline
+from trainers.fcrm_data import (
+    FCRMDataError,
+    ReplayBuffer,
+    Samples,
+    check_source,
+    file_offline,
+    policy_rollouts,
+    world_offline,
+)
 from trainers.fcrm_objective import (
     LogNormalizer,
     SourceStats,
@@ -207,21 +213,9 @@ class FCRMTrainer(Trainer):
 
     def _rollout_round(self, step: int) -> None:
         cfg = self.config
-        idx = torch.randint(cfg.condition_pool, (cfg.conditions,), generator=self.generator).tolist()
-        batch = split_batch(self.preset.world, cfg.split, idx)
-        rows = [i for i in range(cfg.conditions) for _ in range(cfg.group_size)]
-        seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
-        first = batch.first_frames[rows]
-        captions = [batch.captions[i] for i in rows]
-        cond = self.adapter.encode_condition(first, captions)
-        was_training = self.adapter.model.training
-        self.adapter.model.eval()
-        with torch.no_grad(), self._behaviour_weights():
-            x0 = sample_latents(self.adapter, cond, seeds, self.sampler)
-        self.adapter.model.train(was_training)
-        specs = [batch.specs[i] for i in rows]
-        samples = Samples(x0, first, captions, torch.zeros(len(rows), dtype=torch.float64),
-                          torch.zeros(len(rows), dtype=torch.float64), specs)
+        with self._behaviour_weights():
+            samples, rows = policy_rollouts(self.adapter, self.preset.world, cfg.split, cfg.condition_pool,
+                                            cfg.conditions, cfg.group_size, self.generator, self.sampler)
         samples.rewards = self._score(samples)
         keep = torch.isfinite(samples.rewards)
         self.dropped += int((~keep).sum())

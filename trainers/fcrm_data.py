@@ -64,6 +64,31 @@ class Samples:
                        torch.cat([p.advantages for p in parts]), specs)
 
 
+def policy_rollouts(adapter: ModelAdapter, world: WorldConfig, split: str, pool: int, conditions: int,
+                    per_condition: int, generator: torch.Generator, sampler: Any) -> tuple[Samples, list[int]]:
+    """On-policy samples: ``conditions`` conditions drawn from the first ``pool`` of ``split``,
+    ``per_condition`` seeded samples each, sampled in eval mode with the adapter's current
+    weights (the caller swaps in behaviour weights if it has any). Rewards and advantages are
+    zeros; returns the samples and each one's condition row (its group)."""
+    from harness.sampling import sample_latents
+
+    idx = torch.randint(pool, (conditions,), generator=generator).tolist()
+    batch = split_batch(world, split, idx)
+    rows = [i for i in range(conditions) for _ in range(per_condition)]
+    seeds = torch.randint(2**31 - 1, (len(rows),), generator=generator).tolist()
+    first, captions = batch.first_frames[rows], [batch.captions[i] for i in rows]
+    cond = adapter.encode_condition(first, captions)
+    was_training = adapter.model.training
+    adapter.model.eval()
+    try:
+        with torch.no_grad():
+            x0 = sample_latents(adapter, cond, seeds, sampler)
+    finally:
+        adapter.model.train(was_training)
+    zeros = torch.zeros(len(rows), dtype=torch.float64)
+    return Samples(x0, first, captions, zeros, zeros.clone(), [batch.specs[i] for i in rows]), rows
+
+
 ReplayFilter = Literal["all", "positive", "negative"]
 
 

@@ -44,10 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.batches import split_batch
 from harness.data.video_io import tensor_to_frames
-from harness.sampling import sample_latents
 from metrics.backends.tracking import FlowFields
 from trainers.base import Trainer, TrainerConfig
-from trainers.fcrm_data import Samples
+from trainers.fcrm_data import Samples, policy_rollouts
 from trainers.motion_reward import MotionDiscriminator, ema_copy, load_discriminator, rewards_from_logits
 from trainers.objectives import denoising_loss, sample_sigmas
 from trainers.registry import register_trainer
@@ -188,25 +187,18 @@ class ShiftTrainer(Trainer):
         """Alg. 1 lines 2-4: on-policy rollouts, their rewards under the (EMA) discriminators,
         fake-centred clipped advantages, and K shuffled passes over them."""
         cfg, buf = self.config, self.config.buffer
-        idx = torch.randint(cfg.condition_pool, (buf.prompts,), generator=self.generator).tolist()
-        batch = split_batch(self.preset.world, cfg.split, idx)
-        rows = [i for i in range(buf.prompts) for _ in range(buf.rollouts_per_prompt)]
-        seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
+        samples, rows = policy_rollouts(self.adapter, self.preset.world, cfg.split, cfg.condition_pool,
+                                        buf.prompts, buf.rollouts_per_prompt, self.generator, self.sampler)
         query_seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
-        first, captions = batch.first_frames[rows], [batch.captions[i] for i in rows]
-        cond = self.adapter.encode_condition(first, captions)
-        was_training = self.adapter.model.training
-        self.adapter.model.eval()
         with torch.no_grad():
-            x0 = sample_latents(self.adapter, cond, seeds, self.sampler)
-            frames = [tensor_to_frames(v) for v in self.adapter.decode_latents(x0)]
-        self.adapter.model.train(was_training)
+            frames = [tensor_to_frames(v) for v in self.adapter.decode_latents(samples.x0)]
         self.buffer_feats = self._features(frames, query_seeds)
         rewards, logs = self._rewards(self.buffer_feats, self.scorers, step, "fake")
         real_idx = torch.randint(len(next(iter(self.real.values()))), (len(rows),), generator=self.generator)
         real_r, real_logs = self._rewards({k: v[real_idx] for k, v in self.real.items()}, self.scorers, step, "real")
         adv, clipped = fake_centred_advantages(rewards, cfg.adv_clip)
-        self.buffer = Samples(x0, first, captions, rewards, adv, [batch.specs[i] for i in rows])
+        samples.rewards, samples.advantages = rewards, adv
+        self.buffer = samples
         self.orders = torch.stack([torch.randperm(len(rows), generator=self.generator) for _ in range(buf.passes)])
         self.fill_logs = {**logs, **real_logs, "reward/fake_mean": float(rewards.mean()),
                           "reward/fake_std": float(rewards.std()), "reward/real_mean": float(real_r.mean()),
