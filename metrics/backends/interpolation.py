@@ -13,6 +13,7 @@ numbers, only with each other under the same backend identity.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -64,20 +65,38 @@ class FlowInterpolator(InterpolationBackend):
 
 
 _PREFIX = "flowinterp-"
+_NAMED: dict[str, Callable[..., InterpolationBackend]] = {}
+
+
+def register_interpolation_backend(name: str, factory: Callable[..., InterpolationBackend]) -> None:
+    """Make ``get_interpolation_backend(name, **options)`` return ``factory(**options)``."""
+    _NAMED[name] = factory
+
+
+def _import_real() -> None:
+    import metrics.backends.real  # noqa: F401  (backends with learned weights register on import; torch is heavy)
 
 
 def list_interpolation_backends() -> list[str]:
     from metrics.backends.flow import list_flow_backends
 
-    return [_PREFIX + f for f in list_flow_backends()]
+    _import_real()
+    return sorted(_NAMED) + [_PREFIX + f for f in list_flow_backends()]
 
 
 def get_interpolation_backend(name: str, **options: Any) -> InterpolationBackend:
-    """``flowinterp-<flow>`` (e.g. ``flowinterp-dis``); options go to the flow backend."""
-    if name not in list_interpolation_backends():
-        raise KeyError(f"unknown interpolation backend {name!r}; registered: "
-                       f"{', '.join(list_interpolation_backends())}")
-    return FlowInterpolator(flow=name[len(_PREFIX):], flow_options=options or None)
+    """A named backend (e.g. ``amt-s``) or ``flowinterp-<flow>`` (e.g. ``flowinterp-dis``, options go to the
+    flow backend)."""
+    from metrics.backends.flow import list_flow_backends
+
+    for attempt in range(2):
+        if name in _NAMED:
+            return _NAMED[name](**options)
+        if name.startswith(_PREFIX) and name[len(_PREFIX):] in list_flow_backends():
+            return FlowInterpolator(flow=name[len(_PREFIX):], flow_options=options or None)
+        if attempt == 0:
+            _import_real()
+    raise KeyError(f"unknown interpolation backend {name!r}; registered: {', '.join(list_interpolation_backends())}")
 
 
 def resolve_interpolation(interp: str | InterpolationBackend,
