@@ -18,6 +18,9 @@ app = typer.Typer(
 )
 list_app = typer.Typer(help="List registered methods, metrics or presets.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
+weights_app = typer.Typer(help="The local weight cache of the metric backends (the only network access).",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="preset name or YAML file")]
 SetOpt = Annotated[
@@ -43,6 +46,9 @@ def _preset(name: str, sets: list[str] | None, extra: list[dict] | None = None):
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from harness.weights import force_offline
+
+    force_offline()  # no hub downloads at run time; `harness weights prefetch` uses plain HTTP on its own
 
 
 @app.command()
@@ -278,9 +284,13 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option(help="results directory (not used with --run)")] = None,
     preset: PresetOpt = "tiny",
     fps: Annotated[float | None, typer.Option(help="frame rate of --videos (default: the preset's)")] = None,
+    fvd_ref: Annotated[Path | None, typer.Option(help="folder of real videos: FVD with I3D features against "
+                                                      "them (options: --set eval.backends.fvd.KEY=VALUE)")] = None,
     sets: SetOpt = None,
 ) -> None:
-    """Evaluate a checkpoint, a run, or a folder of videos with the metric registry."""
+    """Evaluate a checkpoint, a run, or a folder of videos with the metric registry.
+
+    Metric groups expand to their members with upstream backends, e.g. ``--metrics vbench-i2v,fvd``."""
     from harness.evaluate import evaluate_checkpoint, evaluate_run, evaluate_videos
 
     chosen = [x for x in (checkpoint, run_dir, videos) if x is not None]
@@ -288,13 +298,14 @@ def eval_cmd(
         _fail("give exactly one of --checkpoint, --run, --videos")
     names = _csv(metrics)
     if names:
-        from metrics.registry import list_metrics
+        from metrics.registry import METRIC_GROUPS, list_metrics
 
-        known = {s.name for s in list_metrics()}
+        known = {s.name for s in list_metrics()} | set(METRIC_GROUPS)
         unknown = [n for n in names if n not in known]
         if unknown:
             _fail(f"unknown metric(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
-    cfg = _preset(preset, sets)
+    fvd_sets = [] if fvd_ref is None else [{"eval": {"backends": {"fvd": {"features": "i3d", "ref": str(fvd_ref)}}}}]
+    cfg = _preset(preset, sets, fvd_sets)
     try:
         if run_dir is not None:
             if not (run_dir / "run.json").is_file():
@@ -376,6 +387,54 @@ def list_presets() -> None:
 
     for name in available_presets():
         typer.echo(f"{name}\t{load_preset(name).description}")
+
+
+@weights_app.command("status")
+def weights_status() -> None:
+    """Every manifest file: present, missing or corrupt, and whether it is upstream or random-init."""
+    from harness.weights import cache_root, status
+
+    typer.echo(f"cache: {cache_root()} (set $HARNESS_WEIGHTS to move it)")
+    rows = status()
+    for r in rows:
+        colour = {"ok": typer.colors.GREEN, "missing": typer.colors.YELLOW}.get(r["state"], typer.colors.RED)
+        origin = f" [{r['origin']}]" if r["origin"] else ""
+        typer.secho(f"{r['state']:8s}{origin:20s} {r['name']:22s} {r['path']:45s} used by {r['used_by']}", fg=colour)
+        if r.get("detail"):
+            typer.echo(f"          {r['detail']}")
+    missing = [r["name"] for r in rows if r["state"] != "ok"]
+    if missing:
+        typer.echo(f"fetch with: harness weights prefetch {' '.join(missing)}")
+
+
+@weights_app.command("prefetch")
+def weights_prefetch(
+    names: Annotated[list[str] | None, typer.Argument(help="manifest names (default: all)")] = None,
+    source: Annotated[Path | None, typer.Option("--from", help="copy from a folder of upstream files "
+                                                               "instead of downloading")] = None,
+) -> None:
+    """Download (or copy) weight files into the cache and check their sha256."""
+    from harness.weights import WeightsError, prefetch
+
+    try:
+        prefetch(names, source_dir=source, log=typer.echo)
+    except (WeightsError, OSError) as exc:
+        _fail(str(exc))
+
+
+@weights_app.command("init-random")
+def weights_init_random(
+    names: Annotated[list[str] | None, typer.Argument(help="manifest names (default: every implemented one)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace real files too")] = False,
+) -> None:
+    """Write random-initialised files in the upstream layouts, for dry runs without the real weights.
+    Every number computed from them is stored under an identity marked random-weights."""
+    from harness.weights import WeightsError, init_random
+
+    try:
+        init_random(names, force=force, log=typer.echo)
+    except WeightsError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,18 +28,34 @@ from harness.data.world import WorldCondition
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig, sample, sigma_schedule
 from harness.store import ResultStore, bootstrap_ci
+from harness.weights import WeightsError
+from metrics.backends.features import shared_features
 from metrics.base import Metric, VideoSample
-from metrics.registry import get_metric
-from metrics.rollups import shift_rollup, vbench_i2v_rollup
+from metrics.registry import expand_metrics, get_metric
+from metrics.rollups import SHIFT_MOTION, VBENCH_I2V_RANGES, shift_rollup, vbench_i2v_rollup
 
 log = logging.getLogger(__name__)
+ROLLUP_DIMENSIONS = set(VBENCH_I2V_RANGES) | set(SHIFT_MOTION)
 
 
 class Evaluator:
     def __init__(self, preset: PresetConfig, metric_names: Sequence[str] | None = None, batch_size: int = 16):
         self.preset, self.batch_size = preset, batch_size
         names = list(metric_names or preset.eval.metrics)
-        self.metrics: list[Metric] = [get_metric(n, **preset.eval.backends.get(n, {})) for n in names]
+        self.metrics: list[Metric] = []
+        missing: list[str] = []
+        for name, opts in expand_metrics(names, preset.eval.backends):
+            try:
+                metric = get_metric(name, **opts)
+                metric.identity  # noqa: B018  (lazy backends resolve their weights here)
+                self.metrics.append(metric)
+            except WeightsError as exc:  # name every missing file at once, before any work
+                missing.append(f"{name}: {exc}")
+        if missing:
+            names = sorted(set(re.findall(r"harness weights prefetch (\w+)", "\n".join(missing))))
+            raise WeightsError("weights missing from the local cache (see `harness weights status`):\n  "
+                               + "\n  ".join(missing) + "\nfetch them all with: harness weights prefetch "
+                               + " ".join(names))
         self.eval = split_batch(preset.world, "eval", range(preset.eval.num_videos))
         self.seeds = [preset.eval.seed + i for i in range(preset.eval.num_videos)]
 
@@ -96,14 +113,28 @@ class Evaluator:
               show_progress: bool = True) -> dict[str, float]:
         """Compute every metric without a stored aggregate on given videos, then the roll-ups."""
         todo = [m for m in self.metrics if not store.has_aggregate(checkpoint_id, m.identity)]
-        for metric in tqdm(todo, desc="metrics", disable=not show_progress, leave=False):
-            self._compute(store, checkpoint_id, metric, videos)
-        return self._rollups(store, checkpoint_id)
+        rank, world = _rank_world()
+        mine = videos[rank::world]  # with torch.distributed, each rank scores every world-th video
+        with shared_features(mine):  # each embedder runs once per video, batched across videos
+            for metric in tqdm(todo, desc="metrics", disable=not show_progress or rank > 0, leave=False):
+                self._compute(store, checkpoint_id, metric, videos, mine)
+        return self._rollups(store, checkpoint_id) if rank == 0 else {}
 
     def _compute(self, store: ResultStore, checkpoint_id: int, metric: Metric,
-                 videos: list[VideoSample]) -> None:
+                 videos: list[VideoSample], mine: list[VideoSample]) -> None:
         metric.reset()
-        rows = [metric.update(v) for v in videos]
+        rows = [metric.update(v) for v in mine]
+        if len(mine) != len(videos):  # sharded: gather every rank's state and records on rank 0
+            import torch.distributed as dist
+
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (metric.state(), rows))
+            if dist.get_rank() != 0:
+                return
+            metric.reset()
+            metric.merge([state for state, _ in gathered])
+            order = {v.video_id: i for i, v in enumerate(videos)}
+            rows = sorted((r for _, rs in gathered for r in rs), key=lambda r: order[r["video_id"]])
         value = metric.compute()
         extras = dict(getattr(metric, "compute_extras", {}) or {})
         lo = hi = None
@@ -120,15 +151,35 @@ class Evaluator:
     def _rollups(self, store: ResultStore, checkpoint_id: int) -> dict[str, float]:
         agg = store.aggregates()
         agg = agg[agg["checkpoint_id"] == checkpoint_id]
+        identities = [m for m in agg["metric"] if m.split("[")[0] in ROLLUP_DIMENSIONS]
         by_name = {m.split("[")[0]: v for m, v in zip(agg["metric"], agg["value"], strict=True)
                    if not m.startswith("rollup:")}
+        label = _rollup_label(identities)
         for prefix, fn in (("vbench_i2v", vbench_i2v_rollup), ("shift", shift_rollup)):
             result = fn(by_name)
             for key, value in result.items():
                 if isinstance(value, float) and not _isnan(value):
-                    store.add_aggregate(checkpoint_id, f"rollup:{prefix}_{key}[tiny]", value, 1, None, None,
-                                        {"missing": result.get("missing", [])})
+                    store.add_aggregate(checkpoint_id, f"rollup:{prefix}_{key}[{label}]", value, 1, None, None,
+                                        {"missing": result.get("missing", []), "inputs": identities})
         return by_name
+
+
+def _rollup_label(identities: list[str]) -> str:
+    """What a roll-up is made of: ``random-weights`` if any input is, else ``upstream`` when every
+    input used upstream models, else ``tiny`` (weights-free or tiny-world backends)."""
+    if any("random-weights" in i for i in identities):
+        return "random-weights"
+    upstream = ("dino-vitb16", "clip-vit", "amt-s", "raft", "musiq", "i3d", "videomae")
+    return "upstream" if identities and all(any(u in i for u in upstream) for i in identities) else "tiny"
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _isnan(x: object) -> bool:
@@ -207,7 +258,8 @@ def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names:
     from harness.data.video_io import VideoReadError, read_video
 
     evaluator = Evaluator(preset, metric_names or [m for m in preset.eval.metrics if m != "fvd"])
-    needs_condition = [m.identity for m in evaluator.metrics if "condition" in m.spec.inputs]
+    needs_condition = [m.identity for m in evaluator.metrics
+                       if getattr(m, "needs_condition", "condition" in m.spec.inputs)]
     if needs_condition:
         raise ValueError(f"metrics {', '.join(needs_condition)} need tiny-world conditions, which a folder of "
                          "videos does not have; pass --metrics with others")

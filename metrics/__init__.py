@@ -12,6 +12,7 @@ from metrics import (  # noqa: F401  (registration side effects)
     fvd,
     motion_score,
     motion_smoothness,
+    quality,
     rewards,
     temporal_flickering,
     world_oracle,

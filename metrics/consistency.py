@@ -5,8 +5,10 @@ subject_consistency / background_consistency (per video, frame-weighted aggregat
 i2v_subject / i2v_background (per video, mean aggregate), with img = the conditioning image:
     0.4 * max_t cos(img, f_t) + 0.3 * mean_t cos(f_{t-1}, f_t) + 0.3 * min_t cos(f_{t-1}, f_t)
 with cosines clipped at 0. Upstream reads DINO (subject), CLIP (background) and DreamSim
-(i2v_background) features; the `tiny` backend reads the tiny world's frame encoder, whose
-subject head plays DINO's role and background head plays CLIP's/DreamSim's.
+(i2v_background) features: ``features=dino-vitb16`` (subject_consistency's transform),
+``dino-vitb16-i2v`` (i2v_subject's), ``clip-vitb32`` load them from the weight cache. The
+default ``tiny`` reads the tiny world's frame encoder, whose subject head plays DINO's role
+and background head plays CLIP's/DreamSim's. DreamSim is not implemented yet.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from metrics.backends.features import TINY_WEIGHTS, get_feature_backend
+from metrics.backends.features import TINY_WEIGHTS, frame_features, get_embedder
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.registry import register
 
@@ -42,15 +44,14 @@ class _FeatureMetric(PerVideoMetric):
 
     def __init__(self, features: str = "tiny") -> None:
         self.features = features
-        self.backend = get_feature_backend(features)
+        self.embedder = get_embedder(features, self.head)
         super().__init__()
 
     def identity_options(self) -> dict[str, object]:
-        return {"features": self.features}
+        return {"features": self.embedder.identity}
 
     def _feats(self, frames: np.ndarray) -> np.ndarray:
-        subj, bg = self.backend.frame_features(frames)
-        return subj if self.head == "subject" else bg
+        return frame_features(self.embedder, frames)
 
 
 class _Consistency(_FeatureMetric):

@@ -1,12 +1,26 @@
 """`fvd`: Frechet distance between clip features of generated videos and real clips.
 
-A set metric: ``update`` accumulates float64 feature statistics (mergeable across
-processes); ``compute`` compares them with reference statistics of real clips. On the
-tiny world the features come from the world's clip classifier (``features=tiny``) and
-the reference is ``n_ref`` real clips of the eval split; reference statistics are
-cached on disk under a key that hashes the extractor weights, the preprocessing and
-the world, so they are computed once. The sample count is stored with every value and
-a warning is raised when it is below the feature dimension + 1 (singular covariance).
+A set metric. ``update`` extracts one clip's features per video and keeps them by video
+id; ``compute`` fits a Gaussian to them (in sorted video-id order, so any split of the
+videos across processes gives the same number to the last bit) and compares it with
+reference statistics of real clips.
+
+Extractors (``features``):
+- ``tiny``: the tiny world's clip classifier; the reference is ``n_ref`` clips of the
+  world's eval split (label: about the tiny world only).
+- ``i3d``: I3D Kinetics-400 (pytorch-i3d layout of DeepMind's checkpoint),
+  ``i3d-torchscript``: StyleGAN-V's TorchScript detector (the only one that reproduces
+  StyleGAN-V's numbers), ``videomae-v2``: VideoMAE-v2 ViT-g fine-tuned on SSv2 (the
+  content-debiased FVD's extractor), ``videomae-v2-k710``: the K710 fine-tune. The
+  reference is ``ref``, a folder of real videos processed with the same protocol.
+
+Protocol options, all stored with every value: ``clip_len`` frames taken every
+``stride`` frames from ``offset`` (StyleGAN-V ``fvd2048_16f``: 16, 1, 0); ``resize``:
+``resize`` (squash to 224x224, StyleGAN-V) or ``crop`` (shorter side to 224, centre
+crop); ``output``: I3D ``logits`` (400-d, the FVD convention) or ``pooled`` (1024-d).
+A video shorter than the clip is skipped with its reason and counted. Reference
+statistics are cached on disk under a key of the extractor identity, the protocol and
+the reference set, so they are computed once.
 """
 
 from __future__ import annotations
@@ -18,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from harness.data.world import WorldCondition, make_clip
 from metrics.backends.features import TINY_WEIGHTS, get_feature_backend
@@ -25,7 +41,8 @@ from metrics.base import Metric, MetricSpec, VideoSample
 from metrics.frechet import FeatureStats, frechet_from_stats
 from metrics.registry import register
 
-PROTOCOL = {"clip": "all frames, stride 1", "resize": "none (native resolution)", "features": "pooled 32-d"}
+TINY_PROTOCOL = {"clip": "all frames, stride 1", "resize": "none (native resolution)", "features": "pooled 32-d"}
+REAL_EXTRACTORS = ("i3d", "i3d-torchscript", "videomae-v2", "videomae-v2-k710")
 
 
 def cache_dir() -> Path:
@@ -33,51 +50,156 @@ def cache_dir() -> Path:
     return Path(root) / "fvd_reference"
 
 
+def take_clip(frames: np.ndarray, clip_len: int, stride: int, offset: int) -> np.ndarray | None:
+    """``clip_len`` frames every ``stride`` from ``offset``, or None when the video is too short."""
+    idx = offset + stride * np.arange(clip_len)
+    return None if idx[-1] >= len(frames) else frames[idx]
+
+
+def preprocess_clip(clip: np.ndarray, size: int, resize: str) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float in [0, 1] (bilinear, antialias off)."""
+    x = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float() / 255.0
+    h, w = x.shape[-2:]
+    if resize == "resize":
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    scale = size / min(h, w)
+    hh, ww = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(x, size=(hh, ww), mode="bilinear", align_corners=False, antialias=False)
+    top, left = (hh - size) // 2, (ww - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def _real_extractor(features: str, output: str):
+    if features in ("i3d", "i3d-torchscript"):
+        from metrics.backends.real.i3d import I3DExtractor
+
+        weight = "i3d_kinetics400" if features == "i3d" else "i3d_torchscript"
+        return I3DExtractor(weight=weight, output=output)
+    from metrics.backends.real.videomae import VideoMAEv2Extractor
+
+    # Content-debiased FVD (Ge et al. 2024, the cd-fvd package) reads the SSv2-finetuned ViT-g.
+    weight = "videomae_v2_g_ssv2" if features == "videomae-v2" else "videomae_v2_g_k710"
+    return VideoMAEv2Extractor(weight=weight, output=output)
+
+
 @register(MetricSpec(
-    name="fvd", version="1", higher_is_better=False, kind="set", aggregation="frechet", vbench_range=None,
-    inputs=("frames", "condition"), weights=(f"tiny/{TINY_WEIGHTS[1]}",),
+    name="fvd", version="2", higher_is_better=False, kind="set", aggregation="frechet", vbench_range=None,
+    inputs=("frames", "condition"), weights=(f"tiny/{TINY_WEIGHTS[1]}", "i3d_kinetics400", "videomae_v2_g_k710"),
     description="Frechet distance of clip features, generated vs real clips",
-    departures="features of the tiny world's clip classifier, not I3D (StyleGAN-V) or VideoMAE-v2; "
-               "numbers are about the tiny world only",
+    departures="features=tiny: the tiny world's clip classifier, not I3D or VideoMAE-v2 (numbers are about the "
+               "tiny world only); the real extractors follow the protocol recorded with each value",
 ))
 class FVD(Metric):
-    def __init__(self, features: str = "tiny", n_ref: int = 512) -> None:
-        self.features, self.n_ref = features, n_ref
-        self.backend = get_feature_backend(features)
+    def __init__(self, features: str = "tiny", n_ref: int = 512, ref: str | None = None, clip_len: int = 16,
+                 stride: int = 1, offset: int = 0, resize: str = "resize", output: str | None = None) -> None:
+        if features != "tiny" and features not in REAL_EXTRACTORS:
+            raise ValueError(f"fvd: features must be tiny or one of {REAL_EXTRACTORS}, got {features!r}")
+        if resize not in ("resize", "crop"):
+            raise ValueError(f"fvd: resize must be 'resize' or 'crop', got {resize!r}")
+        if clip_len < 1 or stride < 1 or offset < 0:
+            raise ValueError(f"fvd: need clip_len >= 1, stride >= 1, offset >= 0 (got {clip_len}, {stride}, {offset})")
+        self.features, self.n_ref, self.ref = features, n_ref, ref
+        self.clip_len, self.stride, self.offset, self.resize = clip_len, stride, offset, resize
+        if features.startswith("i3d") and clip_len < 9:
+            raise ValueError(f"fvd[features={features}]: I3D downsamples time by 8 and pools over 2 steps, so it "
+                             f"needs clip_len >= 9 (got {clip_len}; the reference protocol uses 16)")
+        if features == "tiny":
+            self.backend = get_feature_backend("tiny")
+            self.extractor = None
+        else:
+            if not ref:
+                raise ValueError(f"fvd[features={features}] needs ref=<folder of real videos> for its reference "
+                                 "statistics (e.g. --set eval.backends.fvd.ref=data/real)")
+            if not Path(ref).is_dir():
+                raise FileNotFoundError(f"fvd: reference folder {ref} does not exist")
+            self.extractor = _real_extractor(features, output or ("logits" if features.startswith("i3d")
+                                                                  else "fc_norm"))
         self.reset()
 
-    def identity_options(self) -> dict[str, object]:
-        return {"features": f"{self.features}-clip", "n_ref": self.n_ref}
+    @property
+    def needs_condition(self) -> bool:
+        """Only the tiny extractor's reference comes from the world the videos were generated in."""
+        return self.extractor is None
 
+    # -- identity and protocol ------------------------------------------------------------------
+    def identity_options(self) -> dict[str, object]:
+        if self.extractor is None:
+            return {"features": f"{self.features}-clip", "n_ref": self.n_ref}
+        return {"features": self.extractor.identity, "ref": Path(self.ref).name,
+                "clip": f"{self.clip_len}f-s{self.stride}-o{self.offset}", "resize": self.resize}
+
+    def protocol(self) -> dict[str, Any]:
+        if self.extractor is None:
+            return dict(TINY_PROTOCOL)
+        return {"extractor": self.extractor.identity, "clip_len": self.clip_len, "stride": self.stride,
+                "offset": self.offset, "resize": f"{self.resize} to 224 (bilinear, antialias off)",
+                "features": f"{self.extractor.dim}-d", "covariance": "unbiased (N - 1)"}
+
+    # -- per-video features --------------------------------------------------------------------
     def reset(self) -> None:
-        self.stats: FeatureStats | None = None
+        self.feats: dict[str, np.ndarray] = {}
+        self.skipped: dict[str, str] = {}
         self.world = None
         self._last: dict[str, Any] = {}
 
+    def _clip_features(self, frames: np.ndarray) -> np.ndarray | None:
+        clip = take_clip(frames, self.clip_len, self.stride, self.offset)
+        if clip is None:
+            return None
+        x = preprocess_clip(clip, 224, self.resize)[None]  # (1, T, 3, 224, 224) in [0, 1]
+        if self.features.startswith("i3d"):
+            x = x * 2.0 - 1.0  # I3D (TF-hub and its ports) reads [-1, 1]
+        return self.extractor(x)[0].double().cpu().numpy()
+
     def update(self, sample: VideoSample) -> dict[str, Any]:
-        if not isinstance(sample.condition, WorldCondition):
-            raise ValueError(f"fvd[features=tiny] needs tiny-world videos with their condition; "
-                             f"{sample.video_id!r} has none")
-        self.world = sample.condition.world
-        feat = self.backend.clip_features(sample.frames)[None]
-        if self.stats is None:
-            self.stats = FeatureStats(feat.shape[1])
-        self.stats.update(feat)
+        if sample.video_id in self.feats or sample.video_id in self.skipped:
+            raise ValueError(f"{self.identity}: video {sample.video_id!r} was already scored")
+        if self.extractor is None:
+            if not isinstance(sample.condition, WorldCondition):
+                raise ValueError(f"fvd[features=tiny] needs tiny-world videos with their condition; "
+                                 f"{sample.video_id!r} has none (use features=i3d with ref=<real videos>)")
+            self.world = sample.condition.world
+            feat = self.backend.clip_features(sample.frames)
+        else:
+            feat = self._clip_features(sample.frames)
+            if feat is None:
+                need = self.offset + self.stride * (self.clip_len - 1) + 1
+                self.skipped[sample.video_id] = f"{sample.num_frames} frames < {need} needed"
+                return {"video_id": sample.video_id, "value": None, "weight": 0.0,
+                        "extras": {"skipped": self.skipped[sample.video_id]}}
+        self.feats[sample.video_id] = np.asarray(feat, np.float64)
         return {"video_id": sample.video_id, "value": None, "weight": 1.0, "extras": {}}
 
+    # -- reference -----------------------------------------------------------------------------
+    def _reference_key(self) -> dict[str, Any]:
+        if self.extractor is None:
+            return {"weights": self.backend.fingerprint(), "protocol": TINY_PROTOCOL, "n_ref": self.n_ref,
+                    "world": self.world.model_dump(mode="json"), "split": "eval"}
+        files = sorted(Path(self.ref).glob("*.mp4"))
+        listing = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return {"protocol": self.protocol(), "files": listing}
+
     def reference(self) -> FeatureStats:
-        key = hashlib.sha256(json.dumps({
-            "weights": self.backend.fingerprint(), "protocol": PROTOCOL, "n_ref": self.n_ref,
-            "world": self.world.model_dump(mode="json"), "split": "eval"}, sort_keys=True).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps(self._reference_key(), sort_keys=True).encode()).hexdigest()[:20]
         path = cache_dir() / f"{key}.npz"
         if path.is_file():
             with np.load(path) as z:
                 return FeatureStats.from_state({k: z[k] for k in z.files})
-        stats = None
-        for i in range(self.n_ref):
-            feat = self.backend.clip_features(make_clip(self.world, "eval", i).frames)[None]
-            stats = stats or FeatureStats(feat.shape[1])
-            stats.update(feat)
+        feats = []
+        if self.extractor is None:
+            feats = [self.backend.clip_features(make_clip(self.world, "eval", i).frames) for i in range(self.n_ref)]
+        else:
+            from harness.data.video_io import read_video
+
+            for f in sorted(Path(self.ref).glob("*.mp4")):
+                feat = self._clip_features(read_video(f))
+                if feat is not None:
+                    feats.append(feat)
+            if len(feats) < 2:
+                raise ValueError(f"fvd: the reference folder {self.ref} has {len(feats)} usable videos "
+                                 f"(of >= {self.clip_len} frames); need at least 2")
+        stats = FeatureStats(len(feats[0]))
+        stats.update(np.stack(feats))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial.npz")
         np.savez(tmp, **stats.state())
@@ -85,23 +207,35 @@ class FVD(Metric):
         return stats
 
     def compute(self) -> float:
-        if self.stats is None:
-            raise ValueError("fvd: no videos were given")
+        if not self.feats:
+            raise ValueError(f"fvd: no usable videos ({len(self.skipped)} skipped: "
+                             f"{'; '.join(f'{k}: {v}' for k, v in list(self.skipped.items())[:3])})")
+        stats = FeatureStats(len(next(iter(self.feats.values()))))
+        stats.update(np.stack([self.feats[k] for k in sorted(self.feats)]))
         ref = self.reference()
-        self._last = {"n": self.stats.n, "n_ref": ref.n, "dim": self.stats.dim, "protocol": PROTOCOL}
-        return frechet_from_stats(self.stats, ref)
+        self._last = {"n": stats.n, "n_ref": ref.n, "dim": stats.dim, "protocol": self.protocol(),
+                      "n_skipped": len(self.skipped), "skipped": dict(self.skipped)}
+        return frechet_from_stats(stats, ref)
 
     @property
     def compute_extras(self) -> dict[str, Any]:
         return dict(self._last)
 
     def state(self) -> dict[str, Any]:
-        return {"identity": self.identity, "stats": None if self.stats is None else self.stats.state()}
+        return {"identity": self.identity, "features": {k: v.tolist() for k, v in self.feats.items()},
+                "skipped": dict(self.skipped),
+                "world": None if self.world is None else self.world.model_dump(mode="json")}
 
     def merge(self, states: list[dict[str, Any]]) -> None:
         for st in states:
             if st["identity"] != self.identity:
                 raise ValueError(f"cannot merge state of {st['identity']} into {self.identity}")
-            if st["stats"] is not None:
-                other = FeatureStats.from_state(st["stats"])
-                self.stats = other if self.stats is None else self.stats.merge(other)
+            dup = (set(st["features"]) | set(st["skipped"])) & (set(self.feats) | set(self.skipped))
+            if dup:
+                raise ValueError(f"{self.identity}: videos scored twice across states: {sorted(dup)[:5]}")
+            self.feats.update({k: np.asarray(v, np.float64) for k, v in st["features"].items()})
+            self.skipped.update(st["skipped"])
+            if self.world is None and st.get("world") is not None:
+                from harness.data.world import WorldConfig
+
+                self.world = WorldConfig(**st["world"])

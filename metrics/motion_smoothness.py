@@ -22,9 +22,13 @@ def smoothness_score(frames: np.ndarray, interp: InterpolationBackend) -> tuple[
     if frames.shape[0] < 3:
         raise ValueError(f"motion smoothness needs at least 3 frames, got {frames.shape[0]}")
     evens = frames[0::2]
+    if hasattr(interp, "interpolate_pairs"):  # learned interpolators batch all pairs of the video
+        preds = interp.interpolate_pairs(evens[:-1], evens[1:])
+    else:
+        preds = [interp(evens[i], evens[i + 1]) for i in range(len(evens) - 1)]
     diffs = []
     for i in range(len(evens) - 1):
-        pred = np.clip(interp(evens[i], evens[i + 1]), 0, 255).astype(np.uint8)
+        pred = np.clip(preds[i], 0, 255).astype(np.uint8)
         real = frames[2 * i + 1]
         diffs.append(float(np.abs(pred.astype(np.int16) - real.astype(np.int16)).mean()))
     return float((255.0 - np.mean(diffs)) / 255.0), diffs
@@ -34,9 +38,9 @@ def smoothness_score(frames: np.ndarray, interp: InterpolationBackend) -> tuple[
     name="motion_smoothness", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=(0.706, 0.9975), inputs=("frames",), weights=(),
     description="VBench motion smoothness: 1 - error of mid-frame interpolation of the odd frames / 255",
-    departures="weights-free interpolation (bidirectional DIS flow, halfway warping and blending; no "
-               "occlusion handling) instead of AMT-S: values are not comparable with published VBench "
-               "numbers; no padding to a multiple of 16",
+    departures="with interp=flowinterp-* (the tiny default): weights-free interpolation (bidirectional flow, "
+               "halfway warping and blending; no occlusion handling) instead of AMT-S, values not comparable "
+               "with published VBench numbers; with interp=amt-s: upstream AMT-S weights, padding and scale 1",
 ))
 class MotionSmoothness(PerVideoMetric):
     def __init__(self, interp: str | InterpolationBackend = "flowinterp-dis",

@@ -1,13 +1,23 @@
-"""Feature extractors for the consistency dimensions and FVD, by name.
+"""Frame embedders for the consistency dimensions, by name, and the evaluation-wide feature cache.
 
-``tiny``: the tiny world's learned extractors (harness.tiny_features), shipped with
-the package. Real backends (DINO, CLIP, DreamSim, I3D, VideoMAE) register here too.
-Models are loaded once per process and shared by every metric that uses them.
+``tiny`` (the tiny world's learned extractors, shipped with the package) has a subject
+and a background head; the real embedders (``dino-vitb16``, ``dino-vitb16-i2v``,
+``clip-vitb32``, ``clip-vitl14``) live in ``metrics.backends.real.vit`` and load upstream
+weights from the local cache. Models are loaded once per process.
+
+``shared_features(videos)`` opens a cache for one evaluation: the first metric asking
+for an embedder's features of any video gets them computed for *all* videos of the set
+in batches across videos, and every later metric using the same embedder (same model,
+same preprocessing) reuses them, e.g. the tiny subject head for subject_consistency
+and i2v_subject. Embedders with different preprocessing (VBench's DINO transforms for
+subject_consistency and i2v_subject differ) are different cache keys, so reuse never
+changes a number.
 """
 
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -59,3 +69,75 @@ def get_feature_backend(name: str) -> TinyFeatures:
     if name != "tiny":
         raise KeyError(f"unknown feature backend {name!r}; registered: tiny")
     return TinyFeatures()
+
+
+class TinyEmbedder:
+    """One head of the tiny frame encoder behind the embedder interface."""
+
+    def __init__(self, head: str) -> None:
+        if head not in ("subject", "background"):
+            raise ValueError(f"tiny head must be subject or background, got {head!r}")
+        self.head, self.backend = head, get_feature_backend("tiny")
+        self.identity = "tiny"
+        self.cache_key = f"tiny-{head}"
+
+    def embed_many(self, videos: list[np.ndarray]) -> list[np.ndarray]:
+        pick = 0 if self.head == "subject" else 1
+        sizes = [len(v) for v in videos]
+        if len({v.shape[1:] for v in videos}) == 1:  # one batch across videos
+            feats = self.backend.frame_features(np.concatenate(videos))[pick]
+            return list(np.split(feats, np.cumsum(sizes)[:-1]))
+        return [self.backend.frame_features(v)[pick] for v in videos]
+
+
+def real_embedders() -> list[str]:
+    from metrics.backends.real.vit import EMBEDDERS
+
+    return sorted(EMBEDDERS)
+
+
+@lru_cache(maxsize=16)
+def get_embedder(name: str, head: str = "subject"):
+    """``tiny`` (with the metric's head) or a real embedder by name."""
+    if name == "tiny":
+        return TinyEmbedder(head)
+    from metrics.backends.real.vit import EMBEDDERS
+
+    if name not in EMBEDDERS:
+        raise KeyError(f"unknown features {name!r}; registered: tiny, {', '.join(sorted(EMBEDDERS))}")
+    embedder = EMBEDDERS[name]()
+    embedder.cache_key = embedder.identity
+    return embedder
+
+
+class _FeatureCache:
+    def __init__(self, videos) -> None:
+        self.videos = list(videos)
+        self.index = {id(v.frames): i for i, v in enumerate(self.videos)}
+        self.features: dict[tuple[str, int], np.ndarray] = {}
+
+
+_ACTIVE: list[_FeatureCache] = []
+
+
+@contextmanager
+def shared_features(videos):
+    """Features computed inside are computed once per (embedder, video), batched over ``videos``."""
+    _ACTIVE.append(_FeatureCache(videos))
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
+def frame_features(embedder, frames: np.ndarray) -> np.ndarray:
+    """(T, D) L2-normalised features of one video's frames, from the open cache when it knows them."""
+    cache = _ACTIVE[-1] if _ACTIVE else None
+    if cache is None or id(frames) not in cache.index:
+        return embedder.embed_many([frames])[0]
+    key = (embedder.cache_key, cache.index[id(frames)])
+    if key not in cache.features:
+        todo = [i for i in range(len(cache.videos)) if (embedder.cache_key, i) not in cache.features]
+        for i, f in zip(todo, embedder.embed_many([cache.videos[i].frames for i in todo]), strict=True):
+            cache.features[(embedder.cache_key, i)] = f
+    return cache.features[key]
