@@ -18,9 +18,9 @@ def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(weights.CACHE_ENV, str(root))
         weights.init_random(["dino_vitb16", "clip_vit_b32"], log=lambda _: None)
-        vit._load_dino.cache_clear(), vit._load_clip.cache_clear(), vit._load_aesthetic.cache_clear()
+        vit._dino_from.cache_clear(), vit._clip_from.cache_clear(), vit._aesthetic_from.cache_clear()
         yield root
-        vit._load_dino.cache_clear(), vit._load_clip.cache_clear(), vit._load_aesthetic.cache_clear()
+        vit._dino_from.cache_clear(), vit._clip_from.cache_clear(), vit._aesthetic_from.cache_clear()
 
 
 def test_dino_and_clip_modules_have_the_upstream_key_names_and_shapes():

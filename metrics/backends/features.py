@@ -90,17 +90,22 @@ class TinyEmbedder:
         return [self.backend.frame_features(v)[pick] for v in videos]
 
 
+@lru_cache(maxsize=2)
+def _tiny_embedder(head: str) -> TinyEmbedder:
+    return TinyEmbedder(head)
+
+
 def real_embedders() -> list[str]:
     from metrics.backends.real.vit import EMBEDDERS
 
     return sorted(EMBEDDERS)
 
 
-@lru_cache(maxsize=16)
 def get_embedder(name: str, head: str = "subject"):
-    """``tiny`` (with the metric's head) or a real embedder by name."""
+    """``tiny`` (with the metric's head) or a real embedder by name (its weights resolved now, so a
+    missing file fails here; the loaded model itself is cached per file)."""
     if name == "tiny":
-        return TinyEmbedder(head)
+        return _tiny_embedder(head)
     from metrics.backends.real.vit import EMBEDDERS
 
     if name not in EMBEDDERS:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.weights import random_initialiser, resolve
+from harness.weights import ResolvedWeight, random_initialiser, resolve
 from metrics.backends.real.common import load_strict, read_state_dict, save_random
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -257,32 +257,43 @@ def _random_aesthetic(path) -> None:
     save_random({"weight": torch.randn(1, 768, generator=g) * 0.05, "bias": torch.tensor([5.0])}, path)
 
 
-@lru_cache(maxsize=8)
+# Loaded models are cached by the resolved file (path and sha256), not by name: a cache root that
+# changes (tests, a real file replacing a random one) never serves a stale model.
 def _load_dino(weight: str, device: str) -> tuple[nn.Module, bool]:
-    resolved = resolve(weight)
+    return _dino_from(resolve(weight), device)
+
+
+def _load_clip(weight: str, device: str, half: bool) -> tuple[nn.Module, bool]:
+    return _clip_from(resolve(weight), device, half)
+
+
+def _load_aesthetic(weight: str, device: str) -> tuple[nn.Module, bool]:
+    return _aesthetic_from(resolve(weight), device)
+
+
+@lru_cache(maxsize=4)
+def _dino_from(resolved: ResolvedWeight, device: str) -> tuple[nn.Module, bool]:
     model = DinoViT()
     sd = read_state_dict(resolved)
     sd.pop("head.weight", None), sd.pop("head.bias", None)  # only in fine-tuned variants; DINO's is Identity
-    load_strict(model, sd, f"{weight} (DINO ViT-B/16)")
+    load_strict(model, sd, f"{resolved.name} (DINO ViT-B/16)")
     return model.eval().to(device), resolved.is_random
 
 
-@lru_cache(maxsize=8)
-def _load_clip(weight: str, device: str, half: bool) -> tuple[nn.Module, bool]:
-    resolved = resolve(weight)
-    model = ClipVisual(**CLIP_CONFIGS[weight])
+@lru_cache(maxsize=4)
+def _clip_from(resolved: ResolvedWeight, device: str, half: bool) -> tuple[nn.Module, bool]:
+    model = ClipVisual(**CLIP_CONFIGS[resolved.name])
     sd = {k[len("visual."):]: v for k, v in read_state_dict(resolved).items() if k.startswith("visual.")}
-    load_strict(model, sd, f"{weight} (CLIP image tower, visual.*)")
+    load_strict(model, sd, f"{resolved.name} (CLIP image tower, visual.*)")
     model = model.eval().to(device)
     # clip.load keeps the fp16 weights on GPU (LayerNorms compute in fp32) and casts to fp32 on CPU.
     return (model.half() if half else model.float()), resolved.is_random
 
 
-@lru_cache(maxsize=4)
-def _load_aesthetic(weight: str, device: str) -> tuple[nn.Module, bool]:
-    resolved = resolve(weight)
+@lru_cache(maxsize=2)
+def _aesthetic_from(resolved: ResolvedWeight, device: str) -> tuple[nn.Module, bool]:
     head = nn.Linear(768, 1)
-    load_strict(head, read_state_dict(resolved), f"{weight} (LAION aesthetic linear head)")
+    load_strict(head, read_state_dict(resolved), f"{resolved.name} (LAION aesthetic linear head)")
     return head.eval().to(device), resolved.is_random
 
 
