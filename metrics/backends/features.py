@@ -95,12 +95,6 @@ def _tiny_embedder(head: str) -> TinyEmbedder:
     return TinyEmbedder(head)
 
 
-def real_embedders() -> list[str]:
-    from metrics.backends.real.vit import EMBEDDERS
-
-    return sorted(EMBEDDERS)
-
-
 def get_embedder(name: str, head: str = "subject"):
     """``tiny`` (with the metric's head) or a real embedder by name (its weights resolved now, so a
     missing file fails here; the loaded model itself is cached per file)."""
@@ -109,7 +103,7 @@ def get_embedder(name: str, head: str = "subject"):
     from metrics.backends.real.vit import EMBEDDERS
 
     if name not in EMBEDDERS:
-        raise KeyError(f"unknown features {name!r}; registered: tiny, {', '.join(sorted(EMBEDDERS))}")
+        raise ValueError(f"unknown features {name!r}; registered: tiny, {', '.join(sorted(EMBEDDERS))}")
     embedder = EMBEDDERS[name]()
     embedder.cache_key = embedder.identity
     return embedder

@@ -16,6 +16,7 @@ videos (grouped by their preprocessed size) and returns L2-normalised float64 fe
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -298,7 +299,7 @@ def _aesthetic_from(resolved: ResolvedWeight, device: str) -> tuple[nn.Module, b
 
 
 # -- frame embedders -------------------------------------------------------------------------------
-class FrameEmbedder:
+class FrameEmbedder(ABC):
     """Frames of any number of videos -> L2-normalised features, batched across videos."""
 
     name: str
@@ -308,8 +309,9 @@ class FrameEmbedder:
         self.device, self.batch = device or default_device(), batch
         self.model, self.random = self._load()
 
+    @abstractmethod
     def _load(self) -> tuple[nn.Module, bool]:
-        raise NotImplementedError
+        """(model in eval mode on ``self.device``, whether its weights are random-init)."""
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
