@@ -7,6 +7,7 @@ world's oracle judges are wrapped as ``distortion_rate`` and ``motion_adherence`
 """
 
 from metrics import (  # noqa: F401  (registration side effects)
+    camera_motion,
     consistency,
     dynamic_degree,
     fvd,
