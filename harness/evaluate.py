@@ -169,8 +169,12 @@ def _rollup_label(identities: list[str]) -> str:
     input used upstream models, else ``tiny`` (weights-free or tiny-world backends)."""
     if any("random-weights" in i for i in identities):
         return "random-weights"
-    upstream = ("dino-vitb16", "clip-vit", "amt-s", "raft", "musiq", "i3d", "videomae")
-    return "upstream" if identities and all(any(u in i for u in upstream) for i in identities) else "tiny"
+    # A substitute anywhere wins: flow_chain(flow=raft) is a weights-free tracker even on RAFT's flow.
+    substitutes = ("tiny", "flow_chain", "flowinterp", "=dis", "farneback", "oracle")
+    upstream = ("dino-vitb16", "clip-vit", "dreamsim", "amt-s", "raft", "musiq", "cotracker", "i3d", "videomae")
+    if not identities or any(any(t in i for t in substitutes) for i in identities):
+        return "tiny"
+    return "upstream" if all(any(u in i for u in upstream) for i in identities) else "tiny"
 
 
 def _rank_world() -> tuple[int, int]:

@@ -6,9 +6,9 @@ i2v_subject / i2v_background (per video, mean aggregate), with img = the conditi
     0.4 * max_t cos(img, f_t) + 0.3 * mean_t cos(f_{t-1}, f_t) + 0.3 * min_t cos(f_{t-1}, f_t)
 with cosines clipped at 0. Upstream reads DINO (subject), CLIP (background) and DreamSim
 (i2v_background) features: ``features=dino-vitb16`` (subject_consistency's transform),
-``dino-vitb16-i2v`` (i2v_subject's), ``clip-vitb32`` load them from the weight cache. The
-default ``tiny`` reads the tiny world's frame encoder, whose subject head plays DINO's role
-and background head plays CLIP's/DreamSim's. DreamSim is not implemented yet.
+``dino-vitb16-i2v`` (i2v_subject's), ``clip-vitb32`` and ``dreamsim`` (the DreamSim ensemble)
+load them from the weight cache. The default ``tiny`` reads the tiny world's frame encoder,
+whose subject head plays DINO's role and background head plays CLIP's/DreamSim's.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def get_metric(name: str, **options: Any) -> Metric:
 # Named sets of metrics with the backends of the upstream suite. A group's options are the
 # defaults of its members; per-metric options from a preset (eval.backends) override them.
 METRIC_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
-    # VBench-I2V with upstream models. Not yet implemented here: i2v_background (DreamSim) and
-    # camera_motion (CoTracker); the roll-up lists them as missing rather than filling in 0.
+    # VBench-I2V with upstream models. Not yet implemented here: camera_motion (CoTracker); the
+    # roll-up lists it as missing rather than filling in 0.
     "vbench-i2v": {
         "subject_consistency": {"features": "dino-vitb16"},
         "background_consistency": {"features": "clip-vitb32"},
@@ -83,6 +83,7 @@ METRIC_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
         "aesthetic_quality": {},
         "imaging_quality": {},
         "i2v_subject": {"features": "dino-vitb16-i2v"},
+        "i2v_background": {"features": "dreamsim"},
         "temporal_flickering": {"flow": "raft"},
     },
 }

@@ -100,6 +100,7 @@ def get_embedder(name: str, head: str = "subject"):
     missing file fails here; the loaded model itself is cached per file)."""
     if name == "tiny":
         return _tiny_embedder(head)
+    import metrics.backends.real  # noqa: F401  (every real module registers its embedders in EMBEDDERS)
     from metrics.backends.real.vit import EMBEDDERS
 
     if name not in EMBEDDERS:
