@@ -170,6 +170,19 @@ def resolve(name: str, root: Path | None = None) -> ResolvedWeight:
                        f"{_prefetch_hint(name)}")
 
 
+def resolve_all(names: Iterable[str], root: Path | None = None) -> tuple[ResolvedWeight, ...]:
+    """Every file of a multi-file backend, or one WeightsError naming all that are missing or wrong."""
+    found, errors = [], []
+    for name in names:
+        try:
+            found.append(resolve(name, root))
+        except WeightsError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise WeightsError("\n  ".join(errors))
+    return tuple(found)
+
+
 def status(root: Path | None = None) -> list[dict[str, str]]:
     """One row per manifest entry: present/missing/corrupt and the file's origin."""
     root = root or cache_root()

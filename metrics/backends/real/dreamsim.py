@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve
+from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve_all
 from metrics.backends.real.common import load_strict, read_state_dict
 from metrics.backends.real.vit import (
     CLIP_MEAN,
@@ -299,7 +299,7 @@ def _ensemble_from(files: tuple[ResolvedWeight, ...], device: str) -> tuple[nn.M
 
 def load_ensemble(device: str) -> tuple[nn.Module, bool]:
     """Resolve every file first (a missing one fails naming it), then load: cached by the resolved files."""
-    return _ensemble_from(tuple(resolve(name) for name in WEIGHTS), device)
+    return _ensemble_from(resolve_all(WEIGHTS), device)
 
 
 # -- preprocessing and the embedder ---------------------------------------------------------------------
