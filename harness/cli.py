@@ -356,6 +356,77 @@ def report_cmd(
     typer.echo(f"report: {render_report(run_dir, show_ci=ci)}")
 
 
+@app.command()
+def regress(
+    run_dir: Annotated[Path, typer.Argument(help="run directory to check")],
+    leaderboard: Annotated[
+        Path | None, typer.Option(help="leaderboard JSON (default: leaderboards/<preset>.json)")] = None,
+    z: Annotated[float, typer.Option(help="noise band in standard errors; see `harness regress --help`")] = 3.0,
+    update: Annotated[bool, typer.Option("--update", help="write the run as the new leaderboard (deliberately)")]
+    = False,
+    note: Annotated[str, typer.Option(help="with --update: why the leaderboard changes")] = "",
+    show_all: Annotated[bool, typer.Option("--all", help="list every compared entry, not only those that moved")]
+    = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the comparison as JSON")] = None,
+) -> None:
+    """Compare a run with a leaderboard metric by metric; exit 1 on a regression beyond noise.
+
+    Noise per (method, step, metric): the seed spread of the leaderboard and the bootstrap intervals
+    of both (harness/regress.py). Worse than the reference by more than z standard errors is a
+    regression; metrics without a direction that move are reported, not failed.
+    """
+    from harness import regress as rg
+
+    try:
+        path = leaderboard or Path("leaderboards") / f"{_run_preset(run_dir)}.json"
+        if update:
+            old = rg.read_leaderboard(path) if path.exists() else None
+            if old is not None:
+                typer.echo(rg.format_comparison(rg.compare(old, run_dir, z), show_all))
+            rg.write_leaderboard(rg.build_leaderboard(run_dir, note), path)
+            typer.echo(f"leaderboard written: {path}")
+            return
+        cmp = rg.compare(rg.read_leaderboard(path), run_dir, z)
+    except rg.LeaderboardError as exc:
+        _fail(str(exc))
+    typer.echo(f"{run_dir} against {path} (z = {z:g})")
+    typer.echo(rg.format_comparison(cmp, show_all))
+    if json_out:
+        json_out.write_text(cmp.table.to_json(orient="records", indent=1))
+    if not cmp.ok:
+        raise typer.Exit(1)
+
+
+def _run_preset(run_dir: Path) -> str:
+    manifest = run_dir / "run.json"
+    if not manifest.exists():
+        _fail(f"{run_dir} has no run.json; pass --leaderboard explicitly")
+    return json.loads(manifest.read_text()).get("preset", {}).get("name", "tiny")
+
+
+@app.command()
+def reproduce(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `harness run`")],
+    out: Annotated[Path | None, typer.Option(help="where to re-run (default: <run_dir>-reproduced)")] = None,
+    atol: Annotated[float, typer.Option(help="tolerated |difference| (default 0: bit-identical)")] = 0.0,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
+) -> None:
+    """Re-run a run from its manifest (run.json) and diff every stored number; exit 1 if any differs."""
+    from harness.reproduce import format_diff
+    from harness.reproduce import reproduce as rerun
+    from harness.runner import RunError
+
+    target = out or run_dir.with_name(run_dir.name + "-reproduced")
+    try:
+        diff = rerun(run_dir, target, progress, atol)
+    except (RunError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    typer.echo(f"re-ran {run_dir} into {target}")
+    typer.echo(format_diff(diff))
+    if not diff.identical:
+        raise typer.Exit(1)
+
+
 @list_app.command("methods")
 def list_methods(preset: PresetOpt = "tiny") -> None:
     """Registered alignment methods, and the preset's named variants of them."""

@@ -150,7 +150,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
                tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None,
                distortion: pd.DataFrame | None = None, fcrm_md: str = "", shift_md: str = "",
-               hacking_md: str = "") -> str:
+               hacking_md: str = "", claims_md: str = "") -> str:
     """The whole report page as one string."""
     title = f"Alignment report: {info.run_id}"
     sections = [
@@ -165,6 +165,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         *_probes_html(probe_plots, probe_table),
         *_distortion_html(distortion),
         *_markdown_section("FCRM ablation (Table 3 layout)", fcrm_md),
+        *_markdown_section("Paper claims", claims_md),
         *_markdown_section("SHIFT (Tables 1 and 3 layout)", shift_md),
         *_markdown_section("Reward-hacking diagnostics", hacking_md),
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.store import ResultStore
+from reports.claims import RunData, check_claims, claims_markdown
 from reports.distortion import distortion_markdown, distortion_table
 from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table
 from reports.gallery import build_gallery, eval_captions
@@ -52,7 +53,7 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
         reward_ids = sorted({m for m in agg["metric"] if m.startswith("latent_reward[")}) if not agg.empty else []
         records = pd.concat([store.records(metric=m, run_id=info.run_id) for m in reward_ids]) if reward_ids \
             else None
-        all_records = store.records(run_id=info.run_id) if shift_methods(info.method_configs) else None
+        all_records = store.records(run_id=info.run_id)
     skips = skips[skips["run_id"] == info.run_id]
 
     out = run_dir / "report"
@@ -85,10 +86,14 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     fcrm_text = fcrm_markdown(fcrm, fcrm_checks(fcrm))
     if fcrm_text:
         (out / "fcrm.md").write_text(fcrm_text, encoding="utf-8")
-    shift = shift_table(agg, all_records, info.method_configs, logs)
-    shift_text = shift_markdown(shift, shift_checks(all_records, shift_methods(info.method_configs)))
+    shift_records = all_records if shift_methods(info.method_configs) else None
+    shift = shift_table(agg, shift_records, info.method_configs, logs)
+    shift_text = shift_markdown(shift, shift_checks(shift_records, shift_methods(info.method_configs)))
     if shift_text:
         (out / "shift.md").write_text(shift_text, encoding="utf-8")
+    claims_text = claims_markdown(check_claims(RunData(all_records, logs)), info.preset_name)
+    if claims_text:
+        (out / "claims.md").write_text(claims_text, encoding="utf-8")
     hacking_text = hacking_markdown(hacking_table(agg, logs, info.methods))
     if hacking_text:
         (out / "hacking.md").write_text(hacking_text, encoding="utf-8")
@@ -98,7 +103,7 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
                       metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
                       probe_plots=probe_plots, probe_table=summary, distortion=distortion, fcrm_md=fcrm_text,
-                      shift_md=shift_text, hacking_md=hacking_text,
+                      shift_md=shift_text, hacking_md=hacking_text, claims_md=claims_text,
                       tiny=is_tiny(info.preset_name, table.metrics))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -1,0 +1,284 @@
+"""Leaderboards and `harness regress`: a run compared with committed reference results, metric by metric.
+
+A leaderboard (``leaderboards/*.json``, schema in ``leaderboards/README.md``) holds one entry per
+(method, step, metric) of a reference run: the value of every seed, each seed's 95 % bootstrap
+interval over videos, and the metric's direction, next to the run's manifest (options, preset,
+method settings, provenance).
+
+Noise. For one entry, the run's mean over its k_n seeds differs from the reference mean over k_r
+seeds by noise with standard error
+
+    se = max( s_r * sqrt(1/k_r + 1/k_n),  sqrt(b_r^2 / k_r + b_n^2 / k_n) )
+
+with s_r the spread (std, ddof 1) over the reference seeds (needs k_r >= 2) and b the mean per-seed
+bootstrap standard error, (ci_high - ci_low) / (2 * 1.96). The first term is training noise, the second
+the noise of a finite eval set. A change counts when |Δ| > z * se (z = 3 by default: a run makes hundreds
+of comparisons, so a false alarm must be rare), or, for a metric with no noise estimate at all (a
+single seed without an interval), when it exceeds floating-point tolerance. Worse beyond the band is a
+regression (exit status 1), better an improvement; a metric with no direction (e.g. a probe) that moves
+is reported as "changed" and does not fail. A value that turns undefined (NaN) is a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.store import ResultStore
+
+SCHEMA = "harness-leaderboard"
+SCHEMA_VERSION = 1
+Z_DEFAULT = 3.0
+FLOAT_TOL = 1e-9  # relative: differences of summation order across machines, not noise
+KEY = ["method", "step", "metric"]
+
+
+class LeaderboardError(ValueError):
+    """A leaderboard file is missing, unreadable or of another schema; the message says what to do."""
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame  # one row per compared entry, with 'verdict'
+    missing: pd.DataFrame  # in the leaderboard, not in the run
+    new: pd.DataFrame  # in the run, not in the leaderboard
+    config_changes: list[str]
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table["verdict"] == "regression"]
+
+    @property
+    def ok(self) -> bool:
+        return self.regressions.empty
+
+
+# -- reading a run ------------------------------------------------------------------------------
+def run_entries(run_dir: Path) -> pd.DataFrame:
+    """Per (method, step, metric): seeds, per-seed values and bootstrap standard errors of a run."""
+    db = Path(run_dir) / "results.sqlite"
+    if not db.exists():
+        raise LeaderboardError(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
+    with ResultStore(db) as store:
+        agg = store.aggregates()
+    if agg.empty:
+        raise LeaderboardError(f"{run_dir} has no evaluated checkpoint yet")
+    from reports.identity import directions_for
+
+    directions = directions_for(sorted(agg["metric"].unique()))
+    rows = []
+    for (method, step, metric), part in agg.groupby(KEY, sort=True):
+        part = part.sort_values("seed")
+        half = (part["ci_high"] - part["ci_low"]) / 2
+        rows.append({
+            "method": method, "step": int(step), "metric": metric,
+            "direction": {True: "higher", False: "lower", None: None}[directions[metric]],
+            "seeds": [int(s) for s in part["seed"]],
+            "values": [_num(v) for v in part["value"]],
+            "ci_low": [_num(v) for v in part["ci_low"]], "ci_high": [_num(v) for v in part["ci_high"]],
+            "n": [int(v) for v in part["n"]],
+            "boot_se": [_num(v / 1.96) for v in half],
+        })
+    return pd.DataFrame(rows)
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def _manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# -- leaderboard files ---------------------------------------------------------------------------
+def build_leaderboard(run_dir: Path, note: str = "") -> dict:
+    entries = run_entries(run_dir)
+    manifest = _manifest(run_dir)
+    records = []
+    for r in entries.to_dict("records"):
+        values = [v for v in r["values"] if v is not None]
+        records.append({
+            **{k: r[k] for k in ("method", "step", "metric", "direction", "seeds", "values", "ci_low", "ci_high",
+                                 "n")},
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        })
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": note,
+        "run": {k: manifest.get(k) for k in ("run_id", "options", "preset", "methods", "metrics")},
+        "provenance": {k: manifest.get(k) for k in ("git", "versions", "hardware")},
+        "entries": records,
+    }
+
+
+def write_leaderboard(board: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    # One entry per line: a leaderboard update reads as a diff of the entries that changed.
+    head = json.dumps({k: v for k, v in board.items() if k != "entries"}, indent=1)
+    entries = ",\n".join("  " + json.dumps(e) for e in board["entries"])
+    tmp.write_text(f'{head[:-2]},\n "entries": [\n{entries}\n ]\n}}\n')
+    tmp.replace(path)
+    return path
+
+
+def read_leaderboard(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise LeaderboardError(f"no leaderboard at {path}; create it from a reference run with "
+                               f"`harness regress RUN_DIR --leaderboard {path} --update`")
+    try:
+        board = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LeaderboardError(f"{path} is not valid JSON ({exc}); restore it with git or rebuild it with "
+                               f"--update") from exc
+    if board.get("schema") != SCHEMA or board.get("schema_version") != SCHEMA_VERSION:
+        raise LeaderboardError(f"{path} has schema {board.get('schema')!r} version {board.get('schema_version')!r};"
+                               f" this harness reads {SCHEMA!r} version {SCHEMA_VERSION}: rebuild it with --update")
+    return board
+
+
+def _board_entries(board: dict) -> pd.DataFrame:
+    rows = []
+    for e in board["entries"]:
+        half = [(hi - lo) / 2 if lo is not None and hi is not None else None
+                for lo, hi in zip(e["ci_low"], e["ci_high"], strict=True)]
+        rows.append({**e, "boot_se": [None if h is None else h / 1.96 for h in half]})
+    return pd.DataFrame(rows, columns=[*KEY, "direction", "seeds", "values", "ci_low", "ci_high", "n", "boot_se"])
+
+
+# -- comparing -----------------------------------------------------------------------------------
+def _mean(values: list) -> float:
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if len(finite) == len(values) and finite else float("nan")
+
+
+def _boot(se: list) -> float | None:
+    finite = [s for s in se if s is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+def compare_entry(ref: dict, new: dict, z: float = Z_DEFAULT) -> dict:
+    """The verdict for one (method, step, metric): see the module docstring for the noise model."""
+    r, n = _mean(ref["values"]), _mean(new["values"])
+    k_r, k_n = len(ref["values"]), len(new["values"])
+    terms = []
+    if k_r >= 2 and math.isfinite(r):
+        terms.append(float(np.std(ref["values"], ddof=1)) * math.sqrt(1 / k_r + 1 / k_n))
+    b_r, b_n = _boot(ref["boot_se"]), _boot(new["boot_se"])
+    if b_r is not None or b_n is not None:
+        b_r, b_n = b_r if b_r is not None else b_n, b_n if b_n is not None else b_r
+        terms.append(math.sqrt(b_r ** 2 / k_r + b_n ** 2 / k_n))
+    se = max(terms) if terms else 0.0
+    tol = FLOAT_TOL * max(1.0, abs(r) if math.isfinite(r) else 1.0)
+    band = max(z * se, tol)
+    direction = ref.get("direction")
+    delta = n - r
+    if not math.isfinite(r) and not math.isfinite(n):
+        verdict = "same"
+    elif not math.isfinite(n):
+        verdict = "regression"  # a defined number turned undefined
+    elif not math.isfinite(r):
+        verdict = "improvement" if direction else "changed"
+    elif abs(delta) <= band:
+        verdict = "same" if abs(delta) <= tol else "within noise"
+    elif direction is None:
+        verdict = "changed"
+    else:
+        better = delta > 0 if direction == "higher" else delta < 0
+        verdict = "improvement" if better else "regression"
+    return {"reference": r, "run": n, "delta": delta, "band": band, "z": (abs(delta) / se) if se else math.inf,
+            "seeds_ref": k_r, "seeds_run": k_n, "direction": direction or "", "verdict": verdict}
+
+
+def config_changes(board: dict, run_dir: Path) -> list[str]:
+    """Settings of the run that differ from the reference run's (preset and shared method sections)."""
+    manifest = _manifest(run_dir)
+    ref = board.get("run") or {}
+    changes: list[str] = []
+    _diff(ref.get("preset") or {}, manifest.get("preset") or {}, "preset", changes, skip={"methods"})
+    ref_methods, run_methods = ref.get("methods") or {}, manifest.get("methods") or {}
+    for method in sorted(set(ref_methods) & set(run_methods)):
+        _diff(ref_methods[method], run_methods[method], f"methods.{method}", changes)
+    return changes
+
+
+def _diff(a: Any, b: Any, where: str, out: list[str], skip: set[str] = frozenset()) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in skip:
+                _diff(a.get(k), b.get(k), f"{where}.{k}", out)
+    elif a != b:
+        out.append(f"{where}: {a!r} -> {b!r}")
+
+
+def compare(board: dict, run_dir: Path, z: float = Z_DEFAULT) -> Comparison:
+    ref = _board_entries(board).set_index(KEY)
+    run = run_entries(run_dir).set_index(KEY)
+    shared = ref.index.intersection(run.index)
+    rows = [{"method": k[0], "step": k[1], "metric": k[2],
+             **compare_entry(ref.loc[k].to_dict(), run.loc[k].to_dict(), z)} for k in shared]
+    table = pd.DataFrame(rows, columns=[*KEY, "reference", "run", "delta", "band", "z", "seeds_ref", "seeds_run",
+                                        "direction", "verdict"])
+    missing = ref.loc[ref.index.difference(run.index)].reset_index()[KEY]
+    new = run.loc[run.index.difference(ref.index)].reset_index()[KEY]
+    return Comparison(table.sort_values(KEY).reset_index(drop=True), missing, new, config_changes(board, run_dir))
+
+
+# -- printing ------------------------------------------------------------------------------------
+def format_comparison(cmp: Comparison, show_all: bool = False, limit: int = 60) -> str:
+    t = cmp.table
+    counts = t["verdict"].value_counts()
+    summary = (f"compared {len(t)} (method, step, metric) entries: "
+               + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("same", "within noise", "improvement", "changed",
+                                                                  "regression"))
+               + f"; {len(cmp.missing)} only in the leaderboard, {len(cmp.new)} only in the run")
+    lines = []
+    if cmp.config_changes:
+        lines.append("settings that differ from the reference run:")
+        lines += [f"  {c}" for c in cmp.config_changes[:20]]
+        if len(cmp.config_changes) > 20:
+            lines.append(f"  ... and {len(cmp.config_changes) - 20} more")
+    shown = t if show_all else t[t["verdict"].isin(["regression", "improvement", "changed"])]
+    order = {"regression": 0, "changed": 1, "improvement": 2, "within noise": 3, "same": 4}
+    shown = shown.assign(_o=shown["verdict"].map(order)).sort_values(["_o", *KEY]).drop(columns="_o")
+    if not shown.empty:
+        view = pd.DataFrame({
+            "method": shown["method"], "step": shown["step"], "metric": shown["metric"],
+            "dir": shown["direction"].map({"higher": "↑", "lower": "↓"}).fillna(""),
+            "reference": shown["reference"].map(_fmt), "run": shown["run"].map(_fmt),
+            "Δ": shown["delta"].map(lambda v: _fmt(v, signed=True)),
+            "noise band": shown["band"].map(lambda v: "±" + _fmt(v)),
+            "seeds": shown["seeds_ref"].astype(str) + "/" + shown["seeds_run"].astype(str),
+            "verdict": shown["verdict"].str.upper().where(shown["verdict"] == "regression", shown["verdict"]),
+        })
+        text = view.head(limit).to_string(index=False)
+        lines.append(text)
+        if len(view) > limit:
+            lines.append(f"... {len(view) - limit} more rows (all of them: --all --json FILE)")
+    if len(cmp.missing):
+        methods = sorted(set(cmp.missing["method"]))
+        lines.append(f"not in the run: {len(cmp.missing)} entries (methods {', '.join(methods)})")
+    lines.append(summary)
+    lines.append("no regression" if cmp.ok else f"REGRESSION: {len(cmp.regressions)} entries worse than the "
+                 "leaderboard beyond noise")
+    return "\n".join(lines)
+
+
+def _fmt(v: float, signed: bool = False) -> str:
+    if v is None or not math.isfinite(v):
+        return "nan"
+    mag = abs(v)
+    text = f"{v:+.4g}" if signed else f"{v:.4g}"
+    return text if mag >= 1e-3 or mag == 0 else (f"{v:+.2e}" if signed else f"{v:.2e}")

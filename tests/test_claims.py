@@ -1,0 +1,67 @@
+"""The claims report: paired differences over videos and seeds computed by hand, verdicts, missing methods."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.claims import ABSENT, FAILS, HOLDS, UNSURE, RunData, check_claims, claims_markdown, paired_delta
+
+
+def _records(rows):
+    return pd.DataFrame(rows, columns=["method", "seed", "step", "metric", "video_id", "value"])
+
+
+def _logs(rows):
+    return pd.DataFrame(rows, columns=["method", "seed", "step", "key", "value"])
+
+
+def test_paired_delta_over_videos_and_seeds_by_hand():
+    m = "motion_score[flow=dis]"
+    rows = [("base", 0, 0, m, v, x) for v, x in zip("abc", [0.5, 0.6, 0.7], strict=True)]
+    # sft, 2 seeds, final step 10 (step 5 is ignored): differences from base
+    # seed 0: -0.1, -0.2, -0.3; seed 1: -0.3, -0.2, -0.1
+    rows += [("sft", 0, 5, m, v, 9.0) for v in "abc"]
+    rows += [("sft", 0, 10, m, v, x) for v, x in zip("abc", [0.4, 0.4, 0.4], strict=True)]
+    rows += [("sft", 1, 10, m, v, x) for v, x in zip("abc", [0.2, 0.4, 0.6], strict=True)]
+    mean, half, k, n = paired_delta(RunData(_records(rows), _logs([])), "motion_score", "sft", "base")
+    # per-video means over seeds: -0.2, -0.2, -0.2 (variance 0); per-seed means: -0.2, -0.2 (variance 0)
+    assert (mean, k, n) == (pytest.approx(-0.2), 2, 3) and half == pytest.approx(0.0, abs=1e-12)
+    rows[-1] = ("sft", 1, 10, m, "c", 0.9)  # seed 1 now: -0.3, -0.2, +0.2
+    mean, half, _, _ = paired_delta(RunData(_records(rows), _logs([])), "motion_score", "sft", "base")
+    d = np.array([[-0.1, -0.3], [-0.2, -0.2], [-0.3, 0.2]])
+    se2 = d.mean(axis=1).var(ddof=1) / 3 + d.mean(axis=0).var(ddof=1) / 2
+    assert mean == pytest.approx(d.mean()) and half == pytest.approx(1.96 * np.sqrt(se2))
+
+
+def test_verdicts_and_not_measured():
+    m = "dynamic_degree[flow=dis]"
+    rng = np.random.default_rng(0)
+    vids = [f"v{i}" for i in range(20)]
+    rows = [("base", 0, 0, m, v, 0.6 + 0.01 * rng.standard_normal()) for v in vids]
+    rows += [("sft", s, 4, m, v, 0.3 + 0.01 * rng.standard_normal()) for s in (0, 1, 2) for v in vids]
+    rows += [("shift", s, 4, m, v, 0.3 + 0.01 * rng.standard_normal()) for s in (0, 1, 2) for v in vids]
+    logs = [("sft", s, 4, "seconds", 4.0) for s in (0, 1, 2)] + [("shift", s, 4, "seconds", 40.0) for s in (0, 1, 2)]
+    table = check_claims(RunData(_records(rows), _logs(logs))).set_index("claim")
+    assert table.loc["SFT on appearance-only data loses dynamic degree", "verdict"] == HOLDS
+    assert table.loc["SHIFT keeps more dynamic degree than SFT", "verdict"] == UNSURE
+    assert table.loc["SHIFT trains at about 2.46× SFT's cost per epoch (no more than +20 %)", "verdict"] == FAILS
+    dpo = table.loc["DPO displaces the chosen likelihood (log p of chosen samples falls)"]
+    assert dpo["verdict"] == ABSENT and "dpo" in dpo["evidence"]
+    text = claims_markdown(table.reset_index(), "tiny")
+    assert "**holds**" in text and "not measured" in text
+
+
+def test_likelihood_and_gamma_claims_from_probe_logs():
+    m = "distortion_rate[judge=oracle]"
+    rows = [(meth, s, st, m, "v0", 0.0) for meth, s, st in [("base", 0, 0), ("dpo", 0, 4), ("dpo", 1, 4),
+                                                             ("pgdpo", 0, 4), ("pgdpo", 1, 4)]]
+    ld = "probe/likelihood_displacement/chosen_displacement"
+    logs = [("dpo", 0, 4, ld, -0.5), ("dpo", 1, 4, ld, -0.7), ("pgdpo", 0, 4, ld, 0.2), ("pgdpo", 1, 4, ld, 0.3)]
+    logs += [("dpo", s, st, "probe/gamma/gamma", 1.0) for s in (0, 1) for st in range(10)]
+    table = check_claims(RunData(_records(rows), _logs(logs))).set_index("claim")
+    # -0.6 +- t(0.975, 1) * 0.1414 / sqrt(2) = -0.6 +- 1.27: the interval contains 0 with two seeds
+    assert table.loc["DPO displaces the chosen likelihood (log p of chosen samples falls)", "verdict"] == UNSURE
+    gamma = table.loc["Gamma > 0 in most training steps of DPO"]
+    assert gamma["verdict"] == HOLDS and "20 of 20" in gamma["evidence"]
