@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
     """A 3-seed reference, two unchanged single-seed runs (other seeds) and one with the learning rate x100."""
     root = tmp_path_factory.mktemp("regress")
     mp = pytest.MonkeyPatch()
-    mp.setenv("HARNESS_CACHE", str(root / "cache"))
+    mp.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))  # shared with test_runner
 
     def go(name, seeds, *extra):
         preset = load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
