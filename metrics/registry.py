@@ -73,8 +73,7 @@ def get_metric(name: str, **options: Any) -> Metric:
 # Named sets of metrics with the backends of the upstream suite. A group's options are the
 # defaults of its members; per-metric options from a preset (eval.backends) override them.
 METRIC_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
-    # VBench-I2V with upstream models. Not yet implemented here: camera_motion (CoTracker); the
-    # roll-up lists it as missing rather than filling in 0.
+    # VBench-I2V with upstream models (camera_motion: CoTracker2 through `torch.hub`, as VBench-I2V).
     "vbench-i2v": {
         "subject_consistency": {"features": "dino-vitb16"},
         "background_consistency": {"features": "clip-vitb32"},
@@ -84,6 +83,7 @@ METRIC_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
         "imaging_quality": {},
         "i2v_subject": {"features": "dino-vitb16-i2v"},
         "i2v_background": {"features": "dreamsim"},
+        "camera_motion": {"tracker": "cotracker2"},
         "temporal_flickering": {"flow": "raft"},
     },
 }

@@ -36,7 +36,8 @@ def test_empty_cache_is_refused_naming_every_missing_file(folders, tmp_path, mon
                                       "--fvd-ref", str(folders / "real"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     for f in ("dino/dino_vitbase16_pretrain.pth", "clip/ViT-B-32.pt", "amt/amt-s.pth", "raft/raft-things.pth",
-              "musiq/musiq_spaq_ckpt-358bb6af.pth", "fvd/rgb_imagenet.pt", "dreamsim/"):
+              "musiq/musiq_spaq_ckpt-358bb6af.pth", "fvd/rgb_imagenet.pt", "dreamsim/",
+              "cotracker/cotracker2.pth"):
         assert f in result.output
     assert "harness weights prefetch amt_s" in result.output
     assert not (tmp_path / "out" / "results.sqlite").exists()  # refused before any work
