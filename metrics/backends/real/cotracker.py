@@ -56,6 +56,7 @@ from torch import nn
 from harness.weights import ResolvedWeight, manifest_entry, random_initialiser, resolve
 from metrics.backends.flow import check_frame
 from metrics.backends.real.common import load_strict, read_state_dict, save_random
+from metrics.backends.real.raft import ResidualBlock
 from metrics.backends.tracking import FlowFields, Tracker, Tracks, register_tracker
 
 STRIDE = 4
@@ -140,26 +141,7 @@ def posenc(x: torch.Tensor, min_deg: int, max_deg: int) -> torch.Tensor:
     return torch.cat([x, torch.sin(torch.cat([xb, xb + 0.5 * math.pi], -1))], -1)
 
 
-# -- feature encoder (upstream blocks.py BasicEncoder) ---------------------------------------------
-class ResidualBlock(nn.Module):
-    """Two 3x3 convs with instance norm (no affine: no tensors), a strided 1x1 shortcut when downsampling."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, stride=stride)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.norm1, self.norm2 = nn.InstanceNorm2d(cout), nn.InstanceNorm2d(cout)
-        self.downsample = None
-        if stride != 1:
-            self.norm3 = nn.InstanceNorm2d(cout)
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride), self.norm3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = F.relu(self.norm2(self.conv2(y)))
-        return F.relu((x if self.downsample is None else self.downsample(x)) + y)
-
-
+# -- feature encoder (upstream blocks.py BasicEncoder; its residual block is RAFT's, instance norm) ---
 class BasicEncoder(nn.Module):
     """Stride-4 features: 7x7/2 stem, four residual stages (64, 96/2, 128/2, 128/2) each resized
     (bilinear, align_corners) to 1/4 and concatenated, a 3x3 conv to 256 and a 1x1 conv to 128."""
@@ -172,7 +154,8 @@ class BasicEncoder(nn.Module):
         widths = (output_dim // 2, output_dim // 4 * 3, output_dim, output_dim)
         cin = output_dim // 2
         for i, (cout, s) in enumerate(zip(widths, (1, 2, 2, 2), strict=True), 1):
-            setattr(self, f"layer{i}", nn.Sequential(ResidualBlock(cin, cout, s), ResidualBlock(cout, cout)))
+            blocks = ResidualBlock(cin, cout, "instance", s), ResidualBlock(cout, cout, "instance")
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
             cin = cout
         self.conv2 = nn.Conv2d(sum(widths), output_dim * 2, 3, padding=1)
         self.norm2 = nn.InstanceNorm2d(output_dim * 2)

@@ -283,14 +283,15 @@ class RAFTFlow(FlowBackend):
                                           "batch": 8}
     AUTO_MIN_SIDE = 1  # unused: upscale is fixed to 1
     NOT_IN_IDENTITY = ("batch",)
+    UPSCALE_HINT = "RAFT runs at full resolution"
 
     def _validate(self) -> None:
         o = self.options
         if o["upscale"] != 1:
-            raise ValueError(f"raft: upscale must be 1 (RAFT runs at full resolution), got {o['upscale']!r}")
+            raise ValueError(f"{self.name}: upscale must be 1 ({self.UPSCALE_HINT}), got {o['upscale']!r}")
         for key in ("iters", "batch"):
             if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
-                raise ValueError(f"raft: {key} must be an integer >= 1, got {o[key]!r}")
+                raise ValueError(f"{self.name}: {key} must be an integer >= 1, got {o[key]!r}")
         manifest_entry(o["weights"])  # an unknown name fails now, not at the first frame
         torch.device(o["device"])
 

@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve
-from metrics.backends.flow import FlowBackend, check_frame, register_flow_backend
+from harness.weights import ResolvedWeight, WeightsError, random_initialiser, resolve
+from metrics.backends.flow import register_flow_backend
 from metrics.backends.real.common import load_strict, read_state_dict
-from metrics.backends.real.raft import BasicMotionEncoder, InputPadder, coords_grid, upsample_flow
+from metrics.backends.real.raft import BasicMotionEncoder, InputPadder, RAFTFlow, coords_grid, upsample_flow
 
 # config/eval/spring-M.json ("pretrain": "resnet34" sets the blocks per stage)
 DIM = 128
@@ -305,7 +305,7 @@ def write_random_sea_raft(path: Path) -> None:
 
 # -- the flow backend ------------------------------------------------------------------------------------------
 @register_flow_backend
-class SEARAFTFlow(FlowBackend):
+class SEARAFTFlow(RAFTFlow):
     """SEA-RAFT flow (H, W, 2) float32 in input pixels from uint8 RGB frames (gray is repeated to 3 channels).
 
     Defaults are upstream's spring-M evaluation: ``iters`` 4, ``scale`` -1 (the model sees frames
@@ -327,39 +327,16 @@ class SEARAFTFlow(FlowBackend):
         "device": "cpu",
         "batch": 8,
     }
-    AUTO_MIN_SIDE = 1  # unused: upscale is fixed to 1
-    NOT_IN_IDENTITY = ("batch",)
+    UPSCALE_HINT = "use scale to resize"
 
     def _validate(self) -> None:
         o = self.options
-        if o["upscale"] != 1:
-            raise ValueError(f"sea-raft: upscale must be 1 (use scale to resize), got {o['upscale']!r}")
-        for key in ("iters", "batch"):
-            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
-                raise ValueError(f"sea-raft: {key} must be an integer >= 1, got {o[key]!r}")
         if isinstance(o["scale"], bool) or not isinstance(o["scale"], int) or o["scale"] not in SCALES:
             raise ValueError(
                 f"sea-raft: scale must be an integer in [{SCALES[0]}, {SCALES[-1]}] (frames are "
                 f"resized by 2**scale; upstream's spring-M uses -1), got {o['scale']!r}"
             )
-        manifest_entry(o["weights"])  # an unknown name fails now, not at the first frame
-        torch.device(o["device"])
-
-    @property
-    def identity(self) -> str:
-        changed = {k: v for k, v in self.options.items() if v != self.defaults[k] and k not in self.NOT_IN_IDENTITY}
-        ident = f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else self.name
-        return ident + ("/random-weights" if resolve(self.options["weights"]).is_random else "")
-
-    def __repr__(self) -> str:
-        try:
-            return super().__repr__()
-        except WeightsError:  # no weight file yet: still printable
-            return f"<{type(self).__name__} {self.name} {self.options}>"
-
-    def _prepare(self, frame: np.ndarray, factor: int) -> torch.Tensor:
-        img = torch.from_numpy(np.ascontiguousarray(frame)).float()
-        return img[None].expand(3, -1, -1) if img.ndim == 2 else img.permute(2, 0, 1)
+        super()._validate()  # upscale, iters, batch, weights, device as RAFT
 
     def _run(self, first: Sequence[torch.Tensor], second: Sequence[torch.Tensor]) -> list[np.ndarray]:
         h, w = first[0].shape[-2:]
@@ -380,21 +357,3 @@ class SEARAFTFlow(FlowBackend):
             b = padder.pad(_resize(torch.stack(list(second)).to(dev), scale))
             flow = restore_flow(padder.unpad(model(a, b, iters=self.options["iters"])), scale, h, w)
         return list(flow.permute(0, 2, 3, 1).float().cpu().numpy())
-
-    def _estimate(self, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-        return self._run([a], [b])[0]
-
-    def flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        frames = [check_frame(f) for f in frames]
-        if any(f.shape[:2] != frames[0].shape[:2] for f in frames):
-            raise ValueError("all frames must have the same height and width")
-        out: list[np.ndarray] = []
-        step = self.options["batch"]
-        for start in range(0, len(pairs), step):  # frames converted per batch: memory stays O(batch)
-            chunk = pairs[start : start + step]
-            out.extend(
-                self._run(
-                    [self._prepare(frames[i], 1) for i, _ in chunk], [self._prepare(frames[j], 1) for _, j in chunk]
-                )
-            )
-        return out
