@@ -264,10 +264,15 @@ def run(
     opts = RunOptions(methods=chosen, seeds=seed_list, steps=2 if smoke else steps,
                       eval_every=1 if smoke else eval_every, metrics=_csv(metrics), resume=resume,
                       show_progress=progress)
+    from harness.distributed import DistributedConfigError, init_from_env
+
     try:
+        main = init_from_env().is_main  # launched by accelerate / torchrun: join the group
         run_loop(cfg, out, opts)
-    except (RunError, KeyError, FileNotFoundError) as exc:
+    except (RunError, KeyError, FileNotFoundError, DistributedConfigError) as exc:
         _fail(str(exc).strip("'\""))
+    if not main:
+        return
     typer.echo(f"results: {out / 'results.sqlite'}")
     if report:
         from reports.render import render_report

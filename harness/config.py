@@ -47,6 +47,7 @@ class EvalSetConfig(BaseModel):
 
     num_videos: int = Field(48, ge=1)
     seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
+    batch_size: int = Field(16, ge=1, description="videos sampled together; ranks take whole batches")
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-metric backend options, e.g. {dynamic_degree: {flow: dis}}"

@@ -25,6 +25,7 @@ from harness.config import PresetConfig, package_path
 from harness.data.batches import split_batch
 from harness.data.video_io import tensor_to_frames
 from harness.data.world import WorldCondition
+from harness.distributed import current
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig, sample, sigma_schedule
 from harness.store import ResultStore, bootstrap_ci
@@ -39,8 +40,8 @@ ROLLUP_DIMENSIONS = set(VBENCH_I2V_RANGES) | set(SHIFT_MOTION)
 
 
 class Evaluator:
-    def __init__(self, preset: PresetConfig, metric_names: Sequence[str] | None = None, batch_size: int = 16):
-        self.preset, self.batch_size = preset, batch_size
+    def __init__(self, preset: PresetConfig, metric_names: Sequence[str] | None = None, batch_size: int | None = None):
+        self.preset, self.batch_size = preset, batch_size or preset.eval.batch_size
         names = list(metric_names or preset.eval.metrics)
         self.metrics: list[Metric] = []
         missing: list[str] = []
@@ -65,30 +66,40 @@ class Evaluator:
         """(N, T, H, W, 3) uint8 for the eval conditions and seeds (the preset's sampler unless
         a method brings its own, e.g. a few-step generator's)."""
         sampler = sampler or self.preset.sampler
-        n, out = len(self.seeds), []
+        n, d = len(self.seeds), current()
         steps = len(sigma_schedule(sampler)) - 1
-        with torch.no_grad(), tqdm(total=n * steps, desc="sampling", unit="video-step",
-                                   disable=not show_progress, leave=False) as bar:
-            for lo in range(0, n, self.batch_size):
-                sl = slice(lo, min(n, lo + self.batch_size))
+        # With several ranks each samples every world-th batch; batches are the same as on one
+        # process (same rows, same seeds), so the gathered frames are the single-process frames.
+        batches = [slice(lo, min(n, lo + self.batch_size)) for lo in range(0, n, self.batch_size)]
+        mine = [batches[k] for k in d.strided(len(batches))]
+        out: dict[int, np.ndarray] = {}
+        with torch.no_grad(), tqdm(total=sum(sl.stop - sl.start for sl in mine) * steps, desc="sampling",
+                                   unit="video-step", disable=not show_progress or not d.is_main,
+                                   leave=False) as bar:
+            for sl in mine:
                 cond = adapter.encode_condition(self.eval.first_frames[sl], self.eval.captions[sl])
                 m = sl.stop - sl.start
                 videos = sample(adapter, cond, self.seeds[sl], sampler,
                                 progress=lambda k, m=m: bar.update(k * m))
-                out.extend(tensor_to_frames(v) for v in videos)
-        return np.stack(out)
+                out.update((sl.start + j, tensor_to_frames(v)) for j, v in enumerate(videos))
+        for part in d.gather(out) if d.enabled else []:
+            out.update(part)
+        return np.stack([out[i] for i in range(n)])
 
     def samples_for(self, adapter: ModelAdapter | None, path: Path, show_progress: bool = True,
                     sampler: SamplerConfig | None = None) -> np.ndarray:
-        if path.is_file():
+        d = current()
+        if d.broadcast(path.is_file()):  # rank 0 decides: every rank must take the same branch
             with np.load(path) as z:
                 return z["frames"]
         if adapter is None:
             raise FileNotFoundError(f"{path} is missing and no model was given to sample it")
         frames = self.sample_videos(adapter, show_progress, sampler)
-        tmp = path.with_name(path.name + ".partial.npz")
-        np.savez_compressed(tmp, frames=frames, seeds=np.asarray(self.seeds))
-        os.replace(tmp, path)
+        if d.is_main:
+            tmp = path.with_name(path.name + ".partial.npz")
+            np.savez_compressed(tmp, frames=frames, seeds=np.asarray(self.seeds))
+            os.replace(tmp, path)
+        d.barrier()
         return frames
 
     # -- metrics -----------------------------------------------------------------------
@@ -104,7 +115,7 @@ class Evaluator:
                  samples_path: Path, show_progress: bool = True,
                  sampler: SamplerConfig | None = None) -> dict[str, float]:
         """Sample (or reload) the eval set for a checkpoint and compute what is missing."""
-        if any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics):
+        if current().broadcast(any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics)):
             videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress, sampler))
             return self.score(store, checkpoint_id, videos, show_progress)
         return self._rollups(store, checkpoint_id)
@@ -112,8 +123,10 @@ class Evaluator:
     def score(self, store: ResultStore, checkpoint_id: int, videos: list[VideoSample],
               show_progress: bool = True) -> dict[str, float]:
         """Compute every metric without a stored aggregate on given videos, then the roll-ups."""
-        todo = [m for m in self.metrics if not store.has_aggregate(checkpoint_id, m.identity)]
-        rank, world = _rank_world()
+        d = current()
+        done = d.broadcast([store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics])
+        todo = [m for m, have in zip(self.metrics, done, strict=True) if not have]
+        rank, world = d.rank, d.world_size
         mine = videos[rank::world]  # with torch.distributed, each rank scores every world-th video
         with shared_features(mine):  # each embedder runs once per video, batched across videos
             for metric in tqdm(todo, desc="metrics", disable=not show_progress or rank > 0, leave=False):
@@ -175,15 +188,6 @@ def _rollup_label(identities: list[str]) -> str:
     if not identities or any(any(t in i for t in substitutes) for i in identities):
         return "tiny"
     return "upstream" if all(any(u in i for u in upstream) for i in identities) else "tiny"
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _isnan(x: object) -> bool:

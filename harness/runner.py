@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from harness.config import PresetConfig, package_path
 from harness.data.preferences import PairsError
+from harness.distributed import DistributedConfigError, NoStore, check_divisible, current
 from harness.evaluate import Evaluator
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
@@ -79,6 +80,19 @@ def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> Traine
         raise RunError(f"invalid settings for method {method!r} (preset section methods.{method}): {exc}") from exc
 
 
+def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
+    """Refuse, before any work, a batch that does not split across the ranks (with the arithmetic)."""
+    problems = []
+    for method, cfg in configs.items():
+        for what, count, group in cfg.batch_layout():
+            try:
+                check_divisible(f"methods.{method}.{what}", count, world_size, group)
+            except DistributedConfigError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise RunError("the batch layout does not fit the world size:\n  " + "\n  ".join(problems))
+
+
 def _checkpoint_dir(out: Path, method: str, seed: int, step: int) -> Path:
     if method == "base":
         return out / "checkpoints" / "base" / f"step{step:06d}"
@@ -88,7 +102,7 @@ def _checkpoint_dir(out: Path, method: str, seed: int, step: int) -> Path:
 def _complete_steps(out: Path, method: str, seed: int, max_step: int) -> list[int]:
     root = out / "checkpoints" / method / f"seed{seed}"
     steps = [int(p.name[4:]) for p in root.glob("step*") if (p / "DONE").exists() and p.name[4:].isdigit()]
-    return sorted(s for s in steps if s <= max_step)
+    return current().broadcast(sorted(s for s in steps if s <= max_step))  # rank 0's view of the disk
 
 
 def _latest_complete(out: Path, method: str, seed: int, max_step: int) -> int | None:
@@ -97,6 +111,10 @@ def _latest_complete(out: Path, method: str, seed: int, max_step: int) -> int | 
 
 
 def _save_checkpoint(trainer: Trainer, path: Path, step: int, logs: list[dict]) -> None:
+    d = current()
+    if not d.is_main:  # every rank holds the same state; rank 0 writes it
+        d.barrier()
+        return
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -106,6 +124,7 @@ def _save_checkpoint(trainer: Trainer, path: Path, step: int, logs: list[dict]) 
     (tmp / "DONE").write_text(json.dumps({"step": step, "logs_since_last": len(logs)}))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+    d.barrier()
 
 
 def _load_checkpoint(trainer: Trainer, path: Path) -> None:
@@ -117,6 +136,8 @@ def _load_checkpoint(trainer: Trainer, path: Path) -> None:
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
+    if not current().is_main:
+        return
     exists = (out / "results.sqlite").exists()
     if exists and not resume:
         log.info("%s already holds a run: continuing it (only what is missing is computed)", out)
@@ -135,11 +156,15 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
     if preset.threads:
         torch.set_num_threads(preset.threads)
     configs = {m: method_config(preset, m, opts) for m in opts.methods}
+    check_layout(configs, current().world_size)
     evaluator = Evaluator(preset, opts.metrics)
     run_config = {"preset": preset.model_dump(mode="json"),
                   "methods": {m: c.model_dump() for m, c in configs.items()},
                   "metrics": [m.identity for m in evaluator.metrics]}
-    with ResultStore(out / "results.sqlite") as store:
+    d = current()
+    d.barrier()  # rank 0 prepared the directory
+    # Only rank 0 opens the results database; the other ranks sample and score their shards.
+    with ResultStore(out / "results.sqlite") if d.is_main else NoStore() as store:
         _run(preset, out, opts, configs, evaluator, run_config, store)
     return out
 
@@ -152,7 +177,7 @@ def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, T
         store.add_run(run_id, preset.name, run_config, opts.seeds, prov)
     except ValueError as exc:  # same directory, different settings: never mix numbers
         raise RunError(f"{out} holds a run with other settings ({exc}); choose another --out") from exc
-    if not (out / "run.json").exists():
+    if current().is_main and not (out / "run.json").exists():
         (out / "run.json").write_text(json.dumps({"run_id": run_id, "options": asdict(opts), **run_config,
                                                   **prov}, indent=2))
     sampler = preset.sampler.model_dump()
@@ -174,8 +199,10 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
     base_path = package_path(cfg.base_checkpoint) if cfg.base_checkpoint else preset.base_checkpoint_path()
     adapter = TinyWanAdapter.load(base_path)
     try:
-        trainer = trainer_for(method, {"trainer": cfg.trainer})(adapter, preset, cfg, seed, workdir=out / "cache")
-        probes = ProbeRunner(preset, trainer, out / "cache")
+        # Ranks build the same caches (pairs, rollouts); each writes its own copy, never one file at once.
+        cache = out / "cache" if current().is_main else out / "cache" / f"rank{current().rank}"
+        trainer = trainer_for(method, {"trainer": cfg.trainer})(adapter, preset, cfg, seed, workdir=cache)
+        probes = ProbeRunner(preset, trainer, cache)
     except (PairsError, ValueError) as exc:  # unusable pairs, replay/offline sources, rewards
         raise RunError(f"{method} seed {seed}: {exc}") from exc
     sampler_cfg = trainer.sampler
@@ -198,7 +225,8 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
                            path / "samples.npz", show_progress, sampler_cfg)
     if start:  # the loaded state is the latest checkpoint again
         _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
-        probes.restore(store.train_logs(run_id).query("method == @method and seed == @seed"), start)
+        logs_so_far = current().broadcast(store.train_logs(run_id))
+        probes.restore(logs_so_far.query("method == @method and seed == @seed"), start)
     logs: list[tuple[int, str, float]] = []
     extra_checkpoints = trainer.checkpoint_steps()
     if probes and start == 0:
@@ -206,7 +234,8 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
     last_good = _checkpoint_dir(out, method, seed, start) if start else None
     # "seconds": time spent in training steps only (no probes, checkpoints or evaluation), carried
     # over a resume, so that methods' training costs compare (SHIFT's time relative to SFT).
-    train_seconds = _logged_seconds(store, run_id, method, seed, start)
+    d = current()
+    train_seconds = d.broadcast(_logged_seconds(store, run_id, method, seed, start) if d.is_main else None)
     bar = tqdm(range(start, cfg.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
                initial=start, total=cfg.steps)
     for step in bar:

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import PresetConfig
+from harness.distributed import current
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
 
@@ -35,6 +36,12 @@ class TrainerConfig(BaseModel):
         None, description="the method's sampler for rollouts and evaluation; default: the preset's")
 
 
+    def batch_layout(self) -> list[tuple[str, int, int]]:
+        """(what, global count, group size) of each batch split across ranks: the count must be a
+        multiple of world size x group size (a group never straddles two ranks)."""
+        return [("batch_size", self.batch_size, 1)]
+
+
 class Trainer(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
@@ -49,6 +56,9 @@ class Trainer(ABC):
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(seed)
         self.sampler = config.sampler or preset.sampler  # what this method's generator samples with
+        # Data parallel: every rank draws the global batch from the same generator and keeps its rows
+        # (self.dist.rows); gradients and logged scalars are averaged over ranks (harness.distributed).
+        self.dist = current()
 
     @abstractmethod
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -59,7 +69,7 @@ class Trainer(ABC):
         """One optimisation step; returns scalars to log (including 'loss' and 'grad_norm')."""
         loss, logs = self.compute_loss(step)
         grad_norm = self.optimise(loss)
-        return {"loss": loss.item(), "grad_norm": grad_norm, **logs}
+        return {**self.dist.average_logs({"loss": loss.item(), **logs}), "grad_norm": grad_norm}
 
     def checkpoint_steps(self) -> set[int]:
         """Steps that must be checkpointed besides every ``eval_every`` (e.g. stage ends)."""
@@ -72,6 +82,7 @@ class Trainer(ABC):
     def optimise(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         return float(grad_norm)
@@ -86,10 +97,12 @@ class Trainer(ABC):
         before = [torch.zeros_like(p) for p in self.params]
         for name, term in terms.items():
             term.backward()
-            now = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            now = self.dist.average_tensors(
+                [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params])
             norms[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(
                 torch.stack([torch.linalg.vector_norm(a - b) for a, b in zip(now, before, strict=True)])))
             before = now
+        self.dist.average_gradients(self.params)
         norms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
         self.optimizer.step()
         return norms

@@ -128,6 +128,10 @@ class FCRMConfig(TrainerConfig):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
 
+    def batch_layout(self) -> list[tuple[str, int, int]]:
+        return [*super().batch_layout(),
+                ("conditions x group_size (rollouts per round)", self.conditions * self.group_size, self.group_size)]
+
     @model_validator(mode="after")
     def _check(self) -> FCRMConfig:
         if self.behaviour == "none" and self.offline is None:

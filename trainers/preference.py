@@ -122,8 +122,9 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         b = self.config.batch_size
-        idx = torch.randint(len(self.pairs), (b,), generator=self.generator).tolist()
+        rows = self.dist.rows(b)  # this rank's share of the global batch (all of it on one process)
+        idx = torch.randint(len(self.pairs), (b,), generator=self.generator)[rows].tolist()
         x_w, x_l, cond = self.pairs.tensors(self.adapter, idx)
-        sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)
-        noise = torch.randn(x_w.shape, generator=self.generator)
+        sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)[rows]
+        noise = torch.randn((b, *x_w.shape[1:]), generator=self.generator)[rows]
         return self.pair_loss(x_w, x_l, cond, sigma, noise)

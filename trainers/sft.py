@@ -38,9 +38,10 @@ class SFTTrainer(Trainer):
         b = self.config.batch_size
         # Clip order depends only on (seed, step): a resumed run sees the same data.
         start = self.seed * 1_000_000 + step * b
-        batch = split_batch(self.preset.world, self.config.split, range(start, start + b))
+        rows = self.dist.rows(b)  # this rank's share of the global batch (all of it on one process)
+        batch = split_batch(self.preset.world, self.config.split, range(start, start + b)[rows])
         x0 = self.adapter.encode_video(batch.videos)
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
-        sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)
-        noise = torch.randn(x0.shape, generator=self.generator)
+        sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)[rows]
+        noise = torch.randn((b, *x0.shape[1:]), generator=self.generator)[rows]
         return denoising_loss(self.adapter, x0, cond, sigma, noise).mean(), {}

@@ -13,6 +13,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -21,29 +22,41 @@ from torch import nn
 
 @dataclass
 class Conditioning:
-    """Encoded conditions for a batch; ``null_text`` gives the CFG unconditional branch."""
+    """Encoded conditions for a batch; ``null_text`` gives the CFG unconditional branch.
 
-    first_frame: torch.Tensor  # (B, C, H, W) in the model's space
-    text: torch.Tensor  # (B, L, D) caption embeddings
+    ``first_frame`` is the image condition in the model's space: pixels for the tiny model,
+    VAE latents for real families (any trailing shape; Wan I2V keeps its masked latent video
+    here). ``image`` holds an image encoder's embedding where the family has one (CLIP for
+    Wan2.1 I2V and SVD). ``null_zeroes`` names the fields the unconditional branch zeroes:
+    the caption for Wan, the image embedding and image latents for SVD (as upstream).
+    """
+
+    first_frame: torch.Tensor  # (B, ...) in the model's space
+    text: torch.Tensor  # (B, L, D) caption embeddings (SVD: the CLIP image embedding)
     captions: tuple[str, ...]
+    image: torch.Tensor | None = None  # (B, L, D) image-encoder embedding, or None
+    null_zeroes: tuple[str, ...] = ("text",)
 
     def __len__(self) -> int:
         return self.first_frame.shape[0]
 
     def null_text(self) -> Conditioning:
-        return replace(self, text=torch.zeros_like(self.text), captions=("",) * len(self))
+        zeroed = {f: torch.zeros_like(getattr(self, f)) for f in self.null_zeroes if getattr(self, f) is not None}
+        return replace(self, **zeroed, captions=("",) * len(self))
 
     def index(self, idx: slice | torch.Tensor) -> Conditioning:
         rows = range(len(self))[idx] if isinstance(idx, slice) else idx.tolist()
-        return Conditioning(self.first_frame[idx], self.text[idx], tuple(self.captions[i] for i in rows))
+        return replace(self, **{f: getattr(self, f)[idx] for f in self._tensor_fields()},
+                       captions=tuple(self.captions[i] for i in rows))
+
+    def _tensor_fields(self) -> list[str]:
+        return [f for f in ("first_frame", "text", "image") if getattr(self, f) is not None]
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
-        return Conditioning(
-            torch.cat([p.first_frame for p in parts]),
-            torch.cat([p.text for p in parts]),
-            tuple(c for p in parts for c in p.captions),
-        )
+        head = parts[0]
+        return replace(head, **{f: torch.cat([getattr(p, f) for p in parts]) for f in head._tensor_fields()},
+                       captions=tuple(c for p in parts for c in p.captions))
 
 
 class ModelAdapter(ABC):
@@ -89,6 +102,26 @@ class ModelAdapter(ABC):
     @abstractmethod
     def add_lora(self, rank: int, alpha: float, target_modules: list[str] | None = None) -> None:
         """Attach peft LoRA adapters and freeze everything else."""
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model)
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, state)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"LoRA state has keys the model lacks: {result.unexpected_keys[:5]}")
+
+    def save_lora(self, directory: str | Path) -> Path:
+        """The LoRA in the format the family's diffusers pipeline loads with ``load_lora_weights``."""
+        raise NotImplementedError(f"{type(self).__name__} has no diffusers LoRA export")
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass (diffusers' per-block checkpointing)."""
+        self.model.enable_gradient_checkpointing()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

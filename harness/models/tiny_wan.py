@@ -119,15 +119,3 @@ class TinyWanAdapter(ModelAdapter):
         self.model.add_adapter(
             LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules or DEFAULT_LORA_TARGETS)
         )
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        from peft.utils import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.model)
-
-    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        from peft.utils import set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(self.model, state)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"LoRA state has keys the model lacks: {result.unexpected_keys[:5]}")
