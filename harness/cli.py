@@ -264,12 +264,13 @@ def run(
     opts = RunOptions(methods=chosen, seeds=seed_list, steps=2 if smoke else steps,
                       eval_every=1 if smoke else eval_every, metrics=_csv(metrics), resume=resume,
                       show_progress=progress)
+    from harness.data.folder import VideoDataError
     from harness.distributed import DistributedConfigError, init_from_env
 
     try:
         main = init_from_env().is_main  # launched by accelerate / torchrun: join the group
         run_loop(cfg, out, opts)
-    except (RunError, KeyError, FileNotFoundError, DistributedConfigError) as exc:
+    except (RunError, KeyError, FileNotFoundError, DistributedConfigError, VideoDataError) as exc:
         _fail(str(exc).strip("'\""))
     if not main:
         return

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.data.folder import VideoDataConfig
 from harness.data.world import WorldConfig
+from harness.models.registry import AdapterConfig
 from harness.models.tiny_wan import TinyModelConfig
 from harness.sampling import SamplerConfig
 
@@ -47,7 +49,8 @@ class EvalSetConfig(BaseModel):
 
     num_videos: int = Field(48, ge=1)
     seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
-    batch_size: int = Field(16, ge=1, description="videos sampled together; ranks take whole batches")
+    batch_size: int | None = Field(None, ge=1, description="videos sampled together (default 16); ranks take "
+                                                         "whole batches")
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-metric backend options, e.g. {dynamic_degree: {flow: dis}}"
@@ -87,6 +90,37 @@ class PresetConfig(BaseModel):
     base_checkpoint: str = Field(
         "assets/tiny/base", description="model directory; relative paths are inside the harness package"
     )
+    adapter: AdapterConfig | None = Field(
+        None, description="a real model family in a local directory; default: the tiny model (base_checkpoint)")
+    data: VideoDataConfig | None = Field(
+        None, description="real footage (a folder of videos with captions, or DAVIS); default: the synthetic world")
+
+    @model_validator(mode="after")
+    def _geometry_agrees(self) -> PresetConfig:
+        """The clips must have the shape the model generates: checked here, not mid-run."""
+        if self.adapter is None:
+            return self
+        a = self.adapter
+        if self.data is not None:
+            got, where = (self.data.num_frames, self.data.height, self.data.width), "data"
+        else:
+            got, where = (self.world.num_frames, self.world.resolution, self.world.resolution), "world"
+        want = (a.num_frames, a.height, a.width)
+        if got != want:
+            raise ValueError(f"{where} gives clips of (frames, height, width) = {got} but adapter "
+                             f"{a.family} generates {want}; make them equal")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        """The preset as stored with a run. Sections added later (adapter, data, eval.batch_size) are
+        left out while unset, so a run recorded before they existed still resumes and compares."""
+        out = self.model_dump(mode="json")
+        for key in ("adapter", "data"):
+            if out[key] is None:
+                del out[key]
+        if out["eval"]["batch_size"] is None:
+            del out["eval"]["batch_size"]
+        return out
 
     def base_checkpoint_path(self) -> Path:
         return package_path(self.base_checkpoint)

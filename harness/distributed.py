@@ -128,6 +128,13 @@ def current() -> Dist:
 
 def init_from_env(timeout_s: int = 1800) -> Dist:
     """Join the process group a launcher set up (WORLD_SIZE > 1); one process otherwise."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        # Refuse rather than run plain data parallelism under a ZeRO-2 config: the memory a user
+        # planned for would not be what the run uses.
+        raise DistributedConfigError(
+            "launched with a DeepSpeed config, but the trainers do not run under a DeepSpeed engine yet (their "
+            "optimiser state is replicated, gradients are averaged as DDP does); launch with "
+            "harness/launch/accelerate-ddp.yaml")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         return current()

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.config import PresetConfig, package_path
-from harness.data.batches import split_batch
+from harness.data.source import clip_batch, frame_rate
 from harness.data.video_io import tensor_to_frames
 from harness.data.world import WorldCondition
 from harness.distributed import current
@@ -41,7 +41,7 @@ ROLLUP_DIMENSIONS = set(VBENCH_I2V_RANGES) | set(SHIFT_MOTION)
 
 class Evaluator:
     def __init__(self, preset: PresetConfig, metric_names: Sequence[str] | None = None, batch_size: int | None = None):
-        self.preset, self.batch_size = preset, batch_size or preset.eval.batch_size
+        self.preset, self.batch_size = preset, batch_size or preset.eval.batch_size or 16
         names = list(metric_names or preset.eval.metrics)
         self.metrics: list[Metric] = []
         missing: list[str] = []
@@ -57,7 +57,7 @@ class Evaluator:
             raise WeightsError("weights missing from the local cache (see `harness weights status`):\n  "
                                + "\n  ".join(missing) + "\nfetch them all with: harness weights prefetch "
                                + " ".join(names))
-        self.eval = split_batch(preset.world, "eval", range(preset.eval.num_videos))
+        self.eval = clip_batch(preset, "eval", range(preset.eval.num_videos))
         self.seeds = [preset.eval.seed + i for i in range(preset.eval.num_videos)]
 
     # -- videos ------------------------------------------------------------------------
@@ -105,9 +105,11 @@ class Evaluator:
     # -- metrics -----------------------------------------------------------------------
     def video_samples(self, frames: np.ndarray) -> list[VideoSample]:
         return [
-            VideoSample(video_id=f"eval{i:04d}_seed{seed}", frames=f, fps=self.preset.world.fps,
+            VideoSample(video_id=f"eval{i:04d}_seed{seed}", frames=f, fps=frame_rate(self.preset),
                         first_frame=self.eval.frames[i, 0], caption=self.eval.captions[i],
-                        condition=WorldCondition(self.eval.specs[i], self.preset.world))
+                        # ground truth (oracle judges) exists only for the synthetic world
+                        condition=WorldCondition(self.eval.specs[i], self.preset.world)
+                        if self.preset.data is None else None)
             for i, (f, seed) in enumerate(zip(frames, self.seeds, strict=True))
         ]
 
@@ -246,7 +248,7 @@ def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> Re
 
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.sqlite")
-    store.add_run(run_id, preset.name, {"preset": preset.model_dump(mode="json"), **config}, [0], provenance())
+    store.add_run(run_id, preset.name, {"preset": preset.record(), **config}, [0], provenance())
     return store
 
 

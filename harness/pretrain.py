@@ -157,7 +157,7 @@ def pretrain(preset: PresetConfig, out: Path, force: bool = False, show_progress
         "steps": cfg.steps,
         "data_offset": offset,
         "init_from": None if parent is None else {"path": str(init_from), "record": parent},
-        "preset": preset.model_dump(mode="json"),
+        "preset": preset.record(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "loss_curve": curve,
         "train_seconds": round(train_seconds, 1),

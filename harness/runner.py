@@ -36,6 +36,8 @@ from harness.config import PresetConfig, package_path
 from harness.data.preferences import PairsError
 from harness.distributed import DistributedConfigError, NoStore, check_divisible, current
 from harness.evaluate import Evaluator
+from harness.models.base import ModelAdapter
+from harness.models.registry import check_adapter_dir, load_adapter
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
 from harness.provenance import provenance
@@ -78,6 +80,17 @@ def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> Traine
         return cls.config_class(**raw)
     except Exception as exc:  # pydantic ValidationError: name the method section
         raise RunError(f"invalid settings for method {method!r} (preset section methods.{method}): {exc}") from exc
+
+
+def base_adapter(preset: PresetConfig, checkpoint: str | None = None) -> ModelAdapter:
+    """The model every method starts from: the preset's real family, else the tiny model (or a
+    method's own tiny starting checkpoint, e.g. a few-step generator)."""
+    if preset.adapter is not None:
+        if checkpoint:
+            raise RunError(f"methods.*.base_checkpoint={checkpoint!r} is for the tiny model; preset "
+                           f"{preset.name!r} loads {preset.adapter.family} from adapter.path")
+        return load_adapter(preset.adapter)
+    return TinyWanAdapter.load(package_path(checkpoint) if checkpoint else preset.base_checkpoint_path())
 
 
 def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
@@ -157,8 +170,10 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
         torch.set_num_threads(preset.threads)
     configs = {m: method_config(preset, m, opts) for m in opts.methods}
     check_layout(configs, current().world_size)
+    if preset.adapter is not None:  # the model directory before the data, the metrics and any training
+        check_adapter_dir(preset.adapter)
     evaluator = Evaluator(preset, opts.metrics)
-    run_config = {"preset": preset.model_dump(mode="json"),
+    run_config = {"preset": preset.record(),
                   "methods": {m: c.model_dump() for m, c in configs.items()},
                   "metrics": [m.identity for m in evaluator.metrics]}
     d = current()
@@ -184,7 +199,7 @@ def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, T
     base_dir = _checkpoint_dir(out, "base", 0, 0)
     base_dir.mkdir(parents=True, exist_ok=True)
     base_ckpt = store.checkpoint(run_id, "base", 0, 0, str(base_dir), sampler)
-    base = TinyWanAdapter.load(preset.base_checkpoint_path())
+    base = base_adapter(preset)
     base.model.eval()
     log.info("evaluating the base model (step 0)")
     evaluator.evaluate(store, base_ckpt, base, base_dir / "samples.npz", opts.show_progress)
@@ -196,8 +211,7 @@ def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, T
 def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str, evaluator: Evaluator,
                method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
     torch.manual_seed(seed)
-    base_path = package_path(cfg.base_checkpoint) if cfg.base_checkpoint else preset.base_checkpoint_path()
-    adapter = TinyWanAdapter.load(base_path)
+    adapter = base_adapter(preset, cfg.base_checkpoint)
     try:
         # Ranks build the same caches (pairs, rollouts); each writes its own copy, never one file at once.
         cache = out / "cache" if current().is_main else out / "cache" / f"rank{current().rank}"
@@ -280,8 +294,8 @@ def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, ste
     return float(rows.sort_values("step")["value"].iloc[-1]) if not rows.empty else 0.0
 
 
-def _at(trainer: Trainer, path: Path) -> TinyWanAdapter:
+def _at(trainer: Trainer, path: Path) -> ModelAdapter:
     """The trainer's adapter with the weights of checkpoint ``path``."""
     _load_checkpoint(trainer, path)
     trainer.adapter.model.eval()
-    return trainer.adapter  # type: ignore[return-value]
+    return trainer.adapter

@@ -59,6 +59,6 @@ def sample_and_judge(
     with open(out / "judgements.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    (out / "summary.json").write_text(json.dumps({**summary, "preset": preset.model_dump(mode="json"),
+    (out / "summary.json").write_text(json.dumps({**summary, "preset": preset.record(),
                                                   **provenance()}, indent=2))
     return summary

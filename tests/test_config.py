@@ -11,7 +11,7 @@ def test_tiny_preset_loads():
 
 
 def test_unknown_preset_lists_allowed():
-    with pytest.raises(ConfigError, match="unknown preset 'huge'; allowed: tiny"):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; allowed: svd-davis, tiny, wan21-1.3b-fewstep"):
         load_preset("huge")
 
 

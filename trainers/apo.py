@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data.batches import split_batch
+from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.sampling import guided_velocity, sample
 from trainers.base import Trainer
@@ -176,7 +176,7 @@ class APOTrainer(Trainer):
             return (*pairs.tensors(self.adapter, idx), b)
         if stage.kind == "online":
             idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
-            batch = split_batch(self.preset.world, stage.split, idx)
+            batch = clip_batch(self.preset, stage.split, idx)
             cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
             a = self._policy_videos(cond, b)
             c = self._policy_videos(cond, b)
@@ -236,7 +236,7 @@ class APOTrainer(Trainer):
         stage = self.config.stages[self.stage]
         b, T = self.config.batch_size, self.adapter.num_train_timesteps
         idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
-        batch = split_batch(self.preset.world, stage.split, idx)
+        batch = clip_batch(self.preset, stage.split, idx)
         x0 = self.adapter.encode_video(batch.videos)
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
         sigma = self.timesteps.sample(b, self.generator).double() / T

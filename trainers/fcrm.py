@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.data.source import frame_size
 from harness.models.base import Conditioning
 from trainers.base import Trainer, TrainerConfig
 from trainers.fcrm_data import (
@@ -58,6 +59,7 @@ from trainers.fcrm_objective import (
     SourceStats,
     double_sampling_surrogate,
     group_advantages,
+    image_plane,
     mc_draws,
     mc_losses,
     offline_advantages,
@@ -153,9 +155,8 @@ class FCRMTrainer(Trainer):
         for group in self.optimizer.param_groups:
             group["weight_decay"] = config.weight_decay
         torch.manual_seed(seed)  # b_phi's hidden layers
-        res = preset.world.resolution
-        probe = adapter.encode_condition(torch.zeros(1, 3, res, res), [""])
-        self.log_z = LogNormalizer(probe.text.shape[-1], probe.first_frame.shape[1], config.phi_hidden)
+        probe = adapter.encode_condition(torch.zeros(1, 3, *frame_size(preset)), [""])
+        self.log_z = LogNormalizer(probe.text.shape[-1], image_plane(probe.first_frame).shape[1], config.phi_hidden)
         self.b_offline = torch.nn.Parameter(torch.zeros(()))
         self.optimizer.add_param_group({"params": [*self.log_z.parameters(), self.b_offline], "lr": config.phi_lr,
                                         "weight_decay": config.weight_decay})

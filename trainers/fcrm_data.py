@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.data.batches import split_batch
+from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor
 from harness.data.world import ClipSpec, WorldConfig
 from harness.models.base import Conditioning, ModelAdapter
@@ -73,7 +73,7 @@ def policy_rollouts(adapter: ModelAdapter, world: WorldConfig, split: str, pool:
     from harness.sampling import sample_latents
 
     idx = torch.randint(pool, (conditions,), generator=generator).tolist()
-    batch = split_batch(world, split, idx)
+    batch = clip_batch(world, split, idx)
     rows = [i for i in range(conditions) for _ in range(per_condition)]
     seeds = torch.randint(2**31 - 1, (len(rows),), generator=generator).tolist()
     first, captions = batch.first_frames[rows], [batch.captions[i] for i in rows]
@@ -152,7 +152,7 @@ class ReplayBuffer:
 
 def world_offline(world: WorldConfig, adapter: ModelAdapter, split: str, start: int, count: int) -> Samples:
     """Real clips of the tiny world as offline data (the role of the paper's MixKit videos)."""
-    batch = split_batch(world, split, range(start, start + count))
+    batch = clip_batch(world, split, range(start, start + count))
     x0 = adapter.encode_video(batch.videos)
     return Samples(x0, batch.first_frames, list(batch.captions), torch.zeros(count, dtype=torch.float64),
                    torch.zeros(count, dtype=torch.float64), list(batch.specs))

@@ -144,6 +144,15 @@ def mc_losses(adapter: ModelAdapter, x0: torch.Tensor, cond: Conditioning, sigma
 
 
 # -- b_phi: the condition-dependent log-normaliser ---------------------------------------------------
+def image_plane(first_frame: torch.Tensor) -> torch.Tensor:
+    """The image condition as (B, C, H, W): Wan I2V keeps a latent video whose first frame is the
+    image; a text-only model (Wan T2V) has none, a (B, 0) tensor, which gives no image features."""
+    ff = first_frame.float()
+    if ff.ndim == 5:
+        ff = ff[:, :, 0]
+    return ff if ff.ndim == 4 else ff.reshape(ff.shape[0], 0, 1, 1)
+
+
 class LogNormalizer(nn.Module):
     """App. D.1: the condition vector (mean-pooled caption tokens; for image-to-video also the
     first frame, average-pooled to 4x4) through an MLP with SiLU, hidden 256, whose last layer
@@ -161,7 +170,8 @@ class LogNormalizer(nn.Module):
         text = cond.text.float()
         keep = (text.abs().sum(-1, keepdim=True) > 0).float()  # padding tokens are zeros
         pooled = (text * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        image = F.adaptive_avg_pool2d(cond.first_frame.float(), self.image_grid).flatten(1)
+        plane = image_plane(cond.first_frame)
+        image = F.adaptive_avg_pool2d(plane, self.image_grid).flatten(1) if plane.shape[1] else plane.flatten(1)
         return torch.cat([pooled, image], dim=1)
 
     def forward(self, cond: Conditioning) -> torch.Tensor:

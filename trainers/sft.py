@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
-from harness.data.batches import split_batch
+from harness.data.source import clip_batch
 from trainers.base import Trainer, TrainerConfig
 from trainers.objectives import denoising_loss, sample_sigmas
 from trainers.registry import register_trainer
@@ -24,7 +25,7 @@ from trainers.registry import register_trainer
 
 class SFTConfig(TrainerConfig):
     timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
-    split: Literal["pretrain", "finetune"] = "finetune"
+    split: str = Field("finetune", description="split of the world or of the preset's real dataset")
 
 
 @register_trainer
@@ -39,7 +40,7 @@ class SFTTrainer(Trainer):
         # Clip order depends only on (seed, step): a resumed run sees the same data.
         start = self.seed * 1_000_000 + step * b
         rows = self.dist.rows(b)  # this rank's share of the global batch (all of it on one process)
-        batch = split_batch(self.preset.world, self.config.split, range(start, start + b)[rows])
+        batch = clip_batch(self.preset, self.config.split, range(start, start + b)[rows])
         x0 = self.adapter.encode_video(batch.videos)
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
         sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)[rows]

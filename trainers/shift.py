@@ -42,7 +42,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data.batches import split_batch
+from harness.data.source import clip_batch
 from harness.data.video_io import tensor_to_frames
 from metrics.backends.tracking import FlowFields
 from trainers.base import Trainer, TrainerConfig
@@ -164,7 +164,7 @@ class ShiftTrainer(Trainer):
 
     def _real_pool(self) -> dict[str, torch.Tensor]:
         cfg = self.config.real
-        batch = split_batch(self.preset.world, cfg.split, range(cfg.start, cfg.start + cfg.count))
+        batch = clip_batch(self.preset, cfg.split, range(cfg.start, cfg.start + cfg.count))
         frames = [tensor_to_frames(v) for v in batch.videos]
         return self._features(frames, [cfg.start + i for i in range(cfg.count)])
 
@@ -227,7 +227,7 @@ class ShiftTrainer(Trainer):
         cfg, b = self.config, self.config.batch_size
         fake, self.current = self._fake_batch(step)
         start = self.seed * 1_000_000 + step * b  # the clips `sft` sees at this step
-        anchor = split_batch(self.preset.world, cfg.anchor_split, range(start, start + b))
+        anchor = clip_batch(self.preset, cfg.anchor_split, range(start, start + b))
         x0 = self.adapter.encode_video(anchor.videos)
         cond = self.adapter.encode_condition(anchor.first_frames, anchor.captions)
         sigma = sample_sigmas(cfg.timestep_sampling, b, self.generator)

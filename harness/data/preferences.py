@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.data.batches import split_batch
 from harness.data.oracle import judge
+from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.data.world import WorldConfig
 from harness.models.base import ModelAdapter
@@ -151,7 +151,7 @@ def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: Samp
     if per_condition < 2:
         raise PairsError(f"per_condition must be at least 2 to form a pair, got {per_condition}")
     judge_fn = judge_fn or oracle_score(world)
-    batch = split_batch(world, split, range(conditions))
+    batch = clip_batch(world, split, range(conditions))
     # Video k of condition i gets seed (seed, i, k): independent of batching.
     flat = [(i, k) for i in range(conditions) for k in range(per_condition)]
     seeds = [int(np.random.SeedSequence([seed, i, k]).generate_state(1)[0] & 0x7FFFFFFF) for i, k in flat]

@@ -1,0 +1,178 @@
+"""Every trainer runs on every real family: tiny random Wan2.1 T2V / I2V, Wan2.2 TI2V and SVD
+pipelines (diffusers classes, random weights) load through the preset's `adapter` section, take
+two steps of each method with LoRA and gradient checkpointing, and sample a video."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.config import ConfigError, load_preset
+from harness.models.registry import load_adapter
+from harness.sampling import sample
+from trainers.registry import trainer_for
+
+# family -> (frames, side) the family can take at the smallest size (Wan: 4k+1 frames; TI2V: 32 px)
+GEOMETRY = {"wan21-t2v": (5, 16), "wan21-i2v": (5, 16), "wan22-ti2v": (5, 32), "svd": (4, 16)}
+SMALL = {
+    "sft": {"batch_size": 2},
+    "dpo": {"batch_size": 2, "pairs": {"conditions": 2, "per_condition": 2}},
+    "pgdpo": {"batch_size": 2, "pairs": {"conditions": 2, "per_condition": 2}},
+    "apo": {"batch_size": 2, "stages": [{"kind": "offline", "steps": 2,
+                                         "pairs": {"conditions": 2, "per_condition": 2}}]},
+    "fcrm": {"conditions": 2, "group_size": 2, "batch_size": 2, "inner_steps": 1, "offline": {"count": 2},
+             "reward": {"name": "luminance"}},
+    "shift": {"batch_size": 2, "buffer": {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1},
+              "real": {"count": 4}, "warmup_steps": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    from harness.models import svd, wan
+
+    root = tmp_path_factory.mktemp("families")
+    for family in GEOMETRY:
+        if family == "svd":
+            svd.write_random_pipeline(root / family, size="tiny", seed=0)
+        else:
+            wan.write_random_pipeline(root / family, family, size="tiny", seed=0)
+    return root
+
+
+def _preset(root, family, **adapter):
+    frames, side = GEOMETRY[family]
+    section = {"family": family, "path": str(root / family), "num_frames": frames, "height": side, "width": side,
+               "dtype": "float32", "gradient_checkpointing": True, **adapter}
+    return load_preset("tiny", [{"adapter": section, "world": {"num_frames": frames, "resolution": side},
+                                 "sampler": {"num_steps": 2}}])
+
+
+def _shift_rewards(preset, tmp_path):
+    """SHIFT's discriminators read the preset's clip shape: random ones of that shape (the shipped
+    ones are trained for 8 frames at 16 px)."""
+    from trainers.motion_reward import MotionDiscriminator, save_discriminator
+
+    paths = {}
+    for kind in ("imr", "lmr"):
+        torch.manual_seed(0)
+        disc = MotionDiscriminator(kind, preset.world.num_frames, preset.world.resolution)
+        save_discriminator(disc, tmp_path / kind, {"note": "random weights, test only"})
+        paths[kind] = str(tmp_path / kind)
+    return paths
+
+
+@pytest.mark.parametrize("family", list(GEOMETRY))
+def test_every_trainer_takes_two_steps_and_the_model_samples(pipelines, family, tmp_path):
+    preset = _preset(pipelines, family)
+    for method, small in SMALL.items():
+        cfg_raw = {**preset.methods.get(method, {}), **small}
+        if method == "shift":
+            cfg_raw["reward_paths"] = _shift_rewards(preset, tmp_path)
+        cls = trainer_for(method, cfg_raw)
+        cfg = cls.config_class(**cfg_raw)
+        torch.manual_seed(0)
+        adapter = load_adapter(preset.adapter)
+        trainer = cls(adapter, preset, cfg, 0, workdir=tmp_path / method)
+        before = {n: p.detach().clone() for n, p in adapter.model.named_parameters() if p.requires_grad}
+        assert before and all("lora_" in n for n in before), f"{family}/{method}: only LoRA trains"
+        for step in range(2):
+            logs = trainer.train_step(step)
+            assert all(math.isfinite(v) for v in logs.values()), f"{family}/{method} step {step}: {logs}"
+        moved = sum(float((p - before[n]).abs().sum()) for n, p in adapter.model.named_parameters()
+                    if p.requires_grad)
+        assert moved > 0, f"{family}/{method}: two steps left the LoRA unchanged"
+    adapter.model.eval()
+    frames, side = GEOMETRY[family]
+    first = torch.rand(2, 3, side, side) * 2 - 1
+    video = sample(adapter, adapter.encode_condition(first, ["a red circle moves left", "a cat"]), [1, 2],
+                   preset.sampler)
+    assert video.shape == (2, 3, frames, side, side) and torch.isfinite(video).all()
+
+
+def test_geometry_is_refused_when_the_preset_is_read(pipelines):
+    with pytest.raises(ConfigError, match=r"num_frames=8 is not 4k\+1.*use 5 or 9"):
+        load_preset("tiny", [{"adapter": {"family": "wan21-i2v", "path": "x", "num_frames": 8, "height": 16,
+                                          "width": 16}}])
+    with pytest.raises(ConfigError, match="height=20 is not a multiple of 8; use 16 or 24"):
+        load_preset("tiny", [{"adapter": {"family": "svd", "path": "x", "num_frames": 8, "height": 20,
+                                          "width": 16}}])
+    with pytest.raises(ConfigError, match=r"world gives clips .* \(8, 16, 16\) but adapter svd generates"):
+        load_preset("tiny", [{"adapter": {"family": "svd", "path": "x", "num_frames": 4, "height": 16,
+                                          "width": 16}}])
+
+
+REAL_PRESETS = ["svd-davis", "wan22-ti2v", "wan21-1.3b-fewstep", "wan21-i2v-dpo"]
+
+
+def _configs(preset):
+    from harness.runner import RunOptions, method_config
+
+    return {m: method_config(preset, m, RunOptions([m])) for m in preset.methods}
+
+
+def test_real_presets_validate_and_refuse_a_world_size_that_does_not_divide():
+    from harness.runner import RunError, check_layout
+
+    for name in REAL_PRESETS:
+        preset = load_preset(name)
+        assert preset.adapter is not None and preset.data is not None
+        check_layout(_configs(preset), 8)  # one 8-GPU node
+    with pytest.raises(RunError, match=r"methods\.sft\.batch_size: global batch 40 must be a multiple of world size "
+                                       r"3 x group size 1 = 3; 40 / 3 = 13.3333 per rank; use 39 or 42"):
+        check_layout(_configs(load_preset("svd-davis")), 3)
+    with pytest.raises(RunError, match=r"rollouts per round\): global batch 768 must be a multiple of world size 5 "
+                                       r"x group size 32 = 160; 768 / 5 = 153.6 per rank, 153.6 / 32 = 4.8 groups"):
+        check_layout(_configs(load_preset("wan21-1.3b-fewstep")), 5)
+
+
+def test_a_model_directory_with_a_missing_component_is_named_before_any_work(pipelines, tmp_path):
+    import shutil
+
+    from harness.models.components import ModelDirError
+    from harness.models.registry import check_adapter_dir
+
+    broken = tmp_path / "svd"
+    shutil.copytree(pipelines / "svd", broken)
+    shutil.rmtree(broken / "image_encoder")
+    cfg = _preset(pipelines, "svd").adapter.model_copy(update={"path": str(broken)})
+    with pytest.raises(ModelDirError, match=r"image_encoder is missing"):
+        check_adapter_dir(cfg)
+
+
+def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_path):
+    """The real-data path end to end: a folder of videos with a captions CSV, a random tiny SVD,
+    SFT for two steps, evaluation of the base and the checkpoint, every record in the store."""
+    import numpy as np
+
+    from harness.data.video_io import write_video
+    from harness.runner import RunOptions, run
+    from harness.store import ResultStore
+
+    frames, side = GEOMETRY["svd"]
+    rows = ["video,caption"]
+    for i in range(6):
+        t = np.arange(24)[:, None, None]
+        x = np.arange(side)[None, None, :]
+        video = np.zeros((24, side, side, 3), np.uint8)
+        video[..., i % 3] = ((x + (i + 1) * t) % side * (255 // side)).astype(np.uint8)[..., :].repeat(side, 1)
+        write_video(tmp_path / "videos" / f"v{i}.mp4", video, fps=8)
+        rows.append(f"v{i}.mp4,stripes moving at speed {i + 1}")
+    (tmp_path / "videos" / "captions.csv").write_text("\n".join(rows) + "\n")
+    preset = load_preset("tiny", [{
+        "adapter": {"family": "svd", "path": str(pipelines / "svd"), "num_frames": frames, "height": side,
+                    "width": side, "dtype": "float32"},
+        "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv",
+                 "num_frames": frames, "fps": 8, "height": side, "width": side,
+                 "splits": {"finetune": 0.5, "eval": 0.5}, "cache_dir": str(tmp_path / "clips")},
+        "sampler": {"num_steps": 2}, "eval": {"num_videos": 3, "batch_size": 2, "metrics": ["dynamic_degree"],
+                                              "backends": {"dynamic_degree": {"flow": "dis"}}},
+        "probes": {"names": []},
+    }])
+    out = run(preset, tmp_path / "run", RunOptions(["sft"], [0], steps=2, eval_every=2, show_progress=False))
+    with ResultStore(out / "results.sqlite") as store:
+        records, ckpts = store.records(), store.checkpoints()
+    assert sorted(zip(ckpts["method"], ckpts["step"], strict=True)) == [("base", 0), ("sft", 2)]
+    assert len(records) == 2 * 3 and records["value"].notna().all()
