@@ -81,6 +81,26 @@ def test_checkpoint_and_lora_round_trip(adapter, tmp_path):
         assert torch.equal(loaded.predict(x, sigma, cond), adapter.predict(x, sigma, cond))
 
 
+def test_lora_exports_in_the_diffusers_format(adapter, tmp_path):
+    x, sigma, cond = _inputs(adapter)
+    adapter.save(tmp_path / "m")
+    adapter.add_lora(4, 2)
+    with torch.no_grad():
+        for name, p in adapter.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+        tuned = adapter.predict(x, sigma, cond)
+    path = adapter.save_lora(tmp_path / "lora")
+    fresh = TinyWanAdapter.load(tmp_path / "m")
+    with torch.no_grad():
+        assert not torch.allclose(fresh.predict(x, sigma, cond), tuned)
+    # diffusers' own loader; given the folder (not the file path) it reads alpha from the metadata
+    fresh.model.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")
+    assert fresh.model.peft_config["default_0"].lora_alpha == 2
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.predict(x, sigma, cond), tuned, atol=1e-5, rtol=0)
+
+
 def test_missing_checkpoint_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"adapter.json.*harness pretrain"):
         TinyWanAdapter.load(tmp_path)

@@ -119,3 +119,26 @@ class TinyWanAdapter(ModelAdapter):
         self.model.add_adapter(
             LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules or DEFAULT_LORA_TARGETS)
         )
+
+    def save_lora(self, directory: str | Path) -> Path:
+        if not self.has_lora:
+            raise RuntimeError("save_lora() needs LoRA adapters; call add_lora() first")
+        return save_wan_lora(self.model, directory)
+
+
+def save_wan_lora(model: WanTransformer3DModel, directory: str | Path) -> Path:
+    """A Wan transformer's LoRA as ``pytorch_lora_weights.safetensors`` in diffusers' format (keys
+    ``transformer.<module>.lora_A/B.weight``, the LoraConfig as metadata), written with
+    ``WanPipeline.save_lora_weights``: ``pipe.load_lora_weights(directory)`` loads it, and so does
+    ``transformer.load_lora_adapter(directory, weight_name=..., prefix="transformer")``. (Given the file
+    path instead of the folder, diffusers 0.42 skips the metadata and takes alpha = rank.)"""
+    from diffusers import WanPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    WanPipeline.save_lora_weights(directory, transformer_lora_layers=state,
+                                  transformer_lora_adapter_metadata=model.peft_config["default"].to_dict())
+    return directory / "pytorch_lora_weights.safetensors"
+

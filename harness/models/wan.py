@@ -50,6 +50,7 @@ from peft import LoraConfig
 
 from harness.models.base import Conditioning, ModelAdapter
 from harness.models.components import Component, ModelDirError, check_model_dir
+from harness.models.tiny_wan import save_wan_lora
 
 FAMILY = "wan"
 ImageCondition = Literal["none", "concat", "first_frame"]
@@ -501,17 +502,9 @@ class WanAdapter(ModelAdapter):
         """``pytorch_lora_weights.safetensors`` in diffusers' format (keys ``transformer.<module>.lora_A/B
         .weight`` plus the LoraConfig as adapter metadata), written with ``WanPipeline.save_lora_weights``;
         load it with ``pipe.load_lora_weights(directory)``."""
-        from diffusers import WanPipeline
-
         if not self.has_lora:
             raise RuntimeError("save_lora() needs LoRA adapters; call add_lora() first")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.lora_state_dict().items()}
-        metadata = self.model.peft_config["default"].to_dict()
-        WanPipeline.save_lora_weights(directory, transformer_lora_layers=state,
-                                      transformer_lora_adapter_metadata=metadata)
-        return directory / "pytorch_lora_weights.safetensors"
+        return save_wan_lora(self.model, directory)
 
 
 # -- random pipeline directories -------------------------------------------------------------------
