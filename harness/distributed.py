@@ -12,12 +12,17 @@ identical, so a checkpoint is the same file at any world size and resumes at ano
   the gradient of the global batch mean, as DDP computes it; averaging after the last
   backward (not in hooks) lets a trainer call backward several times per step;
 * evaluation: each rank samples and scores every world-th eval video; frames and per-video
-  records are gathered on rank 0, which alone writes files and the results database.
+  records are gathered on rank 0, which alone writes files and the results database;
+* DeepSpeed: launched with a ZeRO-1/2 config (harness/launch/accelerate-zero2.yaml), each
+  method's AdamW runs inside a ZeRO engine (trainers/optimiser.py) instead of averaging
+  gradients here; the config is read from accelerate's environment and checked at start.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -128,15 +133,10 @@ def current() -> Dist:
 
 def init_from_env(timeout_s: int = 1800) -> Dist:
     """Join the process group a launcher set up (WORLD_SIZE > 1); one process otherwise."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        # Refuse rather than run plain data parallelism under a ZeRO-2 config: the memory a user
-        # planned for would not be what the run uses.
-        raise DistributedConfigError(
-            "launched with a DeepSpeed config, but the trainers do not run under a DeepSpeed engine yet (their "
-            "optimiser state is replicated, gradients are averaged as DDP does); launch with "
-            "harness/launch/accelerate-ddp.yaml")
+    global _deepspeed
+    _deepspeed = _deepspeed_from_env()  # checked before any work: a bad ZeRO config fails here
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+    if (world <= 1 and _deepspeed is None) or (dist.is_available() and dist.is_initialized()):
         return current()
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
@@ -149,6 +149,71 @@ def init_from_env(timeout_s: int = 1800) -> Dist:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return current()
+
+
+_deepspeed: dict[str, Any] | None = None
+
+
+def deepspeed_config() -> dict[str, Any] | None:
+    """The launch's DeepSpeed config (``accelerate launch`` with a DeepSpeed config), or None for
+    plain data parallelism. Trainers complete it per method with ``zero_config``."""
+    return _deepspeed
+
+
+def _deepspeed_from_env() -> dict[str, Any] | None:
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return None
+    try:
+        import deepspeed  # noqa: F401
+        from accelerate.utils import DeepSpeedPlugin
+    except ImportError as exc:
+        raise DistributedConfigError(
+            f"launched with a DeepSpeed config but DeepSpeed is not importable ({exc}); install the extra: "
+            "pip install -e '.[deepspeed]' (scripts/install.sh does on GPU machines)") from exc
+    cfg = DeepSpeedPlugin().deepspeed_config  # reads accelerate's ACCELERATE_DEEPSPEED_* variables
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if precision == "fp16" or cfg.get("fp16", {}).get("enabled") in (True, "true"):
+        raise DistributedConfigError("DeepSpeed fp16 (loss scaling) is not supported; use mixed_precision bf16 or no")
+    if cfg.get("bf16", {}).get("enabled", "auto") == "auto":
+        cfg["bf16"] = {"enabled": precision == "bf16"}
+    zero_config(cfg, None, 1)  # method-independent checks now, before any work
+    return cfg
+
+
+def zero_config(base: dict[str, Any], grad_clip: float | None, world_size: int) -> dict[str, Any]:
+    """A DeepSpeed config for one method: the launch's ZeRO settings with the harness's batch and
+    clipping. The preset owns the batch (global, split over ranks by the harness) and each method
+    its optimiser and clipping, so the launch's config must leave those to it ("auto")."""
+    cfg = copy.deepcopy(base)
+    stage = int(cfg.get("zero_optimization", {}).get("stage", 0))
+    if stage not in (1, 2):
+        raise DistributedConfigError(
+            f"DeepSpeed ZeRO stage {stage}: the harness runs ZeRO-1 and ZeRO-2 (optimiser state and gradients "
+            "partitioned); stage 3 also partitions the weights, which rollouts and reward scoring read whole; "
+            "use harness/launch/accelerate-zero2.yaml")
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if cfg.get(key, "auto") not in ("auto", None):
+            raise DistributedConfigError(
+                f"DeepSpeed config sets {key}={cfg[key]!r}; the batch is the preset's methods.*.batch_size (global, "
+                f"split over ranks by the harness): set {key} to auto")
+    clip = cfg.get("gradient_clipping", "auto")
+    if clip not in ("auto", None) and grad_clip is not None and not math.isclose(float(clip), grad_clip):
+        raise DistributedConfigError(
+            f"DeepSpeed config sets gradient_clipping={clip} but the method clips at {grad_clip} "
+            "(methods.<name>.grad_clip); set gradient_clipping to auto")
+    for key in ("optimizer", "scheduler"):
+        if key in cfg:
+            raise DistributedConfigError(
+                f"DeepSpeed config has a {key!r} section; each method's AdamW and schedule are the harness's "
+                "(methods.<name>.lr, ...): remove it")
+    offload = (cfg.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
+    if offload not in ("none", None):
+        raise DistributedConfigError(
+            f"ZeRO optimizer offload to {offload!r} is not supported (the methods' optimiser is torch AdamW, which "
+            "DeepSpeed does not offload); set offload_optimizer_device to none")
+    cfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=world_size,
+               gradient_clipping=grad_clip, zero_allow_untested_optimizer=True, steps_per_print=2**31 - 1)
+    return cfg
 
 
 def check_divisible(what: str, global_batch: int, world_size: int, group: int = 1) -> None:

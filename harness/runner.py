@@ -125,13 +125,13 @@ def _latest_complete(out: Path, method: str, seed: int, max_step: int) -> int | 
 
 def _save_checkpoint(trainer: Trainer, path: Path, step: int, logs: list[dict]) -> None:
     d = current()
+    state = trainer.state_dict()  # on every rank: under ZeRO it gathers the partitioned optimiser state
     if not d.is_main:  # every rank holds the same state; rank 0 writes it
         d.barrier()
         return
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = trainer.state_dict()
     save_file({k: v.contiguous() for k, v in state.pop("lora").items()}, tmp / "lora.safetensors")
     torch.save({"step": step, **state}, tmp / "trainer_state.pt")
     (tmp / "DONE").write_text(json.dumps({"step": step, "logs_since_last": len(logs)}))

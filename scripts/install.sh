@@ -2,9 +2,10 @@
 # Create .venv and install the harness, choosing the torch build for this machine:
 #   - no NVIDIA GPU: the CPU build of torch (a local CPU wheel if pip's find-links
 #     has one, else the index in HARNESS_TORCH_CPU_INDEX if set);
-#   - an NVIDIA GPU (nvidia-smi works): the registry's CUDA build, plus the
-#     `deepspeed` and `full` extras (torchvision, timm, open-clip-torch), which need
-#     a CUDA torch next to them.
+#   - an NVIDIA GPU (nvidia-smi works): the registry's CUDA build, plus the `full`
+#     extra (torchvision, timm, open-clip-torch), which needs a CUDA torch next to it.
+# Both get the `deepspeed` extra (ZeRO-2; on CPU its engine runs over gloo, which the
+# tests use; its ops compile just in time, so nothing is built at install).
 # Extras to add: HARNESS_EXTRAS (default "dev"). Re-running is cheap: a stamp file
 # records what was installed for which pyproject.toml.
 set -euo pipefail
@@ -21,6 +22,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   EXTRAS="$EXTRAS,deepspeed,full"
 else
   FLAVOUR=cpu
+  EXTRAS="$EXTRAS,deepspeed"
 fi
 
 STAMP="$VENV/.harness-installed"

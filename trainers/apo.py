@@ -140,7 +140,7 @@ class APOTrainer(Trainer):
             with torch.random.fork_rng():  # the restarted adapters' init must not depend on global state
                 torch.manual_seed(self.seed * 1000 + self.stage + 1)
                 self.adapter.fold_lora()
-            self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=0.0)
+            self.optimizer.reset()  # a fresh AdamW for the new stage
             self.stage += 1
             log.info("apo: stage %d (%s) starts; reference = the end of stage %d",
                      self.stage, self.config.stages[self.stage].kind, self.stage - 1)
@@ -208,15 +208,17 @@ class APOTrainer(Trainer):
 
     # -- the objective -----------------------------------------------------------------
     def _window_losses(self, x_w, x_l, cond):
-        """Yield (t, DPO loss at t, stats) over one hybrid window, fresh noise per timestep."""
+        """Yield (t, DPO loss at t, stats, whether t is the window's last) over one hybrid window,
+        fresh noise per timestep; lazily, so one timestep's graph is freed before the next."""
         T = self.adapter.num_train_timesteps
         self._window = self.timesteps.window(self.generator, self._window)
-        for t in self._window.tolist():
+        window = self._window.tolist()
+        for i, t in enumerate(window):
             sigma = torch.full((len(x_w),), t / T)
             noise = torch.randn(x_w.shape, generator=self.generator)
             loss, stats = dpo_loss(pair_errors(self.adapter, x_w, x_l, cond, sigma, noise),
                                    self.config.beta, self.config.T)
-            yield t, loss.mean(), stats
+            yield t, loss.mean(), stats, i == len(window) - 1
 
     def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
         """APO's objective on given pairs, for probes: the summed DPO loss over one window of
@@ -268,19 +270,18 @@ class APOTrainer(Trainer):
             return {"loss": loss.item(), "grad_norm": self.optimise(loss), "stage": float(self.stage)}
         x_w, x_l, cond, n = self._batch(step)
         logs: dict[str, float] = {"stage": float(self.stage), "pairs": float(n)}
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         if n == 0:  # every pair tied: nothing to learn from this step
             return {"loss": 0.0, "grad_norm": 0.0, **logs}
         total, acc, margin, high = 0.0, 0.0, 0.0, []
-        for t, loss, stats in self._window_losses(x_w, x_l, cond):
-            loss.backward()  # gradients summed over the window, as the paper accumulates them
+        for t, loss, stats, last in self._window_losses(x_w, x_l, cond):
+            self.optimizer.backward(loss, last=last)  # gradients summed over the window, as the paper does
             total += loss.item()
             acc += stats["implicit_acc"]
             margin += stats["reward_margin"]
             high.append(t)
         k = len(high)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
-        self.optimizer.step()
+        grad_norm = self.optimizer.step()
         return {"loss": total, "grad_norm": grad_norm, "implicit_acc": acc / k, "reward_margin": margin / k,
                 "t_mean": float(np.mean(high)), **logs}
 

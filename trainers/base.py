@@ -11,9 +11,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import PresetConfig
-from harness.distributed import current
+from harness.distributed import current, deepspeed_config
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
+from trainers.optimiser import make_optimiser
 
 
 class TrainerConfig(BaseModel):
@@ -53,12 +54,14 @@ class Trainer(ABC):
         self.workdir = workdir  # the run's cache directory (pair sets, ...); None: keep nothing on disk
         adapter.add_lora(config.lora_rank, config.lora_alpha)
         self.params = adapter.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(seed)
         self.sampler = config.sampler or preset.sampler  # what this method's generator samples with
         # Data parallel: every rank draws the global batch from the same generator and keeps its rows
-        # (self.dist.rows); gradients and logged scalars are averaged over ranks (harness.distributed).
+        # (self.dist.rows); gradients and logged scalars are averaged over ranks (harness.distributed),
+        # by the optimiser step (trainers.optimiser: torch AdamW, or AdamW under DeepSpeed ZeRO-2).
         self.dist = current()
+        self.optimizer = make_optimiser([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
+                                        deepspeed_config())
 
     @abstractmethod
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -80,31 +83,21 @@ class Trainer(ABC):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def optimise(self, loss: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dist.average_gradients(self.params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
-        return float(grad_norm)
+        """One step on ``loss``; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad()
+        self.optimizer.backward(loss)
+        return self.optimizer.step()
 
     def optimise_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """One step on the sum of ``terms``, back-propagated one term at a time so that each
         term's own gradient norm is known (before clipping): {"grad_norm", "grad_norm/<term>"}.
         A hybrid objective's balance (e.g. SHIFT's SFT anchor vs its advantage term) shows in
         the ratio of these norms; the step itself equals that of ``optimise(sum(terms))``."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         norms: dict[str, float] = {}
-        before = [torch.zeros_like(p) for p in self.params]
-        for name, term in terms.items():
-            term.backward()
-            now = self.dist.average_tensors(
-                [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params])
-            norms[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(a - b) for a, b in zip(now, before, strict=True)])))
-            before = now
-        self.dist.average_gradients(self.params)
-        norms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
-        self.optimizer.step()
+        for i, (name, term) in enumerate(terms.items()):
+            norms[f"grad_norm/{name}"] = self.optimizer.backward(term, last=i == len(terms) - 1, measure=True)
+        norms["grad_norm"] = self.optimizer.step()
         return norms
 
     # -- resumable state: everything that changes the next step's numbers --------------
