@@ -1,5 +1,7 @@
 """The `apo` trainer: stage configuration, the reference hand-off between stages, resume."""
 
+import copy
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -48,6 +50,7 @@ def test_each_stage_references_the_previous_stage(tmp_path):
         assert logs["stage"] == 0 and logs["pairs"] == 2 and logs["t_mean"] > 0
     end_of_stage0 = _probe_output(trainer)
     assert not torch.allclose(end_of_stage0, base)
+    state0 = copy.deepcopy(trainer.state_dict())  # state dicts hold live tensors, as torch's do
     with trainer.adapter.reference():  # stage 0's reference is the base model
         assert torch.allclose(_probe_output(trainer), base, atol=1e-6)
     trainer.train_step(2)
@@ -64,6 +67,11 @@ def test_each_stage_references_the_previous_stage(tmp_path):
         assert torch.allclose(_probe_output(other), end_of_stage0, atol=1e-5)
     a, b = trainer.train_step(3), other.train_step(3)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # Back to a stage-0 checkpoint in a trainer that has folded: the base weights come back.
+    trainer.load_state_dict(state0)
+    assert trainer.stage == 0 and torch.allclose(_probe_output(trainer), end_of_stage0, atol=1e-6)
+    with trainer.adapter.reference():
+        assert torch.allclose(_probe_output(trainer), base, atol=1e-6)
 
 
 def test_online_and_half_online_steps(tmp_path):

@@ -122,8 +122,10 @@ class APOTrainer(Trainer):
         self.ends = list(np.cumsum([s.steps for s in config.stages]))
         self.stage = 0
         self.folded: list[dict[str, torch.Tensor]] = []  # LoRA state of each finished stage
-        # The base weights, so a checkpoint of a later stage can be rebuilt by re-folding.
-        self._base = {k: v.clone() for k, v in adapter.model.state_dict().items() if "lora_" not in k}
+        # The weights a fold changes (the LoRA-wrapped layers' base weights), copied to CPU at the first
+        # fold, so that loading a checkpoint rebuilds its stage's reference by re-folding from them. A
+        # one-stage run never folds and keeps no copy (a full copy of a 14B model would not fit).
+        self._base: dict[str, torch.Tensor] | None = None
         self._data: dict[object, object] = {}  # pair sets per stage, rankers
         self._window: torch.Tensor | None = None  # the last timestep window (a stride < window carries some over)
 
@@ -136,6 +138,9 @@ class APOTrainer(Trainer):
 
     def _advance_to(self, stage: int) -> None:
         while self.stage < stage:
+            if self._base is None:
+                self._base = {k: v.detach().to("cpu", copy=True) for k, v in self.adapter.model.state_dict().items()
+                              if k.endswith("base_layer.weight")}
             self.folded.append({k: v.clone() for k, v in self.adapter.lora_state_dict().items()})
             with torch.random.fork_rng():  # the restarted adapters' init must not depend on global state
                 torch.manual_seed(self.seed * 1000 + self.stage + 1)
@@ -287,11 +292,14 @@ class APOTrainer(Trainer):
 
     # -- resumable state ---------------------------------------------------------------
     def state_dict(self):
-        return {**super().state_dict(), "stage": self.stage, "folded": self.folded, "window": self._window}
+        # A copy of the list: later stages append to self.folded, and the state must not change with them.
+        return {**super().state_dict(), "stage": self.stage, "folded": list(self.folded), "window": self._window}
 
     def load_state_dict(self, state) -> None:
         # Rebuild the reference of the checkpoint's stage: base weights, then every finished stage folded in.
-        self.adapter.model.load_state_dict(self._base, strict=False)
+        if self._base is not None:  # something was folded since the base: undo it
+            missing = self.adapter.model.load_state_dict(self._base, strict=False).unexpected_keys
+            assert not missing, missing
         self.stage, self.folded = 0, []
         for lora in state.get("folded", []):
             self.adapter.load_lora_state_dict(lora)
