@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import PresetConfig, package_path
+from harness.config import PresetConfig
 from harness.data.source import clip_batch, frame_rate
 from harness.data.video_io import tensor_to_frames
 from harness.data.world import WorldCondition
@@ -199,21 +199,29 @@ def _isnan(x: object) -> bool:
 # -- `harness eval`: a model directory, a run, or a folder of videos -------------------------------
 
 def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -> ModelAdapter:
-    """A full model directory (adapter.json) or a run's LoRA checkpoint (lora.safetensors)."""
+    """A full tiny model directory (adapter.json) or a run's LoRA checkpoint (lora.safetensors) on
+    the preset's base: its real family (``adapter`` section) or the tiny model. A checkpoint's method
+    settings (LoRA rank, its own starting model) come from ``methods``, else from the run.json of
+    the run that holds it (``<run>/checkpoints/<method>/seed<k>/step<n>``)."""
+    import json
+
     from safetensors.torch import load_file
 
     from harness.models.tiny_wan import TinyWanAdapter
+    from harness.runner import base_adapter  # the runner's own choice of base (it imports this module)
 
     if (path / "adapter.json").is_file():
         adapter = TinyWanAdapter.load(path)
     elif (path / "lora.safetensors").is_file():
         method = path.parent.parent.name
+        run_json = path.parents[3] / "run.json" if len(path.parents) > 3 else None
+        if methods is None and run_json is not None and run_json.is_file():
+            methods = json.loads(run_json.read_text()).get("methods")
         cfg = (methods or {}).get(method)
         if cfg is None:
-            raise FileNotFoundError(f"{path}: a LoRA checkpoint of method {method!r}, but its run.json (two "
-                                    "levels up from the run's checkpoints/) does not describe that method")
-        base = cfg.get("base_checkpoint")
-        adapter = TinyWanAdapter.load(package_path(base) if base else preset.base_checkpoint_path())
+            raise FileNotFoundError(f"{path}: a LoRA checkpoint of method {method!r}, but {run_json or 'run.json'} "
+                                    "(three levels up, in the run directory) does not describe that method")
+        adapter = base_adapter(preset, cfg.get("base_checkpoint"))
         adapter.add_lora(cfg["lora_rank"], cfg["lora_alpha"])
         adapter.load_lora_state_dict(load_file(path / "lora.safetensors"))
     else:

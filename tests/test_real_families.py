@@ -176,3 +176,19 @@ def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_p
         records, ckpts = store.records(), store.checkpoints()
     assert sorted(zip(ckpts["method"], ckpts["step"], strict=True)) == [("base", 0), ("sft", 2)]
     assert len(records) == 2 * 3 and records["value"].notna().all()
+    # `harness eval --checkpoint` on the run's LoRA checkpoint: the SVD base plus that LoRA, scored again.
+    from harness.evaluate import evaluate_checkpoint
+
+    ckpt = out / "checkpoints" / "sft" / "seed0" / "step000002"
+    with ResultStore(evaluate_checkpoint(preset, ckpt, tmp_path / "eval", None, show_progress=False)) as store:
+        again = store.records()
+    trained = records[records["checkpoint_id"] == int(ckpts[ckpts["method"] == "sft"]["checkpoint_id"].iloc[0])]
+    assert sorted(again["value"]) == pytest.approx(sorted(trained["value"]), abs=1e-6)
+    from safetensors.torch import load_file
+
+    from harness.evaluate import adapter_for
+    from harness.models.svd import SVDAdapter
+
+    loaded, saved = adapter_for(preset, ckpt), load_file(ckpt / "lora.safetensors")
+    assert isinstance(loaded, SVDAdapter) and any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)
+    assert all(torch.equal(loaded.lora_state_dict()[k], v) for k, v in saved.items())
