@@ -4,15 +4,12 @@ consolidated checkpoints resume on one process without DeepSpeed."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.multiprocessing as mp
-from safetensors.torch import load_file
+from dp_runs import distance, lora, one_and_two, run_tiny
 
 pytest.importorskip("deepspeed")
 
@@ -27,65 +24,24 @@ ZERO_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE
             "ACCELERATE_MIXED_PRECISION": "no"}
 
 
-def _distance(a: dict, b: dict) -> float:
-    import torch
-
-    diff = torch.cat([(a[k] - b[k]).flatten() for k in a])
-    return float(diff.norm() / torch.cat([a[k].flatten() for k in a]).norm())
-
-
-def _run(out: str, steps: int, resume: bool = False) -> None:
-    from harness.config import load_preset
-    from harness.runner import RunOptions, run
-
-    run(load_preset("tiny", [SETS]), Path(out),
-        RunOptions(METHODS, [0], steps=steps, eval_every=2, resume=resume, show_progress=False))
-
-
-def _worker(rank: int, world: int, port: int, out: str, cache: str) -> None:
-    import torch
-
-    from harness.distributed import deepspeed_config, init_from_env
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), HARNESS_CACHE=cache, **ZERO_ENV)
-    assert init_from_env().world_size == world
-    assert deepspeed_config()["zero_optimization"]["stage"] == 2
+def _count_engines(run, rank: int, out: Path) -> None:
+    """Each rank runs under ZeRO-2 and records how many engines its methods built."""
+    from harness.distributed import deepspeed_config
     from trainers.optimiser import ZeroStep
 
-    builds, build = [], ZeroStep._build  # count the engines built, to know the steps went through them
+    assert deepspeed_config()["zero_optimization"]["stage"] == 2
+    builds, build = [], ZeroStep._build
     ZeroStep._build = lambda self: (builds.append(1), build(self))[1]
     try:
-        _run(out, steps=4)
+        run()
     finally:
         ZeroStep._build = build
-        torch.distributed.destroy_process_group()
-    (Path(out) / f"engines_rank{rank}").write_text(str(len(builds)))
-
-
-def _lora(run: Path, method: str, step: int) -> dict:
-    return load_file(run / "checkpoints" / method / "seed0" / f"step{step:06d}" / "lora.safetensors")
+    (out / f"engines_rank{rank}").write_text(str(len(builds)))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    import torch
-
-    root = tmp_path_factory.mktemp("zero")
-    cache = str(Path(os.environ.get("HARNESS_CACHE") or root / "cache"))
-    os.environ["HARNESS_CACHE"] = cache
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _run(str(root / "one"), steps=4)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(_worker, args=(2, port, str(root / "zero"), cache), nprocs=2, join=True)
-    finally:
-        torch.set_num_threads(threads)
-    return root / "one", root / "zero"
+    return one_and_two(tmp_path_factory.mktemp("zero"), METHODS, SETS, env=ZERO_ENV, around=_count_engines)
 
 
 def test_zero2_trains_what_one_process_trains(runs):
@@ -94,17 +50,17 @@ def test_zero2_trains_what_one_process_trains(runs):
     assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [len(METHODS)] * 2
     for method in METHODS:
         for step in (2, 4):
-            a, b = _lora(one, method, step), _lora(zero, method, step)
+            a, b = lora(one, method, step), lora(zero, method, step)
             assert a.keys() == b.keys()
-            dist = _distance(a, b)
+            dist = distance(a, b)
             print(f"{method} step {step}: relative distance {dist:.2e}")
             assert dist <= RTOL, f"{method} step {step}: LoRA differs by {dist:.2e} (relative)"
             lora_b = {k: v for k, v in b.items() if "lora_B" in k}
-            assert _distance(lora_b, {k: 0 * v for k, v in lora_b.items()}) == 1.0  # lora_B left zero: trained
+            assert distance(lora_b, {k: 0 * v for k, v in lora_b.items()}) == 1.0  # lora_B left zero: trained
     from harness.store import ResultStore
 
     with ResultStore(one / "results.sqlite") as s1, ResultStore(zero / "results.sqlite") as s2:
-        l1, l2 = s1.train_logs("one"), s2.train_logs("zero")
+        l1, l2 = s1.train_logs("one"), s2.train_logs("two")
     keys = ["loss", "grad_norm", "grad_norm/sft", "grad_norm/awr"]
     keep = lambda df: df[df["key"].isin(keys)].sort_values(["method", "step", "key"])  # noqa: E731
     assert set(keep(l1)["key"]) == set(keys)
@@ -117,6 +73,6 @@ def test_a_zero2_checkpoint_resumes_on_one_process(runs, tmp_path):
     shutil.copytree(zero, resumed)
     for method in METHODS:  # one process without DeepSpeed recomputes steps 3 and 4 from the ZeRO state
         shutil.rmtree(resumed / "checkpoints" / method / "seed0" / "step000004")
-    _run(str(resumed), steps=4, resume=True)
+    run_tiny(resumed, METHODS, SETS, steps=4, resume=True)
     for method in METHODS:
-        assert _distance(_lora(one, method, 4), _lora(resumed, method, 4)) <= RTOL
+        assert distance(lora(one, method, 4), lora(resumed, method, 4)) <= RTOL
