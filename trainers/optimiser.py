@@ -13,6 +13,10 @@ which returns the gradient norm before clipping. Two engines run that same arith
   trainable parameters; the frozen model, rollouts and reward models stay outside it, and ZeRO-1/2
   never partitions parameters, so sampling and scoring run on whole weights as on one process.
 
+The gradient norm (logged, and clipped to the method's ``grad_clip``) is over every parameter the
+step optimises, as DeepSpeed computes it: for FCRM that includes its log Z network (before this
+module, only the LoRA's norm was clipped; the tiny smoke run moved by 2e-9).
+
 ``state_dict()`` is consolidated in torch AdamW's format under both engines (plus fp32 master
 weights where the parameters are bf16), so a checkpoint resumes under either engine at any world
 size.
