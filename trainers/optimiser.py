@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ import torch
 from harness.distributed import Dist, zero_config
 
 
-class OptimiserStep:
+class OptimiserStep(ABC):
     """AdamW over ``param_groups`` (torch's format); subclasses differ in where gradients go."""
 
     def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist):
@@ -57,11 +58,14 @@ class OptimiserStep:
         self.optimizer.zero_grad(set_to_none=True)
         self._measured = None
 
+    @abstractmethod
     def backward(self, loss: torch.Tensor, last: bool = True, measure: bool = False) -> float | None:
-        raise NotImplementedError
+        """Add the gradient of ``loss``; ``last``: the step's last backward; ``measure``: return the
+        norm of this backward's own gradient (rank-averaged)."""
 
+    @abstractmethod
     def step(self) -> float:
-        raise NotImplementedError
+        """Average, clip and apply the summed gradients; the norm before clipping."""
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
