@@ -144,6 +144,12 @@ def _gamma_positive(method: str):
 
 
 def _time_ratio(paper_ratio: float, tolerance: float = 0.2):
+    """Seconds per training step, shift over sft, each the minimum over seeds.
+
+    Wall time only grows when something else shares the machine (another job, a paused and resumed
+    run), so the fastest seed is the best estimate of a method's cost, as in ``timeit``; a mean over
+    seeds would carry whatever else ran beside the run into the verdict.
+    """
     def test(data: RunData) -> Finding:
         def per_step(method: str) -> dict[int, float]:
             logs = data.logs
@@ -151,17 +157,15 @@ def _time_ratio(paper_ratio: float, tolerance: float = 0.2):
             return {int(s): float(p.sort_values("step")["value"].iloc[-1] / p["step"].max())
                     for s, p in rows.groupby("seed")} if len(rows) else {}
         shift, sft = per_step("shift"), per_step("sft")
-        seeds = sorted(set(shift) & set(sft))
-        if not seeds:
+        if not shift or not sft:
             return Finding("no training times logged", ABSENT)
-        mean, half = _seed_interval([shift[s] / sft[s] for s in seeds])
+        ratio = min(shift.values()) / min(sft.values())
         limit = paper_ratio * (1 + tolerance)
-        half_txt = f" ± {half:.2f}" if np.isfinite(half) else ""
-        ev = (f"seconds per step shift / sft: {mean:.2f}{half_txt} ({len(seeds)} seeds; the claim holds up to "
-              f"{limit:.2f}, the paper's {paper_ratio}× + {tolerance:.0%})")
-        if not np.isfinite(half):
-            return Finding(ev, HOLDS if mean <= limit else FAILS)
-        return Finding(ev, HOLDS if mean + half <= limit else FAILS if mean - half > limit else UNSURE)
+        spread = (f"; per seed shift {min(shift.values()):.2f}-{max(shift.values()):.2f} s, "
+                  f"sft {min(sft.values()):.2f}-{max(sft.values()):.2f} s" if len(shift) + len(sft) > 2 else "")
+        ev = (f"seconds per step shift / sft: {ratio:.2f} (fastest of {len(shift)} and {len(sft)} seeds{spread}; "
+              f"the claim holds up to {limit:.2f}, the paper's {paper_ratio}× + {tolerance:.0%})")
+        return Finding(ev, HOLDS if ratio <= limit else FAILS)
     return test
 
 

@@ -42,11 +42,17 @@ def test_verdicts_and_not_measured():
     rows = [("base", 0, 0, m, v, 0.6 + 0.01 * rng.standard_normal()) for v in vids]
     rows += [("sft", s, 4, m, v, 0.3 + 0.01 * rng.standard_normal()) for s in (0, 1, 2) for v in vids]
     rows += [("shift", s, 4, m, v, 0.3 + 0.01 * rng.standard_normal()) for s in (0, 1, 2) for v in vids]
-    logs = [("sft", s, 4, "seconds", 4.0) for s in (0, 1, 2)] + [("shift", s, 4, "seconds", 40.0) for s in (0, 1, 2)]
+    # per-step seconds: sft 1, 2, 9 (seed 2 shared the machine), shift 2.8, 3.5, 30: 2.8 / 1 is within 2.46 + 20 %
+    logs = [("sft", s, 4, "seconds", 4.0 * x) for s, x in enumerate([1, 2, 9])]
+    logs += [("shift", s, 4, "seconds", 4.0 * x) for s, x in enumerate([2.8, 3.5, 30])]
     table = check_claims(RunData(_records(rows), _logs(logs))).set_index("claim")
     assert table.loc["SFT on appearance-only data loses dynamic degree", "verdict"] == HOLDS
     assert table.loc["SHIFT keeps more dynamic degree than SFT", "verdict"] == UNSURE
-    assert table.loc["SHIFT trains at about 2.46× SFT's cost per epoch (no more than +20 %)", "verdict"] == FAILS
+    timing = table.loc["SHIFT trains at about 2.46× SFT's cost per epoch (no more than +20 %)"]
+    assert timing["verdict"] == HOLDS and "2.80 (fastest of 3 and 3 seeds" in timing["evidence"]
+    logs[3] = ("shift", 0, 4, "seconds", 4.0 * 3.0)  # fastest shift seed now 3.0 > 2.95
+    timing = check_claims(RunData(_records(rows), _logs(logs))).set_index("claim").loc[timing.name]
+    assert timing["verdict"] == FAILS and "3.00" in timing["evidence"]
     dpo = table.loc["DPO displaces the chosen likelihood (log p of chosen samples falls)"]
     assert dpo["verdict"] == ABSENT and "dpo" in dpo["evidence"]
     text = claims_markdown(table.reset_index(), "tiny")
