@@ -132,6 +132,46 @@ def test_rewards_by_hand(preset):
     assert {"latent_rm", "oracle", "luminance"} <= set(REWARDS)
 
 
+class _FakeL14:
+    """Stands in for CLIP ViT-L/14 (a 1.2 GB file): each frame's mean colour through a fixed matrix, normalised."""
+
+    device, identity, cache_key = "cpu", "clip-vitl14+random-weights", "fake-l14"
+    proj = np.random.default_rng(0).standard_normal((3, 768))
+
+    def embed_many(self, videos):
+        feats = [f.reshape(len(f), -1, 3).mean(1) / 255 @ self.proj for f in videos]
+        return [f / np.linalg.norm(f, axis=1, keepdims=True) for f in feats]
+
+
+def test_aesthetic_reward_by_hand(preset, tmp_path, monkeypatch):
+    """The real-footage reward: LAION's linear head on each frame's CLIP embedding, averaged over frames;
+    its weights come from the cache, and missing ones fail before any training with the prefetch command."""
+    from harness import weights
+    from metrics.backends.real import vit
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    with pytest.raises(weights.WeightsError, match=r"(?s)clip_vit_l14.*prefetch clip_vit_l14.*laion_aesthetic_l14"):
+        build_reward("aesthetic", adapter, preset)
+    weights.init_random(["laion_aesthetic_l14"], log=lambda _: None)
+    vit._aesthetic_from.cache_clear()
+    monkeypatch.setattr("trainers.rewards.resolve_all", lambda names: ())
+    monkeypatch.setattr("metrics.quality.get_embedder", lambda name: _FakeL14())
+    reward = build_reward("aesthetic", adapter, preset)
+    assert reward.identity == "aesthetic[clip-vitl14+laion-linear+random-weights]"
+    x0 = torch.rand(2, 3, 8, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    got = reward(x0, RewardInputs(None))
+    w, b = (p.detach().double().numpy() for p in reward.model.head.parameters())
+    for video, value in zip(x0, got, strict=True):
+        frames = ((video.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        per_frame = _FakeL14().embed_many([frames])[0] @ w[0] + b[0]
+        assert value.item() == pytest.approx(per_frame.mean(), rel=1e-5)
+    assert got.dtype == torch.float64 and got[0] != got[1]
+    tr = _trainer(preset, behaviour="on_policy", offline=None, reward={"name": "aesthetic"})
+    assert np.isfinite(tr.train_step(0)["loss"])
+    vit._aesthetic_from.cache_clear()
+
+
 def test_missing_reward_model_names_the_file_and_the_command(preset, tmp_path):
     with pytest.raises(RewardError, match=r"head.safetensors.*harness train-reward"):
         build_reward("latent_rm", TinyWanAdapter.load(preset.base_checkpoint_path()), preset, path=str(tmp_path))

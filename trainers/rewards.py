@@ -17,6 +17,11 @@ Trainers treat a non-finite reward as "drop this sample" and count it.
   a held-out evaluation; the report says so.
 * ``luminance`` (space: pixel): mean frame luma (BT.601) in [0, 1], the paper's
   "lightness" reward.
+* ``aesthetic`` (space: pixel): a real-footage reward. LAION's aesthetic predictor (a
+  linear head on L2-normalised CLIP ViT-L/14 image embeddings, the model behind VBench's
+  aesthetic_quality and DDPO's aesthetic reward) per frame, on its own 1-10 scale, averaged
+  over frames. One of the paper's pixel-space evaluation scores; its weights come from the
+  local cache (``harness weights prefetch clip_vit_l14 laion_aesthetic_l14``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from harness.data.preferences import oracle_score
 from harness.data.video_io import tensor_to_frames
 from harness.data.world import ClipSpec
 from harness.models.base import Conditioning, ModelAdapter
+from harness.weights import resolve_all
 
 
 class RewardError(ValueError):
@@ -135,3 +141,27 @@ class LatentRewardModelReward(Reward):
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
         return self.model.score(x0, inputs.cond).double()
+
+
+@register_reward
+class AestheticReward(Reward):
+    name, space = "aesthetic", "pixel"
+    description = "LAION aesthetic predictor on CLIP ViT-L/14 frame embeddings (1-10 scale), mean over frames"
+
+    def __init__(self, adapter: ModelAdapter, preset: PresetConfig):
+        super().__init__(adapter, preset)
+        from metrics.quality import AestheticQuality
+
+        resolve_all(AestheticQuality.spec.weights)  # one error naming every missing file, before any training
+        self.model = AestheticQuality()
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}[{self.model.identity_options()['model']}]"
+
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
+        embedder, head = self.model.embedder, self.model.head
+        per_video = embedder.embed_many(self.frames(x0))  # frames of every sample share batches
+        return torch.tensor([float(head(torch.from_numpy(f).float().to(embedder.device)).mean()) for f in per_video],
+                            dtype=torch.float64)
