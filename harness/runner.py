@@ -213,8 +213,9 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
     torch.manual_seed(seed)
     adapter = base_adapter(preset, cfg.base_checkpoint)
     try:
-        # Ranks build the same caches (pairs, rollouts); each writes its own copy, never one file at once.
-        cache = out / "cache" if current().is_main else out / "cache" / f"rank{current().rank}"
+        # One cache for the run: rank 0 decides whether a file is there and is its only writer (the
+        # ranks build its content together, trainers/preference.py:load_pairs).
+        cache = out / "cache"
         trainer = trainer_for(method, {"trainer": cfg.trainer})(adapter, preset, cfg, seed, workdir=cache)
         probes = ProbeRunner(preset, trainer, cache)
     except (PairsError, ValueError) as exc:  # unusable pairs, replay/offline sources, rewards

@@ -163,3 +163,48 @@ def sample(
 ) -> torch.Tensor:
     """Videos in pixel space (B, C, T, H, W) in [-1, 1] for conditions and seeds."""
     return adapter.decode_latents(sample_latents(adapter, cond, seeds, cfg, progress)).clamp(-1, 1)
+
+
+@torch.no_grad()
+def sample_sharded(
+    adapter: ModelAdapter,
+    cond_for: Callable[[list[int]], Conditioning],
+    seeds: Sequence[int],
+    cfg: SamplerConfig,
+    decode: bool = False,
+    batch_size: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Samples of rows ``0..len(seeds)-1`` (latents, or videos in [-1, 1] with ``decode``), split
+    over the ranks of a data-parallel run and gathered on every rank.
+
+    ``cond_for(rows)`` encodes the conditions of some rows. Rank r samples rows r, r + W, ... in
+    batches of ``batch_size`` (default: all of its rows at once). A video depends only on its own
+    condition and seed, so the gathered tensor is the one-process tensor up to float32 rounding: a
+    row's kernels depend a little on the batch size (tests/test_sharded_rollouts.py). Every rank
+    gets the same gathered tensor. Rollouts
+    of on-policy methods therefore cost 1/W of the sampling per rank instead of all of it.
+    """
+    from harness.distributed import current
+
+    d = current()
+    mine = list(d.strided(len(seeds)))
+    step = batch_size or max(len(mine), 1)
+    parts = []
+    for lo in range(0, len(mine), step):
+        rows = mine[lo:lo + step]
+        x = sample_latents(adapter, cond_for(rows), [seeds[i] for i in rows], cfg)
+        parts.append(adapter.decode_latents(x).clamp(-1, 1) if decode else x)
+        if on_batch is not None:
+            on_batch(len(rows))
+    local = torch.cat(parts) if parts else None
+    if not d.enabled:
+        assert local is not None, "sample_sharded needs at least one row"
+        return local
+    device = next(adapter.model.parameters()).device  # where every rank's caller expects the samples
+    pieces = [(rows, part) for rows, part in d.gather((mine, None if local is None else local.cpu()))
+              if part is not None]
+    out = torch.empty((len(seeds), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
+    for rows, part in pieces:
+        out[rows] = part
+    return out.to(device)

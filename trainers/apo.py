@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
-from harness.sampling import guided_velocity, sample
+from harness.sampling import guided_velocity, sample_sharded
 from trainers.base import Trainer
 from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors
 from trainers.preference_losses import dpo_loss
@@ -166,9 +166,11 @@ class APOTrainer(Trainer):
         seeds = torch.randint(2**31 - 1, (n,), generator=self.generator).tolist()
         was_training = self.adapter.model.training
         self.adapter.model.eval()
-        with torch.no_grad():
-            videos = sample(self.adapter, cond, seeds, self.preset.sampler)
-        self.adapter.model.train(was_training)
+        try:  # each rank samples its share of the (replicated) batch; all get every video back
+            videos = sample_sharded(self.adapter, lambda rows: cond.index(torch.tensor(rows)), seeds,
+                                    self.preset.sampler, decode=True)
+        finally:
+            self.adapter.model.train(was_training)
         return [tensor_to_frames(v) for v in videos]
 
     def _batch(self, step: int):

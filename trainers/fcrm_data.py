@@ -70,19 +70,18 @@ def policy_rollouts(adapter: ModelAdapter, world: WorldConfig, split: str, pool:
     ``per_condition`` seeded samples each, sampled in eval mode with the adapter's current
     weights (the caller swaps in behaviour weights if it has any). Rewards and advantages are
     zeros; returns the samples and each one's condition row (its group)."""
-    from harness.sampling import sample_latents
+    from harness.sampling import sample_sharded
 
     idx = torch.randint(pool, (conditions,), generator=generator).tolist()
     batch = clip_batch(world, split, idx)
     rows = [i for i in range(conditions) for _ in range(per_condition)]
     seeds = torch.randint(2**31 - 1, (len(rows),), generator=generator).tolist()
     first, captions = batch.first_frames[rows], [batch.captions[i] for i in rows]
-    cond = adapter.encode_condition(first, captions)
     was_training = adapter.model.training
     adapter.model.eval()
-    try:
-        with torch.no_grad():
-            x0 = sample_latents(adapter, cond, seeds, sampler)
+    try:  # every rank draws the same rows and seeds, samples its share, and gets all of them back
+        x0 = sample_sharded(adapter, lambda r: adapter.encode_condition(first[r], [captions[i] for i in r]),
+                            seeds, sampler)
     finally:
         adapter.model.train(was_training)
     zeros = torch.zeros(len(rows), dtype=torch.float64)

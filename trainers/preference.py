@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.data.preferences import PairSet, build_rollout_pairs, import_pairs, rollout_key
+from harness.distributed import current
 from harness.models.base import Conditioning, ModelAdapter
 from trainers.base import Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
@@ -73,13 +74,17 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
     key = rollout_key(weights_digest(adapter), preset.world, cfg.split, cfg.conditions, cfg.per_condition,
                       preset.sampler, cfg.seed, "oracle")
     path = workdir / "pairs" / f"rollouts-{key}.npz" if workdir else None
-    if path and path.exists():
-        return PairSet.load(path)
+    d = current()
+    # Rank 0's cache decides (building is collective, so every rank must take the same branch), and
+    # every rank reads rank 0's file: the run directory is shared, as checkpoints already need.
+    found = d.broadcast(str(path) if path and path.exists() else None)
+    if found:
+        return PairSet.load(Path(found))
     log.info("building %d preference pairs from %d rollouts", cfg.conditions, cfg.conditions * cfg.per_condition)
     pairs = build_rollout_pairs(adapter, preset.world, preset.sampler, split=cfg.split, conditions=cfg.conditions,
                                 per_condition=cfg.per_condition, seed=cfg.seed, show_progress=show_progress)
     pairs.provenance["cache_key"] = key
-    if path:
+    if path and d.is_main:  # one writer: the ranks hold the same pairs (sampled in shards, gathered)
         pairs.save(path)
         path.with_suffix(".json").write_text(json.dumps(pairs.provenance, indent=2))  # readable next to it
     return pairs

@@ -34,7 +34,7 @@ from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.data.world import WorldConfig
 from harness.models.base import ModelAdapter
-from harness.sampling import SamplerConfig, sample
+from harness.sampling import SamplerConfig, sample_sharded
 
 PAIRS_FORMAT = 1
 
@@ -155,17 +155,16 @@ def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: Samp
     # Video k of condition i gets seed (seed, i, k): independent of batching.
     flat = [(i, k) for i in range(conditions) for k in range(per_condition)]
     seeds = [int(np.random.SeedSequence([seed, i, k]).generate_state(1)[0] & 0x7FFFFFFF) for i, k in flat]
-    frames = np.zeros((len(flat), *batch.frames.shape[1:]), dtype=np.uint8)
-    # Rollouts come from the reference model (the policy with its adapters off).
-    with torch.no_grad(), adapter.reference() if adapter.has_lora else contextlib.nullcontext():
-        for lo in tqdm(range(0, len(flat), batch_size), desc="preference rollouts", disable=not show_progress,
-                       leave=False):
-            part = flat[lo:lo + batch_size]
-            cond_idx = [i for i, _ in part]
-            cond = adapter.encode_condition(batch.first_frames[cond_idx], [batch.captions[i] for i in cond_idx])
-            videos = sample(adapter, cond, seeds[lo:lo + batch_size], sampler)
-            for j, v in enumerate(videos):
-                frames[lo + j] = tensor_to_frames(v)
+    def cond_for(rows: list[int]):
+        cond_idx = [flat[r][0] for r in rows]
+        return adapter.encode_condition(batch.first_frames[cond_idx], [batch.captions[i] for i in cond_idx])
+
+    # Rollouts come from the reference model (the policy with its adapters off), split over the ranks.
+    with (torch.no_grad(), adapter.reference() if adapter.has_lora else contextlib.nullcontext(),
+          tqdm(total=len(flat), desc="preference rollouts", disable=not show_progress, leave=False) as bar):
+        videos = sample_sharded(adapter, cond_for, seeds, sampler, decode=True, batch_size=batch_size,
+                                on_batch=bar.update)
+    frames = np.stack([tensor_to_frames(v) for v in videos])
     scores = np.asarray([judge_fn(frames[n], batch.specs[i]) for n, (i, _) in enumerate(flat)])
     scores = scores.reshape(conditions, per_condition)
     keep, chosen, rejected = [], [], []
