@@ -118,7 +118,7 @@ class OracleReward(Reward):
     def __call__(self, x0: torch.Tensor, inputs: RewardInputs) -> torch.Tensor:
         if inputs.specs is None:
             raise RewardError("the oracle reward needs tiny-world conditions (clip specs); imported samples "
-                              "have none: use reward latent_rm or luminance for them")
+                              "have none: use reward latent_rm, luminance or aesthetic for them")
         return torch.tensor([self.score(f, s) for f, s in zip(self.frames(x0), inputs.specs, strict=True)],
                             dtype=torch.float64)
 
