@@ -122,8 +122,8 @@ def _displacement(method: str, positive: bool):
         vals = _final_log(data, method, LD + "chosen_displacement")
         mean, half = _seed_interval(vals)
         if len(vals) == 1:
-            return Finding(f"chosen Δlog p at the final step: {mean:+.4f} (one seed: no interval)", UNSURE)
-        return Finding(f"chosen Δlog p at the final step, {method}: {mean:+.4f} ± {half:.4f} ({len(vals)} seeds)",
+            return Finding(f"chosen Δlog p at the final step: {mean:+.2e} (one seed: no interval)", UNSURE)
+        return Finding(f"chosen Δlog p at the final step, {method}: {mean:+.2e} ± {half:.1e} ({len(vals)} seeds)",
                        verdict(mean, half, positive))
     return test
 
