@@ -182,11 +182,12 @@ def sample_sharded(
     batches of ``batch_size`` (default: all of its rows at once). A video depends only on its own
     condition and seed, so the gathered tensor is the one-process tensor up to float32 rounding: a
     row's kernels depend a little on the batch size (tests/test_sharded_rollouts.py). Every rank
-    gets the same gathered tensor. Rollouts
-    of on-policy methods therefore cost 1/W of the sampling per rank instead of all of it.
+    gets the same gathered tensor, and on-policy rollouts cost each rank 1/W of the sampling.
     """
     from harness.distributed import current
 
+    if not seeds:
+        raise ValueError("sample_sharded: no rows to sample (empty seed list)")
     d = current()
     mine = list(d.strided(len(seeds)))
     step = batch_size or max(len(mine), 1)
@@ -197,9 +198,8 @@ def sample_sharded(
         parts.append(adapter.decode_latents(x).clamp(-1, 1) if decode else x)
         if on_batch is not None:
             on_batch(len(rows))
-    local = torch.cat(parts) if parts else None
+    local = torch.cat(parts) if parts else None  # None on a rank with no row (fewer rows than ranks)
     if not d.enabled:
-        assert local is not None, "sample_sharded needs at least one row"
         return local
     device = next(adapter.model.parameters()).device  # where every rank's caller expects the samples
     pieces = [(rows, part) for rows, part in d.gather((mine, None if local is None else local.cpu()))

@@ -20,6 +20,20 @@ def distance(a: dict, b: dict) -> float:
     return float(diff.norm() / torch.cat([a[k].flatten() for k in a]).norm())
 
 
+def assert_same_training(one: Path, two: Path, methods: list[str], steps: tuple[int, ...], rtol: float) -> None:
+    """Every method's LoRA at each step within ``rtol`` (relative) of the one-process LoRA, and trained:
+    the second run's lora_B moved away from its zero initialisation."""
+    for method in methods:
+        for step in steps:
+            a, b = lora(one, method, step), lora(two, method, step)
+            assert a.keys() == b.keys()
+            dist = distance(a, b)
+            print(f"{method} step {step}: relative distance {dist:.2e}")
+            assert dist <= rtol, f"{method} step {step}: LoRA differs by {dist:.2e} (relative)"
+            lora_b = {k: v for k, v in b.items() if "lora_B" in k}
+            assert distance(lora_b, {k: 0 * v for k, v in lora_b.items()}) == 1.0  # lora_B left zero: trained
+
+
 def lora(run: Path, method: str, step: int) -> dict:
     return load_file(run / "checkpoints" / method / "seed0" / f"step{step:06d}" / "lora.safetensors")
 

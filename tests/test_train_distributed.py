@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dp_runs import distance, lora, one_and_two, run_tiny
+from dp_runs import assert_same_training, distance, lora, one_and_two, run_tiny
 
 METHODS = ["sft", "dpo"]
 SETS = {"eval": {"num_videos": 6, "batch_size": 2, "metrics": ["motion_score", "subject_consistency"]},
@@ -38,15 +38,7 @@ def runs(tmp_path_factory):
 
 def test_two_processes_train_what_one_process_trains(runs):
     one, two = runs
-    for method in METHODS:
-        for step in (2, 4):
-            a, b = lora(one, method, step), lora(two, method, step)
-            assert a.keys() == b.keys()
-            dist = distance(a, b)
-            print(f"{method} step {step}: relative distance {dist:.2e}")
-            assert dist <= RTOL, f"{method} step {step}: LoRA differs by {dist:.2e} (relative)"
-            b_moved = {k: v for k, v in a.items() if "lora_B" in k}
-            assert distance(b_moved, {k: 0 * v for k, v in b_moved.items()}) == 1.0  # lora_B left zero: trained
+    assert_same_training(one, two, METHODS, (2, 4), RTOL)
     from harness.store import ResultStore
 
     with ResultStore(one / "results.sqlite") as s1, ResultStore(two / "results.sqlite") as s2:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dp_runs import distance, lora, one_and_two, run_tiny
+from dp_runs import assert_same_training, distance, lora, one_and_two, run_tiny
 
 pytest.importorskip("deepspeed")
 
@@ -48,15 +48,7 @@ def test_zero2_trains_what_one_process_trains(runs):
     one, zero = runs
     # One engine per method (the tiny apo has one stage; tests/test_optimiser.py restarts an engine).
     assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [len(METHODS)] * 2
-    for method in METHODS:
-        for step in (2, 4):
-            a, b = lora(one, method, step), lora(zero, method, step)
-            assert a.keys() == b.keys()
-            dist = distance(a, b)
-            print(f"{method} step {step}: relative distance {dist:.2e}")
-            assert dist <= RTOL, f"{method} step {step}: LoRA differs by {dist:.2e} (relative)"
-            lora_b = {k: v for k, v in b.items() if "lora_B" in k}
-            assert distance(lora_b, {k: 0 * v for k, v in lora_b.items()}) == 1.0  # lora_B left zero: trained
+    assert_same_training(one, zero, METHODS, (2, 4), RTOL)
     from harness.store import ResultStore
 
     with ResultStore(one / "results.sqlite") as s1, ResultStore(zero / "results.sqlite") as s2:
