@@ -7,7 +7,8 @@ identical, so a checkpoint is the same file at any world size and resumes at ano
 
 * data: every rank draws the *global* batch's indices, timesteps and noise from the same
   seeded generator and keeps its own contiguous rows (``Dist.rows``); the global batch must
-  split evenly (checked at config time, with the arithmetic);
+  split evenly (checked at config time, with the arithmetic), except a batch whose size is only
+  known at run time, which ranks share in weighted blocks (``Dist.share``);
 * gradients: the mean over local rows, averaged across ranks (``average_gradients``), is
   the gradient of the global batch mean, as DDP computes it; averaging after the last
   backward (not in hooks) lets a trainer call backward several times per step;
@@ -58,6 +59,21 @@ class Dist:
                 f"{n % self.world_size}); use a multiple of {self.world_size}")
         per = n // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
+
+    def share(self, n: int) -> tuple[slice, float]:
+        """This rank's contiguous rows of ``n`` items that need not split evenly (a batch whose size
+        is known only at run time, e.g. APO's untied online pairs) and the weight of its local mean:
+        W * rows / n, so that the rank-average of ``weight * local mean`` (what gradient averaging
+        computes) is the mean over all ``n``. Blocks differ by at most one row; a rank left without
+        a row gets row 0 at weight 0, so that it still back-propagates and joins the all-reduce."""
+        if n < 1:
+            raise ValueError(f"cannot share {n} rows across ranks")
+        per, extra = divmod(n, self.world_size)
+        lo = self.rank * per + min(self.rank, extra)
+        hi = lo + per + (self.rank < extra)
+        if hi == lo:
+            return slice(0, 1), 0.0
+        return slice(lo, hi), self.world_size * (hi - lo) / n
 
     def strided(self, n: int) -> range:
         """This rank's share of ``n`` items that need not split evenly (eval videos): r, r + W, ..."""

@@ -150,3 +150,21 @@ def test_zero_config_refuses_what_the_harness_owns():
                         ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload")]:
         with pytest.raises(DistributedConfigError, match=needle):
             zero_config(bad, 1.0, 8)
+
+
+@pytest.mark.parametrize("n,world", [(8, 2), (3, 2), (7, 3), (1, 2), (2, 4)])
+def test_shared_rows_average_to_the_global_mean(n, world):
+    """Dist.share: the blocks cover the n rows once, and the rank-average of weight x local mean
+    (what gradient averaging computes) is the mean over all n, also for a rank left without a row."""
+    values = torch.arange(1.0, n + 1) ** 2
+    shares = [Dist(rank, world).share(n) for rank in range(world)]
+    covered = [i for rows, w in shares if w > 0 for i in range(n)[rows]]
+    assert covered == list(range(n))
+    sizes = [len(range(n)[rows]) for rows, w in shares if w > 0]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(rows == slice(0, 1) for rows, w in shares if w == 0)
+    averaged = sum(w * values[rows].mean() for rows, w in shares) / world
+    assert float(averaged) == pytest.approx(float(values.mean()), rel=1e-6)
+    assert Dist(0, 1).share(n) == (slice(0, n), 1.0)  # one process: everything, unweighted
+    with pytest.raises(ValueError, match="cannot share 0 rows"):
+        Dist(0, world).share(0)

@@ -4,6 +4,7 @@ consolidated checkpoints resume on one process without DeepSpeed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,41 +14,68 @@ from dp_runs import assert_same_training, distance, lora, one_and_two, run_tiny
 
 pytest.importorskip("deepspeed")
 
-# sft: rows sharded over ranks; apo: a window of backwards accumulated per step; shift: per-term
-# gradient norms measured on the way through ZeRO.
-METHODS = ["sft", "apo", "shift"]
+# Every method's rows are sharded over ranks; apo: a window of backwards accumulated per step; shift:
+# per-term gradient norms measured on the way through ZeRO; fcrm: a second parameter group (log Z).
+METHODS = ["sft", "apo", "shift", "fcrm"]
 SETS = {"eval": {"num_videos": 2, "batch_size": 2, "metrics": ["motion_score"]},
         "sampler": {"num_steps": 2}, "probes": {"names": []},
-        "methods": {"sft": {"batch_size": 4}, "apo": {"batch_size": 4}, "shift": {"batch_size": 4}}}
+        "methods": {"sft": {"batch_size": 4}, "apo": {"batch_size": 4},
+                    "shift": {"batch_size": 4, "buffer": {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}},
+                    "fcrm": {"batch_size": 4, "conditions": 2, "group_size": 2, "offline": {"count": 8}}}}
 RTOL = 1e-4  # as tests/test_train_distributed.py: float32 summation order, amplified by Adam's first steps
 ZERO_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
             "ACCELERATE_MIXED_PRECISION": "no"}
 
 
-def _count_engines(run, rank: int, out: Path) -> None:
-    """Each rank runs under ZeRO-2 and records how many engines its methods built."""
+# Where each method's training step runs the model on its batch (probes are off here, so these
+# calls are the training steps'): (module, function), whose second argument is the batch.
+TRAINING_FORWARDS = {"apo": ("trainers.apo", "pair_errors"), "shift": ("trainers.shift", "denoising_loss"),
+                     "fcrm": ("trainers.fcrm", "mc_losses")}
+
+
+def _instrument(run, rank: int, out: Path) -> None:
+    """Each rank runs under ZeRO-2 and records how many engines its methods built and how many rows
+    of a batch its training steps ran the model on."""
+    import importlib
+
     from harness.distributed import deepspeed_config
     from trainers.optimiser import ZeroStep
 
     assert deepspeed_config()["zero_optimization"]["stage"] == 2
     builds, build = [], ZeroStep._build
     ZeroStep._build = lambda self: (builds.append(1), build(self))[1]
+    rows: dict[str, list[int]] = {}
+    originals = {}
+    for method, (module, name) in TRAINING_FORWARDS.items():
+        mod = importlib.import_module(module)
+        originals[method] = fn = getattr(mod, name)
+
+        def counted(adapter, batch, *args, _method=method, _fn=fn, **kwargs):
+            rows.setdefault(_method, []).append(int(batch.shape[0]))
+            return _fn(adapter, batch, *args, **kwargs)
+
+        setattr(mod, name, counted)
     try:
         run()
     finally:
         ZeroStep._build = build
+        for method, (module, name) in TRAINING_FORWARDS.items():
+            setattr(importlib.import_module(module), name, originals[method])
     (out / f"engines_rank{rank}").write_text(str(len(builds)))
+    (out / f"rows_rank{rank}.json").write_text(json.dumps({m: sorted(set(r)) for m, r in rows.items()}))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return one_and_two(tmp_path_factory.mktemp("zero"), METHODS, SETS, env=ZERO_ENV, around=_count_engines)
+    return one_and_two(tmp_path_factory.mktemp("zero"), METHODS, SETS, env=ZERO_ENV, around=_instrument)
 
 
 def test_zero2_trains_what_one_process_trains(runs):
     one, zero = runs
     # One engine per method (the tiny apo has one stage; tests/test_optimiser.py restarts an engine).
     assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [len(METHODS)] * 2
+    for r in (0, 1):  # each rank ran the model on its half of every batch of 4 (sft's rows: test_train_distributed)
+        assert json.loads((zero / f"rows_rank{r}.json").read_text()) == {m: [2] for m in TRAINING_FORWARDS}
     assert_same_training(one, zero, METHODS, (2, 4), RTOL)
     from harness.store import ResultStore
 

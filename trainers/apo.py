@@ -35,7 +35,7 @@ offset N(0, 5) read as a standard deviation, window 4 + 1.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
+from harness.models.base import Conditioning
 from harness.sampling import guided_velocity, sample_sharded
 from trainers.base import Trainer
 from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors
@@ -109,6 +110,18 @@ class APOConfig(DPOObjectiveConfig):
         return self
 
 
+class PairBatch(NamedTuple):
+    """One rank's share of a step's pairs: its rows of the ``n`` pairs of the global batch and the
+    weight of its mean (harness.distributed.Dist.share; all of them and 1 on one process)."""
+
+    x_w: torch.Tensor
+    x_l: torch.Tensor
+    cond: Conditioning
+    n: int
+    rows: slice
+    scale: float
+
+
 @register_trainer
 class APOTrainer(Trainer):
     name = "apo"
@@ -173,14 +186,16 @@ class APOTrainer(Trainer):
             self.adapter.model.train(was_training)
         return [tensor_to_frames(v) for v in videos]
 
-    def _batch(self, step: int):
-        """(x_w, x_l, cond, n_pairs) for this step's stage."""
+    def _batch(self, step: int) -> PairBatch | None:
+        """This rank's share of the step's pairs (None: every pair tied). Every rank draws the
+        global batch alike and encodes only its rows of it (``Dist.share``)."""
         stage = self.config.stages[self.stage]
         b = self.config.batch_size
         if stage.kind in ("offline", "distill_dpo"):
             pairs = self._pairs(self.stage)
             idx = torch.randint(len(pairs), (b,), generator=self.generator).tolist()
-            return (*pairs.tensors(self.adapter, idx), b)
+            rows, scale = self.dist.share(b)
+            return PairBatch(*pairs.tensors(self.adapter, idx[rows]), n=b, rows=rows, scale=scale)
         if stage.kind == "online":
             idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
             batch = clip_batch(self.preset, stage.split, idx)
@@ -195,37 +210,41 @@ class APOTrainer(Trainer):
                     keep.append(i)
                     won.append(a[i] if pref > 0 else c[i])
                     lost.append(c[i] if pref > 0 else a[i])
-            return self._frames_batch(won, lost, cond, keep)
+            if not keep:
+                return None
+            rows, scale = self.dist.share(len(keep))  # the untied pairs need not split evenly
+            return PairBatch(self._encode(won[rows]), self._encode(lost[rows]), cond.index(torch.tensor(keep[rows])),
+                             n=len(keep), rows=rows, scale=scale)
         # half_online: a labelled anchor against an on-policy sample of its condition
         anchors = self._pairs(self.stage)
         idx = torch.randint(len(anchors), (b,), generator=self.generator).tolist()
         positive = (torch.rand(b, generator=self.generator) < 0.5).tolist()
         x_w, x_l, cond = anchors.tensors(self.adapter, idx)
-        gen = self._encode(self._policy_videos(cond, b))
-        pos = torch.tensor(positive)[:, None, None, None, None]
-        return torch.where(pos, x_w, gen), torch.where(pos, gen, x_l), cond, b
+        videos = self._policy_videos(cond, b)  # sampled in shards, every video back on every rank
+        rows, scale = self.dist.share(b)
+        gen = self._encode(videos[rows])
+        pos = torch.tensor(positive[rows])[:, None, None, None, None]
+        return PairBatch(torch.where(pos, x_w[rows], gen), torch.where(pos, gen, x_l[rows]),
+                         cond.index(torch.arange(b)[rows]), n=b, rows=rows, scale=scale)
 
     def _encode(self, frames: list[np.ndarray]) -> torch.Tensor:
         return self.adapter.encode_video(torch.stack([frames_to_tensor(f) for f in frames]))
 
-    def _frames_batch(self, won, lost, cond, keep):
-        if not keep:
-            return None, None, None, 0
-        return self._encode(won), self._encode(lost), cond.index(torch.tensor(keep)), len(keep)
-
     # -- the objective -----------------------------------------------------------------
-    def _window_losses(self, x_w, x_l, cond):
+    def _window_losses(self, batch: PairBatch):
         """Yield (t, DPO loss at t, stats, whether t is the window's last) over one hybrid window,
-        fresh noise per timestep; lazily, so one timestep's graph is freed before the next."""
+        fresh noise per timestep; lazily, so one timestep's graph is freed before the next. Loss and
+        stats are this rank's means weighted by its share, whose rank-average is the global mean."""
         T = self.adapter.num_train_timesteps
         self._window = self.timesteps.window(self.generator, self._window)
         window = self._window.tolist()
+        x_w = batch.x_w
         for i, t in enumerate(window):
             sigma = torch.full((len(x_w),), t / T)
-            noise = torch.randn(x_w.shape, generator=self.generator)
-            loss, stats = dpo_loss(pair_errors(self.adapter, x_w, x_l, cond, sigma, noise),
+            noise = torch.randn((batch.n, *x_w.shape[1:]), generator=self.generator)[batch.rows]
+            loss, stats = dpo_loss(pair_errors(self.adapter, x_w, batch.x_l, batch.cond, sigma, noise),
                                    self.config.beta, self.config.T)
-            yield t, loss.mean(), stats, i == len(window) - 1
+            yield t, batch.scale * loss.mean(), {k: batch.scale * v for k, v in stats.items()}, i == len(window) - 1
 
     def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
         """APO's objective on given pairs, for probes: the summed DPO loss over one window of
@@ -244,13 +263,14 @@ class APOTrainer(Trainer):
         """Eq. 4: the student's single prediction against the teacher's CFG + STG guided one."""
         stage = self.config.stages[self.stage]
         b, T = self.config.batch_size, self.adapter.num_train_timesteps
+        rows = self.dist.rows(b)  # every rank draws the global batch and keeps its rows
         idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
-        batch = clip_batch(self.preset, stage.split, idx)
+        batch = clip_batch(self.preset, stage.split, idx[rows])
         x0 = self.adapter.encode_video(batch.videos)
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
         sigma = self.timesteps.sample(b, self.generator).double() / T
-        sigma = sigma.clamp(min=1.0 / T).float()
-        noise = torch.randn(x0.shape, generator=self.generator)
+        sigma = sigma.clamp(min=1.0 / T).float()[rows]
+        noise = torch.randn((b, *x0.shape[1:]), generator=self.generator)[rows]
         x_t = self.adapter.add_noise(x0, noise, sigma)
         with torch.no_grad(), self.adapter.reference():
             teacher = guided_velocity(self.adapter, cond, stage.teacher_guidance_scale, stage.teacher_stg_scale,
@@ -262,26 +282,28 @@ class APOTrainer(Trainer):
         change the trainer, so no stage hand-off here). Training backpropagates per timestep."""
         if self.config.stages[self.stage].kind == "distill":
             return self._distill_loss(), {}
-        x_w, x_l, cond, n = self._batch(step)
-        if n == 0:
+        batch = self._batch(step)
+        if batch is None:
             return torch.zeros((), requires_grad=True), {"pairs": 0.0}
         window = self._window
-        parts = list(self._window_losses(x_w, x_l, cond))
+        parts = list(self._window_losses(batch))
         self._window = window  # the carried-over window belongs to training, not to this call
-        return sum(p[1] for p in parts), {"pairs": float(n)}
+        return sum(p[1] for p in parts), {"pairs": float(batch.n)}
 
     def train_step(self, step: int) -> dict[str, float]:
         self._advance_to(self.stage_at(step))
         if self.config.stages[self.stage].kind == "distill":
             loss = self._distill_loss()
-            return {"loss": loss.item(), "grad_norm": self.optimise(loss), "stage": float(self.stage)}
-        x_w, x_l, cond, n = self._batch(step)
-        logs: dict[str, float] = {"stage": float(self.stage), "pairs": float(n)}
+            grad_norm = self.optimise(loss)
+            return {**self.dist.average_logs({"loss": loss.item()}), "grad_norm": grad_norm,
+                    "stage": float(self.stage)}
+        batch = self._batch(step)
+        logs: dict[str, float] = {"stage": float(self.stage), "pairs": float(batch.n if batch else 0)}
         self.optimizer.zero_grad()
-        if n == 0:  # every pair tied: nothing to learn from this step
+        if batch is None:  # every pair tied (on every rank alike): nothing to learn from this step
             return {"loss": 0.0, "grad_norm": 0.0, **logs}
         total, acc, margin, high = 0.0, 0.0, 0.0, []
-        for t, loss, stats, last in self._window_losses(x_w, x_l, cond):
+        for t, loss, stats, last in self._window_losses(batch):
             self.optimizer.backward(loss, last=last)  # gradients summed over the window, as the paper does
             total += loss.item()
             acc += stats["implicit_acc"]
@@ -289,8 +311,8 @@ class APOTrainer(Trainer):
             high.append(t)
         k = len(high)
         grad_norm = self.optimizer.step()
-        return {"loss": total, "grad_norm": grad_norm, "implicit_acc": acc / k, "reward_margin": margin / k,
-                "t_mean": float(np.mean(high)), **logs}
+        return {**self.dist.average_logs({"loss": total, "implicit_acc": acc / k, "reward_margin": margin / k}),
+                "grad_norm": grad_norm, "t_mean": float(np.mean(high)), **logs}
 
     # -- resumable state ---------------------------------------------------------------
     def state_dict(self):

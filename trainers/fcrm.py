@@ -157,7 +157,7 @@ class FCRMTrainer(Trainer):
         torch.manual_seed(seed)  # b_phi's hidden layers
         probe = adapter.encode_condition(torch.zeros(1, 3, *frame_size(preset)), [""])
         self.log_z = LogNormalizer(probe.text.shape[-1], image_plane(probe.first_frame).shape[1], config.phi_hidden)
-        self.b_offline = torch.nn.Parameter(torch.zeros(()))
+        self.b_offline = torch.nn.Parameter(torch.zeros(1))  # (1,), not 0-dim: ZeRO cannot flatten a 0-dim parameter
         self.optimizer.add_param_group({"params": [*self.log_z.parameters(), self.b_offline], "lr": config.phi_lr,
                                         "weight_decay": config.weight_decay})
         self.reward = build_reward(config.reward.name, adapter, preset, **config.reward.options())
@@ -252,11 +252,14 @@ class FCRMTrainer(Trainer):
 
     # -- the objective -------------------------------------------------------------------------
     def branch_loss(self, samples: Samples, cond: Conditioning, target: torch.Tensor,
-                    b: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Mean over samples of the (double-sampling) squared residual, plus the KL penalty."""
+                    b: torch.Tensor, rows: slice) -> tuple[torch.Tensor, dict]:
+        """Mean over samples of the (double-sampling) squared residual, plus the KL penalty.
+        ``samples``, ``cond``, ``target`` and ``b`` are this rank's ``rows`` of the global batch,
+        whose noise draws every rank makes alike and keeps its rows of."""
         cfg = self.config
         shape = samples.x0.shape[1:]
-        draws = [mc_draws(len(samples), cfg.n_mc, shape, self.generator, cfg.timesteps)
+        n = self.config.batch_size
+        draws = [tuple(t[rows] for t in mc_draws(n, cfg.n_mc, shape, self.generator, cfg.timesteps))
                  for _ in range(2 if cfg.estimator == "double" else 1)]
         mcs = [mc_losses(self.adapter, samples.x0, cond, s, e, cfg.reduction) for s, e in draws]
         target = target.to(torch.float32)
@@ -274,26 +277,31 @@ class FCRMTrainer(Trainer):
         cfg = self.config
         total = torch.zeros(())
         logs: dict[str, float] = {}
+        # Data parallel: each branch's global batch (samples, offline statistics, noise) is drawn
+        # alike on every rank, which trains on its rows of it (whole batches: world size | batch_size).
+        rows = self.dist.rows(cfg.batch_size)
         online = self._online_batch(step)
         if online is not None and len(online):
-            target = online.advantages if cfg.target == "advantage" else online.rewards
-            cond = online.condition(self.adapter)
-            loss, parts = self.branch_loss(online, cond, target, self.log_z(cond))
+            local = online.take(list(range(len(online)))[rows])
+            target = local.advantages if cfg.target == "advantage" else local.rewards
+            cond = local.condition(self.adapter)
+            loss, parts = self.branch_loss(local, cond, target, self.log_z(cond), rows)
             total = total + loss
             logs.update({f"online/{k}": v for k, v in parts.items()})
-            logs["reward/batch_mean"] = float(online.rewards.mean())
+            logs["reward/batch_mean"] = float(local.rewards.mean())
         logs.update(self.round_logs)
         if self.offline is not None and self.offline_stats is not None and cfg.offline is not None:
             idx = torch.randint(len(self.offline), (cfg.batch_size,), generator=self.generator)
             off = self.offline.take(idx)
-            mean, sigma = self.offline_stats.update(off.rewards)
+            mean, sigma = self.offline_stats.update(off.rewards)  # the global batch's statistics, on every rank
             adv = offline_advantages(off.rewards, mean, sigma, cfg.offline.advantage, cfg.offline.a0,
-                                     cfg.offline.a_max)
+                                     cfg.offline.a_max)[rows]
+            off = self.offline.take(idx[rows])
             target = adv if cfg.target == "advantage" else off.rewards
             cond = off.condition(self.adapter)
             b = self.b_offline.expand(len(off)) if cfg.offline.normaliser == "source" else \
                 self.log_z(cond).detach()
-            loss, parts = self.branch_loss(off, cond, target, b)
+            loss, parts = self.branch_loss(off, cond, target, b, rows)
             total = total + cfg.offline.weight * loss
             logs.update({f"offline/{k}": v for k, v in parts.items()})
             logs.update({"offline/reward_mean": float(off.rewards.mean()), "offline/advantage_mean": float(adv.mean())})

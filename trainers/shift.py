@@ -225,18 +225,23 @@ class ShiftTrainer(Trainer):
     # -- the objective -------------------------------------------------------------------------
     def loss_terms(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         cfg, b = self.config, self.config.batch_size
+        # Data parallel: every rank draws the global batch (buffer rows, clips, sigmas, noise) and
+        # keeps its rows; the discriminators train on the whole batch, identically on every rank.
+        rows = self.dist.rows(b)
         fake, self.current = self._fake_batch(step)
+        fake = fake.take(list(range(b))[rows])
         start = self.seed * 1_000_000 + step * b  # the clips `sft` sees at this step
-        anchor = clip_batch(self.preset, cfg.anchor_split, range(start, start + b))
+        anchor = clip_batch(self.preset, cfg.anchor_split, range(start, start + b)[rows])
         x0 = self.adapter.encode_video(anchor.videos)
         cond = self.adapter.encode_condition(anchor.first_frames, anchor.captions)
-        sigma = sample_sigmas(cfg.timestep_sampling, b, self.generator)
-        noise = torch.randn(x0.shape, generator=self.generator)
+        shape = (b, *x0.shape[1:])
+        sigma = sample_sigmas(cfg.timestep_sampling, b, self.generator)[rows]
+        noise = torch.randn(shape, generator=self.generator)[rows]
         if cfg.noise_alignment:  # match_sigmas: the same t and eps for both terms
             sigma_f, noise_f = sigma, noise
         else:
-            sigma_f = sample_sigmas(cfg.timestep_sampling, b, self.generator)
-            noise_f = torch.randn(x0.shape, generator=self.generator)
+            sigma_f = sample_sigmas(cfg.timestep_sampling, b, self.generator)[rows]
+            noise_f = torch.randn(shape, generator=self.generator)[rows]
         l_real = denoising_loss(self.adapter, x0, cond, sigma, noise)
         l_fake = denoising_loss(self.adapter, fake.x0, fake.condition(self.adapter), sigma_f, noise_f)
         terms = shift_loss(l_real, l_fake, fake.advantages, cfg.lambda_sft, cfg.lambda_awr)
@@ -281,10 +286,12 @@ class ShiftTrainer(Trainer):
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         terms, logs = self.loss_terms(step)
         disc_logs = self.disc_step(step) if cfg.adversarial else {}
-        norms = self.optimise_terms(terms)
+        norms = self.optimise_terms(terms)  # rank-averaged gradients, so their norms are the global batch's
         ratio = norms["grad_norm/sft"] / norms["grad_norm/awr"] if norms["grad_norm/awr"] > 0 else float("inf")
-        loss = float(sum(t.detach() for t in terms.values()))
-        return {"loss": loss, **norms, "grad_norm/sft_over_awr": min(ratio, 1e9), **logs, **disc_logs}
+        local = {"loss": float(sum(t.detach() for t in terms.values())),
+                 **{k: logs.pop(k) for k in ("loss/real_mse", "loss/fake_mse")}}  # means over this rank's rows
+        return {**self.dist.average_logs(local), **norms, "grad_norm/sft_over_awr": min(ratio, 1e9), **logs,
+                **disc_logs}
 
     def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
         """SHIFT's advantage term on a preference pair, for the Gamma probe: the pair as a buffer
