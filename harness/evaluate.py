@@ -52,6 +52,9 @@ class Evaluator:
                 self.metrics.append(metric)
             except WeightsError as exc:  # name every missing file at once, before any work
                 missing.append(f"{name}: {exc}")
+        for metric in self.metrics:  # metrics whose reference is the preset's own real footage (FVD)
+            if hasattr(metric, "use_source"):
+                metric.use_source(preset)
         if missing:
             names = sorted(set(re.findall(r"harness weights prefetch (\w+)", "\n".join(missing))))
             raise WeightsError("weights missing from the local cache (see `harness weights status`):\n  "

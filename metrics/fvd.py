@@ -12,7 +12,9 @@ Extractors (``features``):
   ``i3d-torchscript``: StyleGAN-V's TorchScript detector (the only one that reproduces
   StyleGAN-V's numbers), ``videomae-v2``: VideoMAE-v2 ViT-g fine-tuned on SSv2 (the
   content-debiased FVD's extractor), ``videomae-v2-k710``: the K710 fine-tune. The
-  reference is ``ref``, a folder of real videos processed with the same protocol.
+  reference is ``ref``: a folder of real videos, or ``split:NAME``, the first ``n_ref``
+  clips of split NAME of the preset's real footage (its `data`: resolution, frame rate and
+  clip length as the generated videos), both processed with the same protocol.
 
 Protocol options, all stored with every value: ``clip_len`` frames taken every
 ``stride`` frames from ``offset`` (StyleGAN-V ``fvd2048_16f``: 16, 1, 0); ``resize``:
@@ -42,6 +44,7 @@ from metrics.frechet import FeatureStats, frechet_from_stats
 from metrics.registry import register
 
 TINY_PROTOCOL = {"clip": "all frames, stride 1", "resize": "none (native resolution)", "features": "pooled 32-d"}
+SPLIT_REF = "split:"  # ref=split:NAME: the preset's own real clips of split NAME
 REAL_EXTRACTORS = ("i3d", "i3d-torchscript", "videomae-v2", "videomae-v2-k710")
 
 
@@ -108,13 +111,42 @@ class FVD(Metric):
             self.extractor = None
         else:
             if not ref:
-                raise ValueError(f"fvd[features={features}] needs ref=<folder of real videos> for its reference "
-                                 "statistics (e.g. --set eval.backends.fvd.ref=data/real)")
-            if not Path(ref).is_dir():
+                raise ValueError(f"fvd[features={features}] needs ref=<folder of real videos> or ref=split:<name> "
+                                 "(the preset's real clips) for its reference statistics (e.g. --set "
+                                 "eval.backends.fvd.ref=data/real)")
+            if ref.startswith(SPLIT_REF):
+                if not ref[len(SPLIT_REF):]:
+                    raise ValueError(f"fvd: ref={ref!r} names no split; e.g. ref=split:eval")
+            elif not Path(ref).is_dir():
                 raise FileNotFoundError(f"fvd: reference folder {ref} does not exist")
             self.extractor = _real_extractor(features, output or ("logits" if features.startswith("i3d")
                                                                   else "fc_norm"))
+        self._source: tuple[Any, list[Any]] | None = None  # ref=split:NAME: (the preset's dataset, clips)
         self.reset()
+
+    @property
+    def ref_split(self) -> str | None:
+        return self.ref[len(SPLIT_REF):] if self.ref and self.ref.startswith(SPLIT_REF) else None
+
+    def use_source(self, preset) -> None:
+        """Bind ``ref=split:NAME`` to ``preset``'s real footage (the evaluator calls this for every
+        metric that has it); a folder or tiny reference needs nothing."""
+        if self.ref_split is None or self.extractor is None:
+            return
+        from harness.data.source import dataset_for
+
+        data = dataset_for(preset)
+        if data is None:
+            raise ValueError(f"fvd: ref={self.ref} reads the preset's real clips, but preset {preset.name!r} has no "
+                             "`data` (the synthetic world); use ref=<folder of real videos>, or features=tiny")
+        try:
+            clips = data.split(self.ref_split)
+        except KeyError as exc:
+            raise ValueError(f"fvd: ref={self.ref}: {exc.args[0]}") from exc
+        if len(clips) < 2:
+            raise ValueError(f"fvd: ref={self.ref}: split {self.ref_split!r} of {data.root} has {len(clips)} clips; "
+                             "need at least 2 (check data.splits)")
+        self._source = (data, clips[:self.n_ref])
 
     @property
     def needs_condition(self) -> bool:
@@ -125,7 +157,8 @@ class FVD(Metric):
     def identity_options(self) -> dict[str, object]:
         if self.extractor is None:
             return {"features": f"{self.features}-clip", "n_ref": self.n_ref}
-        return {"features": self.extractor.identity, "ref": Path(self.ref).name,
+        ref = self.ref if self.ref_split is not None else Path(self.ref).name
+        return {"features": self.extractor.identity, "ref": ref, **({"n_ref": self.n_ref} if self.ref_split else {}),
                 "clip": f"{self.clip_len}f-s{self.stride}-o{self.offset}", "resize": self.resize}
 
     def protocol(self) -> dict[str, Any]:
@@ -175,9 +208,19 @@ class FVD(Metric):
         if self.extractor is None:
             return {"weights": self.backend.fingerprint(), "protocol": TINY_PROTOCOL, "n_ref": self.n_ref,
                     "world": self.world.model_dump(mode="json"), "split": "eval"}
+        if self.ref_split is not None:
+            data, clips = self._bound_source()
+            return {"protocol": self.protocol(), "data": data.config.model_dump(mode="json"),
+                    "clips": [(c.video_id, c.start, c.num_frames, data.fingerprint(c.video_id)) for c in clips]}
         files = sorted(Path(self.ref).glob("*.mp4"))
         listing = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         return {"protocol": self.protocol(), "files": listing}
+
+    def _bound_source(self) -> tuple[Any, list[Any]]:
+        if self._source is None:
+            raise ValueError(f"fvd: ref={self.ref} is the preset's real clips, but no preset was bound "
+                             "(use_source); run it through `harness run` / `harness eval` with a real-footage preset")
+        return self._source
 
     def reference(self) -> FeatureStats:
         key = hashlib.sha256(json.dumps(self._reference_key(), sort_keys=True).encode()).hexdigest()[:20]
@@ -188,6 +231,12 @@ class FVD(Metric):
         feats = []
         if self.extractor is None:
             feats = [self.backend.clip_features(make_clip(self.world, "eval", i).frames) for i in range(self.n_ref)]
+        elif self.ref_split is not None:
+            data, clips = self._bound_source()
+            feats = [f for f in (self._clip_features(data.clip(c)) for c in clips) if f is not None]
+            if len(feats) < 2:
+                raise ValueError(f"fvd: ref={self.ref} has {len(feats)} clips of >= {self.clip_len} frames; need at "
+                                 "least 2 (lower clip_len, or raise data.num_frames)")
         else:
             from harness.data.video_io import read_video
 

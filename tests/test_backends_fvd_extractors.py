@@ -295,3 +295,59 @@ def test_videomae_random_initialisers_registered():
     # the real-size writers (~2 GB each) are registered but not run here; their layout is checked on meta above
     assert {"i3d_kinetics400", "videomae_v2_g_k710", "videomae_v2_g_ssv2"} <= set(weights._RANDOM_WRITERS)
     assert "i3d_torchscript" not in weights._RANDOM_WRITERS
+
+
+# ---------------------------------------------------------------- FVD reference from a preset's footage
+
+
+def test_fvd_reference_is_the_presets_real_split(i3d_cache, tmp_path, monkeypatch):
+    """ref=split:eval: the reference statistics are the features of the first n_ref clips of the
+    preset's eval split as its data loader decodes them, cached once under a key of those clips;
+    a preset without footage, an unknown split or an unbound metric is refused by name."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from harness.data.folder import VideoDataConfig
+    from harness.data.source import dataset_for
+    from harness.data.video_io import write_video
+    from metrics.base import VideoSample
+    from metrics.fvd import FVD, cache_dir
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(i3d_cache))  # another module fixture may have set its own
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for i in range(4):
+        base = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+        write_video(root / f"v{i}.mp4", np.stack([np.roll(base, 2 * t, axis=1) for t in range(10)]), fps=8)
+    (root / "captions.csv").write_text("video,caption\n" + "".join(f"v{i}.mp4,clip {i}\n" for i in range(4)))
+    data = VideoDataConfig(kind="folder", root=str(root), captions="captions.csv", num_frames=9, fps=8, height=32,
+                           width=32, splits={"eval": 1.0}, disk_cache=False)
+    preset = SimpleNamespace(name="real", data=data)
+
+    fvd = FVD(features="i3d", ref="split:eval", clip_len=9, n_ref=3)
+    assert "ref=split:eval" in fvd.identity and "n_ref=3" in fvd.identity
+    with pytest.raises(ValueError, match="no preset was bound"):
+        fvd.reference()
+    fvd.use_source(preset)
+    stats = fvd.reference()
+    clips = dataset_for(preset).split("eval")
+    assert len(clips) == 4 and stats.n == 3
+    by_hand = np.stack([fvd._clip_features(dataset_for(preset).clip(c)) for c in clips[:3]])
+    np.testing.assert_allclose(stats.sum / stats.n, by_hand.mean(0), rtol=1e-6)
+    assert len(list(cache_dir().glob("*.npz"))) == 1
+    for i in range(3):  # generated videos against it: a finite distance with the counts recorded
+        frames = np.stack([np.roll(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8), t, axis=0) for t in range(9)])
+        fvd.update(VideoSample(video_id=f"g{i}", frames=frames, fps=8))
+    assert np.isfinite(fvd.compute()) and fvd.compute_extras["n_ref"] == 3
+
+    wider = FVD(features="i3d", ref="split:eval", clip_len=9, n_ref=4)  # other clips: another cache entry
+    wider.use_source(preset)
+    assert wider.reference().n == 4 and len(list(cache_dir().glob("*.npz"))) == 2
+    with pytest.raises(ValueError, match="has no `data`"):
+        FVD(features="i3d", ref="split:eval", clip_len=9).use_source(SimpleNamespace(name="tiny", data=None))
+    with pytest.raises(ValueError, match="unknown split 'train'"):
+        FVD(features="i3d", ref="split:train", clip_len=9).use_source(preset)
+    with pytest.raises(ValueError, match="names no split"):
+        FVD(features="i3d", ref="split:", clip_len=9)

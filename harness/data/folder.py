@@ -697,6 +697,11 @@ class RealVideoDataset:
     def split(self, name: str) -> list[ClipRef]:
         return self.index.split(name)
 
+    def fingerprint(self, video_id: str) -> list[Any]:
+        """What identifies a video's source file(s) as read (sizes and modification times), for caches
+        of what is computed from its clips."""
+        return self._fingerprint(self.videos[video_id].path)
+
     def batch(self, split: str, indices: Sequence[int]) -> ClipBatch:
         """Clips ``indices`` of ``split`` as a ClipBatch (specs are ClipRefs); each video decodes at most once."""
         refs = self.split(split)
