@@ -121,13 +121,19 @@ def train_motion_reward_cmd(
     out: Annotated[Path, typer.Option(help="output directory (one sub-directory per kind)")] = Path(
         "runs/motion_reward"),
     kinds: Annotated[str, typer.Option(help="comma-separated: imr, lmr")] = "imr,lmr",
-    clips: Annotated[int, typer.Option(help="real prompts-split clips (each with 4 base samples)")] = 192,
+    clips: Annotated[int, typer.Option(help="real clips (each with 4 base samples)")] = 192,
     steps: Annotated[int, typer.Option(help="discriminator training steps")] = 400,
+    split: Annotated[str | None, typer.Option(help="split of the real clips (default: the preset's "
+                                                   "methods.shift.real.split, else prompts)")] = None,
+    map_size: Annotated[str | None, typer.Option(help="HxW the motion features are computed at (default: "
+                                                      "native up to 32 px on the shorter side, else scaled to it)")]
+    = None,
     force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Pre-train SHIFT's pixel-motion discriminators (IMR, LMR): real clips vs base samples."""
     from trainers.motion_reward import KINDS, WEIGHTS_FILE, train_motion_rewards
+    from trainers.rewards import RewardError
 
     names = _csv(kinds) or []
     unknown = sorted(set(names) - set(KINDS))
@@ -136,8 +142,19 @@ def train_motion_reward_cmd(
     existing = [str(out / k / WEIGHTS_FILE) for k in names if (out / k / WEIGHTS_FILE).exists()]
     if existing and not force:
         _fail(f"motion reward weights already exist ({', '.join(existing)}); pass --force to replace them")
-    records = train_motion_rewards(_preset(preset, None), out, names, clips=clips, steps=steps,
-                                   show_progress=progress)
+    cfg = _preset(preset, None)
+    split = split or (cfg.methods.get("shift", {}).get("real") or {}).get("split", "prompts")
+    try:
+        hw = [int(v) for v in map_size.lower().split("x")] if map_size else None
+        if hw is not None and (len(hw) != 2 or min(hw) < 4):
+            raise ValueError
+    except ValueError:
+        _fail(f"--map-size {map_size!r}: expected HxW with both sides >= 4, e.g. 32x56")
+    try:
+        records = train_motion_rewards(cfg, out, names, clips=clips, steps=steps, split=split, map_size=hw,
+                                       show_progress=progress)
+    except RewardError as exc:
+        _fail(str(exc))
     typer.echo(json.dumps({k: {"out": str(out / k), "held_out": r["held_out"]} for k, r in records.items()},
                           indent=2))
 

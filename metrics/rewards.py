@@ -79,9 +79,10 @@ class _MotionReward(PerVideoMetric):
     def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
         frames = np.asarray(sample.frames)
         t, h, w = frames.shape[:3]
-        if (t, h) != (self.model.spec["num_frames"], self.model.spec["size"]) or h != w:
-            raise ValueError(f"{self.kind}_reward reads {self.model.spec['num_frames']} frames at "
-                             f"{self.model.spec['size']} px; video {sample.video_id!r} has {t} at {h}x{w}")
+        want = (self.model.num_frames, *self.model.frame_size)
+        if (t, h, w) != want:
+            raise ValueError(f"{self.kind}_reward reads {want[0]} frames of {want[1]}x{want[2]} px; video "
+                             f"{sample.video_id!r} has {t} of {h}x{w}")
         seed = zlib.crc32(sample.video_id.encode())  # the LMR's random queries, fixed per video
         with torch.no_grad():
             logit = self.model(self.model.features([frames], [seed]))

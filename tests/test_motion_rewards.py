@@ -146,5 +146,20 @@ def test_motion_reward_metrics():
         assert all(np.isfinite(values)) and len(set(values)) > 1
         again = get_metric(name).update(VideoSample("v0", tensor_to_frames(clips.videos[0]), fps=8))
         assert again["value"] == values[0]  # the LMR's random queries are fixed per video id
-        with pytest.raises(ValueError, match="reads 8 frames at 16 px"):
+        with pytest.raises(ValueError, match="reads 8 frames of 16x16 px; video 'big' has 8 of 32x32"):
             metric.update(VideoSample("big", np.zeros((8, 32, 32, 3), np.uint8), fps=8))
+
+
+def test_default_map_size_keeps_small_clips_native_and_scales_real_ones():
+    """The working size of the motion features: native up to 32 px on the shorter side, else that side
+    at 32 px with the aspect kept, sides multiples of the ViT's patch (4)."""
+    from trainers.motion_reward import MotionDiscriminator, default_map_size
+
+    assert default_map_size(16, 16) is None and default_map_size(32, 48) is None
+    assert default_map_size(320, 576) == (32, 56)  # 57.6 -> 56
+    assert default_map_size(480, 832) == (32, 52)  # 55.47 -> 52
+    assert default_map_size(704, 1280) == (32, 56)  # 58.18 -> 56
+    disc = MotionDiscriminator("imr", 3, (64, 96), map_size=default_map_size(64, 96))
+    frames = [np.random.default_rng(i).integers(0, 256, (3, 64, 96, 3)).astype(np.uint8) for i in range(2)]
+    feats = disc.features(frames, [0, 1])
+    assert feats.shape == (2, 2, 2, 32, 48) and torch.isfinite(disc(feats)).all()

@@ -192,3 +192,49 @@ def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_p
     loaded, saved = adapter_for(preset, ckpt), load_file(ckpt / "lora.safetensors")
     assert isinstance(loaded, SVDAdapter) and any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)
     assert all(torch.equal(loaded.lora_state_dict()[k], v) for k, v in saved.items())
+
+
+def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_path):
+    """`train-motion-reward` on a real family and real footage of a non-square shape (SVD, 4 frames of
+    16x24): the discriminators record that shape, SHIFT takes two steps with them, and the shipped
+    tiny-world ones are refused naming the command that builds the right ones."""
+    import numpy as np
+
+    from harness.data.video_io import write_video
+    from trainers.motion_reward import load_discriminator, train_motion_rewards
+    from trainers.rewards import RewardError
+
+    rng = np.random.default_rng(0)
+    rows = ["video,caption"]
+    for i in range(6):
+        base = rng.integers(0, 256, (16, 24, 3)).astype(np.uint8)
+        write_video(tmp_path / "videos" / f"v{i}.mp4", np.stack([np.roll(base, (i + 1) * t, axis=1) for t in range(8)]),
+                    fps=8)
+        rows.append(f"v{i}.mp4,texture moving at speed {i + 1}")
+    (tmp_path / "videos" / "captions.csv").write_text("\n".join(rows) + "\n")
+    preset = load_preset("tiny", [{
+        "adapter": {"family": "svd", "path": str(pipelines / "svd"), "num_frames": 4, "height": 16, "width": 24,
+                    "dtype": "float32"},
+        "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv", "num_frames": 4,
+                 "fps": 8, "height": 16, "width": 24, "splits": {"finetune": 1.0}, "cache_dir": str(tmp_path / "c")},
+        "sampler": {"num_steps": 2}, "eval": {"batch_size": 4}}])
+    with pytest.raises(RewardError, match="unknown split 'prompts'"):
+        train_motion_rewards(preset, tmp_path / "rm", ["imr"], clips=6, show_progress=False)
+    records = train_motion_rewards(preset, tmp_path / "rm", ["imr", "lmr"], clips=6, negatives=1, steps=2,
+                                   batch_size=4, split="finetune", map_size=(8, 12), show_progress=False)
+    assert records["imr"]["data"]["videos"] == 12 and records["imr"]["data"]["split"] == "finetune"
+    for kind in ("imr", "lmr"):
+        disc = load_discriminator(kind, str(tmp_path / "rm" / kind))
+        assert (disc.num_frames, disc.frame_size, disc.map_size) == (4, (16, 24), (8, 12))
+    section = {**SMALL["shift"], "split": "finetune", "anchor_split": "finetune",
+               "real": {"split": "finetune", "start": 0, "count": 4}}
+    cls = trainer_for("shift", section)
+    torch.manual_seed(0)
+    with pytest.raises(RewardError, match="reads 8 frames of 16x16 px.*train-motion-reward --preset tiny"):
+        cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w0")
+    section["reward_paths"] = {k: str(tmp_path / "rm" / k) for k in ("imr", "lmr")}
+    trainer = cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w")
+    for step in range(2):
+        logs = trainer.train_step(step)
+        assert all(math.isfinite(v) for v in logs.values()), logs
+    assert trainer.buffer_feats["imr"].shape[-2:] == (8, 12)  # residual maps at the working size

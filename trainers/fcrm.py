@@ -91,7 +91,8 @@ class ReplayConfig(BaseModel):
 class OfflineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field("world", description="`world` (real clips of `split`) or a path to an .npz")
+    source: str = Field("world", description="`world`: real clips of `split` (the preset's footage, else its world), "
+                        "or a path to an .npz")
     split: str = "prompts"
     start: int = Field(100_000, ge=0, description="first clip index of `split` (kept apart from rollouts)")
     count: int = Field(256, ge=1)
@@ -177,7 +178,7 @@ class FCRMTrainer(Trainer):
         cfg = self.config.offline
         assert cfg is not None
         if cfg.source == "world":
-            samples, what = world_offline(self.preset.world, self.adapter, cfg.split, cfg.start, cfg.count), \
+            samples, what = world_offline(self.preset, self.adapter, cfg.split, cfg.start, cfg.count), \
                 f"offline source (world split {cfg.split!r})"
         else:
             path = Path(cfg.source)
@@ -219,7 +220,7 @@ class FCRMTrainer(Trainer):
     def _rollout_round(self, step: int) -> None:
         cfg = self.config
         with self._behaviour_weights():
-            samples, rows = policy_rollouts(self.adapter, self.preset.world, cfg.split, cfg.condition_pool,
+            samples, rows = policy_rollouts(self.adapter, self.preset, cfg.split, cfg.condition_pool,
                                             cfg.conditions, cfg.group_size, self.generator, self.sampler)
         samples.rewards = self._score(samples)
         keep = torch.isfinite(samples.rewards)

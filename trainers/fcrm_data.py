@@ -16,7 +16,7 @@ import torch
 
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor
-from harness.data.world import ClipSpec, WorldConfig
+from harness.data.world import ClipSpec
 from harness.models.base import Conditioning, ModelAdapter
 
 
@@ -64,16 +64,17 @@ class Samples:
                        torch.cat([p.advantages for p in parts]), specs)
 
 
-def policy_rollouts(adapter: ModelAdapter, world: WorldConfig, split: str, pool: int, conditions: int,
+def policy_rollouts(adapter: ModelAdapter, source: Any, split: str, pool: int, conditions: int,
                     per_condition: int, generator: torch.Generator, sampler: Any) -> tuple[Samples, list[int]]:
-    """On-policy samples: ``conditions`` conditions drawn from the first ``pool`` of ``split``,
+    """On-policy samples: ``conditions`` conditions drawn from the first ``pool`` of ``split`` of
+    ``source`` (a preset: its real footage or its world; or a WorldConfig),
     ``per_condition`` seeded samples each, sampled in eval mode with the adapter's current
     weights (the caller swaps in behaviour weights if it has any). Rewards and advantages are
     zeros; returns the samples and each one's condition row (its group)."""
     from harness.sampling import sample_sharded
 
     idx = torch.randint(pool, (conditions,), generator=generator).tolist()
-    batch = clip_batch(world, split, idx)
+    batch = clip_batch(source, split, idx)
     rows = [i for i in range(conditions) for _ in range(per_condition)]
     seeds = torch.randint(2**31 - 1, (len(rows),), generator=generator).tolist()
     first, captions = batch.first_frames[rows], [batch.captions[i] for i in rows]
@@ -149,10 +150,13 @@ class ReplayBuffer:
         self.inserted, self.evicted, self.filtered_out = state["inserted"], state["evicted"], state["filtered_out"]
 
 
-def world_offline(world: WorldConfig, adapter: ModelAdapter, split: str, start: int, count: int) -> Samples:
-    """Real clips of the tiny world as offline data (the role of the paper's MixKit videos)."""
-    batch = clip_batch(world, split, range(start, start + count))
-    x0 = adapter.encode_video(batch.videos)
+def world_offline(source: Any, adapter: ModelAdapter, split: str, start: int, count: int,
+                  chunk: int = 16) -> Samples:
+    """Real clips of ``source`` as offline data (the role of the paper's MixKit videos): a preset's
+    footage, or its (or a WorldConfig's) synthetic world; encoded ``chunk`` clips at a time."""
+    batch = clip_batch(source, split, range(start, start + count))
+    with torch.no_grad():
+        x0 = torch.cat([adapter.encode_video(batch.videos[lo:lo + chunk]) for lo in range(0, count, chunk)])
     return Samples(x0, batch.first_frames, list(batch.captions), torch.zeros(count, dtype=torch.float64),
                    torch.zeros(count, dtype=torch.float64), list(batch.specs))
 

@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.config import PresetConfig, package_path
-from harness.data.batches import split_batch
+from harness.data.source import clip_batch, clip_length, dataset_for, frame_size
 from harness.data.video_io import tensor_to_frames
 from metrics.backends.tracking import FlowFields, get_tracker
 from trainers.motion_features import batch_lmr, flow_fields, imr_features, lmr_input_dim
@@ -43,6 +44,25 @@ def default_path(kind: str) -> str:
     return f"assets/tiny/rewards/{kind}"
 
 
+def _hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """A frame size given as one side (square) or (height, width)."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def default_map_size(height: int, width: int, short: int = 32, patch: int = 4) -> tuple[int, int] | None:
+    """The working size of the motion features for frames of ``height`` x ``width``: native up to a
+    shorter side of ``short`` px, else scaled to it, the aspect kept, sides multiples of ``patch``. The
+    paper runs SEA-RAFT and a ViT-Base on full frames; a small fixed map keeps the IMR's tokens (T-1 x
+    map / patch^2) and the weights-free flow affordable at 320x576 or 480x832."""
+    if min(height, width) <= short:
+        return None
+    scale = short / min(height, width)
+    return (max(patch, int(height * scale) // patch * patch), max(patch, int(width * scale) // patch * patch))
+
+
 def _encoder(width: int, depth: int, heads: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
@@ -51,11 +71,12 @@ def _encoder(width: int, depth: int, heads: int) -> nn.TransformerEncoder:
 class ResidualViT(nn.Module):
     """(B, T-1, C, H, W) residual/confidence maps -> (B,) logits."""
 
-    def __init__(self, pairs: int, size: int, channels: int = 2, patch: int = 4, width: int = 64, depth: int = 2,
-                 heads: int = 4):
+    def __init__(self, pairs: int, size: int | tuple[int, int], channels: int = 2, patch: int = 4, width: int = 64,
+                 depth: int = 2, heads: int = 4):
         super().__init__()
         self.embed = nn.Conv2d(channels, width, patch, patch)
-        n = (size // patch) ** 2
+        h, w = _hw(size)
+        n = (h // patch) * (w // patch)
         self.pos_space = nn.Parameter(0.02 * torch.randn(1, 1, n, width))
         self.pos_time = nn.Parameter(0.02 * torch.randn(1, pairs, 1, width))
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
@@ -88,18 +109,21 @@ class TrajectoryTransformer(nn.Module):
 class MotionDiscriminator(nn.Module):
     """One pixel-motion reward model: its feature extractor (flow/tracker backend) and its net."""
 
-    def __init__(self, kind: str, num_frames: int, size: int, tracker: str = "flow_chain",
+    def __init__(self, kind: str, num_frames: int, size: int | Sequence[int], tracker: str = "flow_chain",
                  tracker_options: dict[str, Any] | None = None, queries: int = 64, width: int = 64, depth: int = 2,
-                 heads: int = 4, patch: int = 4):
+                 heads: int = 4, patch: int = 4, map_size: Sequence[int] | None = None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown motion reward {kind!r}; allowed: {', '.join(KINDS)}")
         self.kind, self.queries = kind, queries
+        self.num_frames, self.frame_size = num_frames, _hw(size)
+        self.map_size = None if map_size is None else _hw(map_size)  # None: features at the frames' own size
         self.spec = {"kind": kind, "num_frames": num_frames, "size": size, "tracker": tracker,
                      "tracker_options": tracker_options or {}, "queries": queries, "width": width, "depth": depth,
-                     "heads": heads, "patch": patch}
+                     "heads": heads, "patch": patch, **({"map_size": list(self.map_size)} if self.map_size else {})}
         self.tracker = get_tracker(tracker, **(tracker_options or {}))
-        self.net: nn.Module = (ResidualViT(num_frames - 1, size, 2, patch, width, depth, heads) if kind == "imr"
+        maps = self.map_size or self.frame_size
+        self.net: nn.Module = (ResidualViT(num_frames - 1, maps, 2, patch, width, depth, heads) if kind == "imr"
                                else TrajectoryTransformer(lmr_input_dim(num_frames), width, depth, heads))
         self.digest = ""
 
@@ -107,14 +131,38 @@ class MotionDiscriminator(nn.Module):
     def identity(self) -> str:
         return f"{self.kind}[{self.tracker.identity}]" + (f"[{self.digest}]" if self.digest else "")
 
+    @property
+    def shared_key(self) -> tuple[str, tuple[int, int] | None]:
+        """Discriminators with equal keys read the same flow fields (one flow pass per video)."""
+        return self.tracker.identity, self.map_size
+
+    def prepare(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """The videos at the working size; a video of another shape than trained for is an error."""
+        want = (self.num_frames, *self.frame_size)
+        for f in frames:
+            if tuple(f.shape[:3]) != want:
+                from trainers.rewards import RewardError
+
+                raise RewardError(f"the {self.kind} reward model reads {want[0]} frames of {want[1]}x{want[2]} px, "
+                                  f"got {f.shape[0]} of {f.shape[1]}x{f.shape[2]}; train one for this clip shape "
+                                  "with `harness train-motion-reward --preset <preset>`")
+        if self.map_size is None:
+            return frames
+        import cv2
+
+        h, w = self.map_size
+        return [np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA) for x in f]) for f in frames]
+
     def fields(self, frames: list[np.ndarray]) -> list[FlowFields]:
-        return [flow_fields(f, self.tracker) for f in frames]
+        return [flow_fields(f, self.tracker) for f in self.prepare(frames)]
 
     @torch.no_grad()
     def features(self, frames: list[np.ndarray], seeds: list[int],
                  fields: list[FlowFields] | None = None) -> torch.Tensor:
-        """Features of uint8 (T, H, W, 3) videos; ``seeds`` fix each video's random LMR queries."""
-        fields = fields or self.fields(frames)
+        """Features of uint8 (T, H, W, 3) videos (at the working size); ``seeds`` fix each video's
+        random LMR queries; ``fields``: this model's ``fields`` of the same videos, if computed."""
+        frames = self.prepare(frames)
+        fields = fields or [flow_fields(f, self.tracker) for f in frames]
         if self.kind == "imr":
             return torch.stack([imr_features(f, fl) for f, fl in zip(frames, fields, strict=True)])
         rngs = [np.random.default_rng(s) for s in seeds]
@@ -148,7 +196,8 @@ def load_discriminator(kind: str, path: str | Path | None = None) -> MotionDiscr
     file is an error naming it and the command that builds it."""
     from trainers.rewards import RewardError
 
-    directory = package_path(path or default_path(kind))
+    # A relative path names a user's directory when it exists from here, else one in the package (the shipped models).
+    directory = Path(path) if path and Path(path).is_dir() else package_path(path or default_path(kind))
     for needed in (directory / WEIGHTS_FILE, directory / RECORD_FILE):
         if not needed.is_file():
             raise RewardError(f"{kind} motion reward model file missing: {needed}; build it with "
@@ -179,20 +228,23 @@ def ema_copy(model: MotionDiscriminator) -> MotionDiscriminator:
 
 
 # -- pre-training (real clips vs base samples from their first frames) -----------------------------
-def pretraining_videos(preset: PresetConfig, clips: int, negatives: int, start: int,
+def pretraining_videos(preset: PresetConfig, split: str, clips: int, negatives: int, start: int,
                        show_progress: bool = True) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Real prompts-split clips and ``negatives`` base-model samples per clip from its first frame
-    and caption: (videos, labels 1/0, owning clip index)."""
-    from harness.models.tiny_wan import TinyWanAdapter
+    """Real clips ``start ..`` of ``split`` and ``negatives`` base-model samples per clip from its
+    first frame and caption: (videos, labels 1/0, owning clip index). The base model is the
+    preset's (a real family, or the tiny model); samples are drawn a few clips at a time
+    (``eval.batch_size`` videos per call, 64 on the tiny preset)."""
+    from harness.runner import base_adapter
     from harness.sampling import sample
 
-    adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
+    adapter = base_adapter(preset)
     adapter.model.eval()
-    batch = split_batch(preset.world, "prompts", range(start, start + clips))
+    batch = clip_batch(preset, split, range(start, start + clips))
     videos = [tensor_to_frames(v) for v in batch.videos]
     labels, owners = [1] * clips, list(range(clips))
-    for lo in tqdm(range(0, clips, 16), desc="base samples", disable=not show_progress):
-        idx = list(range(lo, min(clips, lo + 16)))
+    per_call = max(1, (preset.eval.batch_size or 64) // negatives)  # clips per sampling call
+    for lo in tqdm(range(0, clips, per_call), desc="base samples", disable=not show_progress):
+        idx = list(range(lo, min(clips, lo + per_call)))
         rows = [i for i in idx for _ in range(negatives)]
         cond = adapter.encode_condition(batch.first_frames[rows], [batch.captions[i] for i in rows])
         seeds = [int(np.random.SeedSequence([91, start + i, k]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -237,33 +289,54 @@ def held_out_scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def train_motion_rewards(preset: PresetConfig, out: Path, kinds: list[str], *, clips: int = 192, negatives: int = 4,
                          start: int = 200_000, steps: int = 400, batch_size: int = 64, lr: float = 1e-3,
-                         held_out: float = 0.2, seed: int = 0, show_progress: bool = True) -> dict[str, dict]:
-    """Pre-train the discriminators (Sec. 5 "Reward model pre-training"); whole clips (a real clip
-    with its 4 negatives) are held out to report generalisation."""
+                         held_out: float = 0.2, seed: int = 0, split: str = "prompts",
+                         map_size: Sequence[int] | None = None,
+                         show_progress: bool = True) -> dict[str, dict]:
+    """Pre-train the discriminators (Sec. 5 "Reward model pre-training") for the preset's clip
+    shape; whole clips (a real clip with its 4 negatives) are held out to report generalisation.
+    On real footage (a finite split) the clips are the split's first ``clips`` (each once), and
+    the features work at ``map_size`` (default: ``default_map_size`` of the frames)."""
+    num_frames, (height, width) = clip_length(preset), frame_size(preset)
+    if preset.data is not None:
+        from trainers.rewards import RewardError
+
+        try:
+            size = len(dataset_for(preset).split(split))
+        except KeyError as exc:
+            raise RewardError(f"motion reward pre-training: {exc.args[0]}; choose one with --split") from exc
+        start, clips = 0, min(clips, size)
+        if clips < 5:
+            raise RewardError(f"split {split!r} of {preset.data.root} has {size} clips; the discriminators need at "
+                              "least 5 (one held out); choose a larger split with --split")
+    map_size = map_size if map_size is not None else default_map_size(height, width)
     t0 = time.time()
-    videos, labels_np, owners = pretraining_videos(preset, clips, negatives, start, show_progress)
+    videos, labels_np, owners = pretraining_videos(preset, split, clips, negatives, start, show_progress)
     sampled_s = time.time() - t0
     labels = torch.tensor(labels_np)
     test = torch.tensor(owners >= int(clips * (1 - held_out)))
     train_idx, test_idx = torch.nonzero(~test).squeeze(1), torch.nonzero(test).squeeze(1)
     seeds = [int(np.random.SeedSequence([17, i]).generate_state(1)[0] & 0x7FFFFFFF) for i in range(len(videos))]
-    res, frames = preset.world.resolution, preset.world.num_frames
+    # The tiny world's square clips keep their one-side size in the record (the shipped models' format).
+    size: int | list[int] = height if preset.data is None and height == width else [height, width]
     records: dict[str, dict] = {}
     fields = None
     for kind in kinds:
         torch.manual_seed(seed)
-        model = MotionDiscriminator(kind, frames, res)
+        model = MotionDiscriminator(kind, num_frames, size, map_size=map_size)
         if fields is None:  # both kinds share one flow pass per video
-            fields = [flow_fields(v, model.tracker) for v in tqdm(videos, desc="flow", disable=not show_progress)]
+            fields = model.fields(videos)
         feats = model.features(videos, seeds, fields)
         fit_discriminator(model, feats, labels, train_idx, steps, batch_size, lr, seed, show_progress)
         with torch.no_grad():
             logits = model(feats[test_idx]).numpy()
         record = {
-            "what": f"tiny-world SHIFT {kind.upper()} discriminator: real prompts-split clips vs base-model samples",
-            "reproduce": f"harness train-motion-reward --preset {preset.name} --kinds {kind} --out <dir> --force",
-            "base_model": preset.base_checkpoint, "sampler": preset.sampler.model_dump(),
-            "data": {"split": "prompts", "clips": [start, start + clips], "negatives_per_clip": negatives,
+            "what": f"{'tiny-world' if preset.data is None else preset.name} SHIFT {kind.upper()} discriminator: "
+                    f"real {split}-split clips vs base-model samples",
+            "reproduce": f"harness train-motion-reward --preset {preset.name} --split {split} --kinds {kind} "
+                         "--out <dir> --force",
+            "base_model": preset.adapter.path if preset.adapter is not None else preset.base_checkpoint,
+            "sampler": preset.sampler.model_dump(),
+            "data": {"split": split, "clips": [start, start + clips], "negatives_per_clip": negatives,
                      "videos": len(videos), "held_out_clips": int(clips * held_out)},
             "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "loss": "BCE, balanced",
                       "sampling_seconds": round(sampled_s, 1), "seconds": round(time.time() - t0, 1)},

@@ -42,7 +42,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data.source import clip_batch
+from harness.data.source import clip_batch, clip_length, frame_size
 from harness.data.video_io import tensor_to_frames
 from metrics.backends.tracking import FlowFields
 from trainers.base import Trainer, TrainerConfig
@@ -130,15 +130,15 @@ class ShiftTrainer(Trainer):
         super().__init__(adapter, preset, config, seed, workdir)
         for group in self.optimizer.param_groups:
             group["betas"], group["weight_decay"] = (0.9, 0.95), config.weight_decay
-        world = preset.world
         self.discs: dict[str, MotionDiscriminator] = {}
+        want = (clip_length(preset), *frame_size(preset))
         for kind in config.rewards:
             disc = load_discriminator(kind, config.reward_paths.get(kind))
-            want = (world.num_frames, world.resolution)
-            if (disc.spec["num_frames"], disc.spec["size"]) != want:
-                raise RewardError(f"the {kind} reward model reads {disc.spec['num_frames']} frames at "
-                                  f"{disc.spec['size']} px, the preset's world has {want[0]} at {want[1]} px; "
-                                  f"train one with `harness train-motion-reward --kinds {kind}`")
+            if (disc.num_frames, *disc.frame_size) != want:
+                raise RewardError(f"the {kind} reward model reads {disc.num_frames} frames of "
+                                  f"{disc.frame_size[0]}x{disc.frame_size[1]} px, preset {preset.name!r} generates "
+                                  f"{want[0]} of {want[1]}x{want[2]}; train one with `harness train-motion-reward "
+                                  f"--preset {preset.name} --kinds {kind}` and set methods.<method>.reward_paths")
             self.discs[kind] = disc
         self.scorers = {k: ema_copy(d) for k, d in self.discs.items()} if config.adversarial else self.discs
         self.disc_opts = {k: torch.optim.AdamW(d.net.parameters(), lr=config.disc_lr, betas=(0.9, 0.95))
@@ -156,7 +156,7 @@ class ShiftTrainer(Trainer):
         shared: dict[str, list[FlowFields]] = {}
         out = {}
         for kind, disc in self.discs.items():
-            key = disc.tracker.identity
+            key = disc.shared_key
             if key not in shared:
                 shared[key] = disc.fields(frames)
             out[kind] = disc.features(frames, seeds, shared[key])
@@ -187,7 +187,7 @@ class ShiftTrainer(Trainer):
         """Alg. 1 lines 2-4: on-policy rollouts, their rewards under the (EMA) discriminators,
         fake-centred clipped advantages, and K shuffled passes over them."""
         cfg, buf = self.config, self.config.buffer
-        samples, rows = policy_rollouts(self.adapter, self.preset.world, cfg.split, cfg.condition_pool,
+        samples, rows = policy_rollouts(self.adapter, self.preset, cfg.split, cfg.condition_pool,
                                         buf.prompts, buf.rollouts_per_prompt, self.generator, self.sampler)
         query_seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
         with torch.no_grad():

@@ -58,6 +58,11 @@ def frame_rate(preset) -> float:
     return preset.world.fps if preset.data is None else preset.data.fps
 
 
+def clip_length(preset) -> int:
+    """Frames per clip the preset's model generates."""
+    return preset.adapter.num_frames if preset.adapter is not None else preset.world.num_frames
+
+
 def frame_size(preset) -> tuple[int, int]:
     """(height, width) of the clips the preset's model generates."""
     if preset.adapter is not None:
