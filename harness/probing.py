@@ -27,7 +27,9 @@ class ProbeRunner:
         self.series: dict[str, dict[str, list[float]]] = {}
         if not cfg.names:
             return
-        pairs = load_pairs(trainer.adapter, preset, PairsConfig(split=cfg.split, conditions=cfg.pairs,
+        # The tiny world's oracle judges rollout pairs; real footage has none: a real clip against a sample.
+        source = "rollouts" if preset.data is None else "footage"
+        pairs = load_pairs(trainer.adapter, preset, PairsConfig(source=source, split=cfg.split, conditions=cfg.pairs,
                                                                  per_condition=cfg.per_condition), workdir)
         beta = getattr(trainer.config, "beta", cfg.beta)  # a DPO-family method is compared at its own beta
         self.probes = [PROBES[n](pairs, draws=cfg.draws, seed=cfg.seed, beta=beta) for n in cfg.names]

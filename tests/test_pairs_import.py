@@ -135,6 +135,8 @@ def test_mismatched_image_and_requested_size(tmp_path):
         import_pairs(path, num_frames=8)
     with pytest.raises(PairsError, match="line 2:.*expected 32x32"):
         import_pairs(path, resolution=32)
+    with pytest.raises(PairsError, match="line 2:.*expected 16x24"):  # a real preset's (height, width)
+        import_pairs(path, resolution=(16, 24))
 
 
 def test_only_bad_rows_refuses(tmp_path):

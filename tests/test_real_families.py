@@ -169,11 +169,15 @@ def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_p
                  "splits": {"finetune": 0.5, "eval": 0.5}, "cache_dir": str(tmp_path / "clips")},
         "sampler": {"num_steps": 2}, "eval": {"num_videos": 3, "batch_size": 2, "metrics": ["dynamic_degree"],
                                               "backends": {"dynamic_degree": {"flow": "dis"}}},
-        "probes": {"names": []},
+        "probes": {"pairs": 2, "draws": 1, "split": "finetune"},  # on footage: real clip vs reference sample
     }])
     out = run(preset, tmp_path / "run", RunOptions(["sft"], [0], steps=2, eval_every=2, show_progress=False))
     with ResultStore(out / "results.sqlite") as store:
-        records, ckpts = store.records(), store.checkpoints()
+        records, ckpts, aggs = store.records(), store.checkpoints(), store.aggregates()
+    probed = aggs[aggs["metric"].str.startswith("likelihood_displacement")]
+    assert len(probed) == 1 and np.isfinite(probed["value"]).all()  # the sft checkpoint's displacement
+    (pairs_meta,) = (out / "cache" / "pairs").glob("*.json")
+    assert '"source": "footage"' in pairs_meta.read_text()
     assert sorted(zip(ckpts["method"], ckpts["step"], strict=True)) == [("base", 0), ("sft", 2)]
     assert len(records) == 2 * 3 and records["value"].notna().all()
     # `harness eval --checkpoint` on the run's LoRA checkpoint: the SVD base plus that LoRA, scored again.
@@ -218,6 +222,11 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
         "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv", "num_frames": 4,
                  "fps": 8, "height": 16, "width": 24, "splits": {"finetune": 1.0}, "cache_dir": str(tmp_path / "c")},
         "sampler": {"num_steps": 2}, "eval": {"batch_size": 4}}])
+    from harness.data.preferences import PairsError
+    from trainers.preference import PairsConfig, load_pairs
+
+    with pytest.raises(PairsError, match="oracle, which real footage .* does not have; use source=file"):
+        load_pairs(load_adapter(preset.adapter), preset, PairsConfig(split="finetune", conditions=2), None)
     with pytest.raises(RewardError, match="unknown split 'prompts'"):
         train_motion_rewards(preset, tmp_path / "rm", ["imr"], clips=6, show_progress=False)
     records = train_motion_rewards(preset, tmp_path / "rm", ["imr", "lmr"], clips=6, negatives=1, steps=2,

@@ -19,7 +19,16 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.data.preferences import PairSet, build_rollout_pairs, import_pairs, rollout_key
+from harness.data.preferences import (
+    PairsError,
+    PairSet,
+    build_footage_pairs,
+    build_rollout_pairs,
+    footage_key,
+    import_pairs,
+    rollout_key,
+)
+from harness.data.source import clip_length, data_file, frame_size
 from harness.distributed import current
 from harness.models.base import Conditioning, ModelAdapter
 from trainers.base import Trainer, TrainerConfig
@@ -34,9 +43,11 @@ class PairsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["rollouts", "file"] = "rollouts"
-    path: str | None = Field(None, description="JSONL/CSV pairs file (source=file)")
-    split: str = Field("prompts", description="world split the rollout conditions come from")
+    source: Literal["rollouts", "file", "footage"] = Field(
+        "rollouts", description="rollouts: the reference model's samples judged by the tiny world's oracle; file: "
+                                "a pairs file; footage: a real clip (chosen) against a reference sample (rejected)")
+    path: str | None = Field(None, description="JSONL/CSV pairs file (source=file); relative: under $HARNESS_DATA")
+    split: str = Field("prompts", description="split the conditions come from")
     conditions: int = Field(96, ge=1)
     per_condition: int = Field(4, ge=2, description="videos per condition (PG-DPO: 4)")
     seed: int = 0
@@ -69,10 +80,20 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
     if cfg.source == "file":
         if not cfg.path:
             raise ValueError("pairs.source=file needs pairs.path (a JSONL or CSV pairs file)")
-        return import_pairs(Path(cfg.path), resolution=preset.world.resolution,
-                            num_frames=preset.world.num_frames)
-    key = rollout_key(weights_digest(adapter), preset.world, cfg.split, cfg.conditions, cfg.per_condition,
-                      preset.sampler, cfg.seed, "oracle")
+        return import_pairs(data_file(cfg.path), resolution=frame_size(preset), num_frames=clip_length(preset))
+    if cfg.source == "rollouts" and preset.data is not None:
+        raise PairsError(f"pairs.source=rollouts judges rollouts with the tiny world's oracle, which real footage "
+                         f"(preset {preset.name!r}) does not have; use source=file (a pairs file) or source=footage "
+                         "(real clip chosen over a reference sample)")
+    if cfg.source == "footage":
+        if preset.data is None:
+            raise PairsError("pairs.source=footage pairs real clips with samples; the tiny world's presets use "
+                             "source=rollouts (judged by its oracle)")
+        key = footage_key(weights_digest(adapter), preset.data.model_dump(mode="json"), cfg.split, cfg.conditions,
+                          preset.sampler, cfg.seed)
+    else:
+        key = rollout_key(weights_digest(adapter), preset.world, cfg.split, cfg.conditions, cfg.per_condition,
+                          preset.sampler, cfg.seed, "oracle")
     path = workdir / "pairs" / f"rollouts-{key}.npz" if workdir else None
     d = current()
     # Rank 0's cache decides (building is collective, so every rank must take the same branch), and
@@ -80,9 +101,17 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
     found = d.broadcast(str(path) if path and path.exists() else None)
     if found:
         return PairSet.load(Path(found))
-    log.info("building %d preference pairs from %d rollouts", cfg.conditions, cfg.conditions * cfg.per_condition)
-    pairs = build_rollout_pairs(adapter, preset.world, preset.sampler, split=cfg.split, conditions=cfg.conditions,
-                                per_condition=cfg.per_condition, seed=cfg.seed, show_progress=show_progress)
+    if cfg.source == "footage":
+        log.info("building %d preference pairs: real clips against reference samples", cfg.conditions)
+        pairs = build_footage_pairs(adapter, preset, preset.sampler, split=cfg.split, conditions=cfg.conditions,
+                                    seed=cfg.seed, batch_size=preset.eval.batch_size or 8,
+                                    show_progress=show_progress)
+    else:
+        log.info("building %d preference pairs from %d rollouts", cfg.conditions,
+                 cfg.conditions * cfg.per_condition)
+        pairs = build_rollout_pairs(adapter, preset.world, preset.sampler, split=cfg.split,
+                                    conditions=cfg.conditions, per_condition=cfg.per_condition, seed=cfg.seed,
+                                    show_progress=show_progress)
     pairs.provenance["cache_key"] = key
     if path and d.is_main:  # one writer: the ranks hold the same pairs (sampled in shards, gathered)
         pairs.save(path)

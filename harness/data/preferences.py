@@ -188,6 +188,40 @@ def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: Samp
     )
 
 
+def footage_key(weights_digest: str, data: dict, split: str, conditions: int, sampler: SamplerConfig,
+                seed: int) -> str:
+    blob = json.dumps({"weights": weights_digest, "data": data, "split": split, "conditions": conditions,
+                       "sampler": sampler.model_dump(mode="json"), "seed": seed, "source": "footage",
+                       "format": PAIRS_FORMAT}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_footage_pairs(adapter: ModelAdapter, preset, sampler: SamplerConfig, *, split: str, conditions: int,
+                        seed: int = 0, batch_size: int = 8, show_progress: bool = True) -> PairSet:
+    """Pairs without a judge, for real footage (which has no oracle): the real clip is chosen and
+    one sample of the reference model from its first frame and caption is rejected (real data
+    preferred to the model's own, as in SHIFT's discriminators). Scores are NaN."""
+    batch = clip_batch(preset, split, range(conditions))
+    seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0] & 0x7FFFFFFF) for i in range(conditions)]
+
+    def cond_for(rows: list[int]):
+        return adapter.encode_condition(batch.first_frames[rows], [batch.captions[i] for i in rows])
+
+    with (torch.no_grad(), adapter.reference() if adapter.has_lora else contextlib.nullcontext(),
+          tqdm(total=conditions, desc="footage pairs", disable=not show_progress, leave=False) as bar):
+        videos = sample_sharded(adapter, cond_for, seeds, sampler, decode=True, batch_size=batch_size,
+                                on_batch=bar.update)
+    nan = np.full(conditions, np.nan)
+    return PairSet(
+        first_frames=batch.frames[:, 0], captions=list(batch.captions), chosen=batch.frames,
+        rejected=np.stack([tensor_to_frames(v) for v in videos]), chosen_score=nan, rejected_score=nan.copy(),
+        sources=[f"{split}:{i}" for i in range(conditions)],
+        provenance={"source": "footage", "split": split, "conditions": conditions, "seed": seed,
+                    "sampler": sampler.model_dump(mode="json"), "pairs": conditions,
+                    "chosen": "the real clip", "rejected": "a reference-model sample from its first frame"},
+    )
+
+
 # -- importing pairs from a file ---------------------------------------------------------
 PAIRS_FILE_EXTENSIONS = (".jsonl", ".json-lines", ".csv")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -294,7 +328,8 @@ def _read_pairs_rows(path: Path, text: str) -> list[tuple[int, object]]:
     return rows
 
 
-def import_pairs(path, *, resolution: int | None = None, num_frames: int | None = None) -> PairSet:
+def import_pairs(path, *, resolution: int | tuple[int, int] | None = None,
+                 num_frames: int | None = None) -> PairSet:
     """Load preference pairs from a JSONL or CSV file, skipping (with one warning) the rows that are unusable.
 
     Each row is either a pair row (``caption``, ``chosen``, ``rejected``, optional ``image``,
@@ -412,9 +447,10 @@ def import_pairs(path, *, resolution: int | None = None, num_frames: int | None 
                     raise _BadRow(f"mismatched conditions: the videos have {t} frames, expected {num_frames}")
             else:
                 h, w = image.shape[:2]
-            if resolution is not None and (h, w) != (resolution, resolution):
+            want = (resolution, resolution) if isinstance(resolution, int) else resolution
+            if want is not None and (h, w) != tuple(want):
                 what = "the image" if latents else "the videos"
-                raise _BadRow(f"mismatched conditions: {what} {h}x{w}, expected {resolution}x{resolution}")
+                raise _BadRow(f"mismatched conditions: {what} {h}x{w}, expected {want[0]}x{want[1]}")
             if np.array_equal(chosen, rejected):
                 raise _BadRow(f"identical chosen and rejected ({p['chosen'].name} and {p['rejected'].name} "
                               "have the same content)")

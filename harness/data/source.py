@@ -58,6 +58,16 @@ def frame_rate(preset) -> float:
     return preset.world.fps if preset.data is None else preset.data.fps
 
 
+def data_file(path: str | Path) -> Path:
+    """A data file a preset names: absolute as given; relative, under $HARNESS_DATA when it is there,
+    else from the working directory."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    under = Path(os.environ.get(DATA_ENV, "~/.cache/harness/data")).expanduser() / p
+    return under if under.exists() else p
+
+
 def clip_length(preset) -> int:
     """Frames per clip the preset's model generates."""
     return preset.adapter.num_frames if preset.adapter is not None else preset.world.num_frames
