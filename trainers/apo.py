@@ -219,13 +219,13 @@ class APOTrainer(Trainer):
         anchors = self._pairs(self.stage)
         idx = torch.randint(len(anchors), (b,), generator=self.generator).tolist()
         positive = (torch.rand(b, generator=self.generator) < 0.5).tolist()
-        x_w, x_l, cond = anchors.tensors(self.adapter, idx)
-        videos = self._policy_videos(cond, b)  # sampled in shards, every video back on every rank
+        # Every condition is needed for the (sharded) sampling; only this rank's pairs are encoded.
+        videos = self._policy_videos(anchors.condition(self.adapter, idx), b)
         rows, scale = self.dist.share(b)
+        x_w, x_l, cond = anchors.tensors(self.adapter, idx[rows])
         gen = self._encode(videos[rows])
         pos = torch.tensor(positive[rows])[:, None, None, None, None]
-        return PairBatch(torch.where(pos, x_w[rows], gen), torch.where(pos, gen, x_l[rows]),
-                         cond.index(torch.arange(b)[rows]), n=b, rows=rows, scale=scale)
+        return PairBatch(torch.where(pos, x_w, gen), torch.where(pos, gen, x_l), cond, n=b, rows=rows, scale=scale)
 
     def _encode(self, frames: list[np.ndarray]) -> torch.Tensor:
         return self.adapter.encode_video(torch.stack([frames_to_tensor(f) for f in frames]))

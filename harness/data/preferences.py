@@ -85,9 +85,13 @@ class PairSet:
                 return torch.as_tensor(arr[idx], dtype=torch.float32)
             return adapter.encode_video(torch.stack([frames_to_tensor(v) for v in arr[idx]]))
 
+        return encode(self.chosen), encode(self.rejected), self.condition(adapter, idx)
+
+    def condition(self, adapter: ModelAdapter, indices: Sequence[int]):
+        """The conditioning of pairs ``indices`` alone (no video encoded)."""
+        idx = list(indices)
         first = torch.stack([frames_to_tensor(f[None])[:, 0] for f in self.first_frames[idx]])
-        cond = adapter.encode_condition(first, [self.captions[i] for i in idx])
-        return encode(self.chosen), encode(self.rejected), cond
+        return adapter.encode_condition(first, [self.captions[i] for i in idx])
 
     # -- persistence -----------------------------------------------------------------
     def save(self, path: Path) -> Path:
