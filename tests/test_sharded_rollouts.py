@@ -14,7 +14,6 @@ import torch
 import torch.multiprocessing as mp
 
 from harness.config import load_preset
-from harness.data.source import clip_batch
 from harness.models.tiny_wan import TinyWanAdapter
 
 SETS = {"sampler": {"num_steps": 2}}
@@ -47,13 +46,35 @@ def _pairs(adapter, preset, workdir: Path):
     return load_pairs(adapter, preset, PairsConfig(conditions=3, per_condition=2), workdir)
 
 
-def _apo_videos(adapter, preset):
-    from trainers.apo import APOTrainer
+def _apo_batches(preset, workdir: Path):
+    """One online and one half-online batch of APO (3 pairs each): this rank's pairs, and how many
+    videos this rank sampled and how many pairs it ranked for each."""
+    import trainers.apo as apo_module
 
-    apo = APOTrainer.__new__(APOTrainer)  # only its online-rollout helper, which reads these three
-    apo.adapter, apo.preset, apo.generator = adapter, preset, torch.Generator().manual_seed(5)
-    batch = clip_batch(preset, "prompts", range(3))
-    return np.stack(apo._policy_videos(adapter.encode_condition(batch.first_frames, batch.captions), 3))
+    stages = [{"kind": "online", "steps": 1, "conditions": 4},
+              {"kind": "half_online", "steps": 1, "pairs": {"conditions": 3, "per_condition": 2}}]
+    cfg = apo_module.APOConfig(**{**preset.methods["apo"], "batch_size": 3, "stages": stages})
+    apo = apo_module.APOTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0,
+                                workdir=workdir)
+    ranked, get_ranker = [], apo_module.get_ranker
+
+    def counting(*args):
+        ranker = get_ranker(*args)
+        prefer = ranker.prefer
+        ranker.prefer = lambda a, b, cond: (ranked.append(1), prefer(a, b, cond))[1]
+        return ranker
+
+    apo_module.get_ranker = counting
+    try:
+        online, n_online = _sampled_rows(lambda: apo._batch(0))
+    finally:
+        apo_module.get_ranker = get_ranker
+    apo._pairs(1)  # the anchors' own rollouts are not the step's
+    apo._advance_to(1)
+    half, n_half = _sampled_rows(lambda: apo._batch(1))
+    keep = ("x_w", "x_l", "n", "rows", "scale")
+    return {"online": {k: getattr(online, k) for k in keep}, "half": {k: getattr(half, k) for k in keep},
+            "online_captions": online.cond.captions, "sampled": [n_online, n_half], "ranked": len(ranked)}
 
 
 def _sampled_rows(fn):
@@ -80,12 +101,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         preset = _preset()
         adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
         x0, n = _sampled_rows(lambda: _rollouts(adapter, preset))
-        videos, n_apo = _sampled_rows(lambda: _apo_videos(adapter, preset))
+        apo = _apo_batches(preset, Path(out) / f"apo{rank}")
         # Rank 1 looks in a directory of its own that stays empty: rank 0's cache decides for both.
         cache = Path(out) / ("cache" if rank == 0 else "elsewhere")
         built, n_built = _sampled_rows(lambda: _pairs(adapter, preset, cache))
         read, n_read = _sampled_rows(lambda: _pairs(adapter, preset, cache))  # now in rank 0's cache
-        torch.save({"x0": x0, "n": n, "videos": videos, "n_apo": n_apo, "built": built.chosen, "n_built": n_built,
+        torch.save({"x0": x0, "n": n, "apo": apo, "built": built.chosen, "n_built": n_built,
                     "read": read.chosen, "n_read": n_read}, Path(out) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -102,7 +123,7 @@ def ranks(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: the thread count changes float32 reductions, the batch does not
     try:
-        one = {"x0": _sampled_rows(lambda: _rollouts(adapter, preset)), "videos": _apo_videos(adapter, preset),
+        one = {"x0": _sampled_rows(lambda: _rollouts(adapter, preset)), "apo": _apo_batches(preset, out / "apo"),
                "pairs": _pairs(adapter, preset, None)}
         mp.spawn(_worker, args=(port, str(out)), nprocs=2, join=True)
     finally:
@@ -114,11 +135,28 @@ def test_each_rank_samples_its_share_and_gets_the_one_process_batch(ranks):
     _, one, got = ranks
     x0, n_one = one["x0"]
     assert n_one == ROWS and [g["n"] for g in got] == [3, 2]
-    assert [g["n_apo"] for g in got] == [2, 1]
     for g in got:
         torch.testing.assert_close(g["x0"], x0, atol=ATOL, rtol=0)
-        assert _close_frames(g["videos"], one["videos"])
-    assert torch.equal(got[0]["x0"], got[1]["x0"]) and np.array_equal(got[0]["videos"], got[1]["videos"])
+    assert torch.equal(got[0]["x0"], got[1]["x0"])
+
+
+def test_apo_samples_and_ranks_only_its_share_of_the_online_pairs(ranks):
+    """Online: rank r samples (2 videos each) and ranks pairs r, r + 2 of 3; the kept pairs are
+    re-split in even blocks. Half-online: each rank samples the policy half of its own block."""
+    _, one, got = ranks
+    one = one["apo"]
+    assert one["sampled"] == [6, 3] and one["ranked"] == 3
+    assert [g["apo"]["sampled"] for g in got] == [[4, 2], [2, 1]]
+    assert [g["apo"]["ranked"] for g in got] == [2, 1]
+    for stage in ("online", "half"):
+        n = one[stage]["n"]
+        assert n >= 2 and [g["apo"][stage]["n"] for g in got] == [n, n]  # the seeds keep some untied pairs
+        assert [g["apo"][stage]["rows"] for g in got] == [slice(0, (n + 1) // 2), slice((n + 1) // 2, n)]
+        assert sum(g["apo"][stage]["scale"] for g in got) == pytest.approx(2.0)
+        for x in ("x_w", "x_l"):  # the tiny model's latents are its frames: equal up to one uint8 level
+            joined = torch.cat([g["apo"][stage][x] for g in got])
+            torch.testing.assert_close(joined, one[stage][x], atol=2 / 255 + 1e-6, rtol=0)
+    assert got[0]["apo"]["online_captions"] + got[1]["apo"]["online_captions"] == one["online_captions"]
 
 
 def test_pairs_are_built_in_shards_once_and_read_from_rank_0s_cache(ranks):

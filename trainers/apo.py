@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
-from harness.sampling import guided_velocity, sample_sharded
+from harness.sampling import guided_velocity, sample
 from trainers.base import Trainer
 from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors
 from trainers.preference_losses import dpo_loss
@@ -175,20 +175,23 @@ class APOTrainer(Trainer):
         return self._data[stage]
 
     # -- data of one step --------------------------------------------------------------
-    def _policy_videos(self, cond, n: int) -> list[np.ndarray]:
-        seeds = torch.randint(2**31 - 1, (n,), generator=self.generator).tolist()
+    def _seeds(self, n: int) -> list[int]:
+        return torch.randint(2**31 - 1, (n,), generator=self.generator).tolist()
+
+    def _policy_frames(self, cond: Conditioning, seeds: list[int]) -> list[np.ndarray]:
+        """The policy's videos of ``cond`` from ``seeds``, as uint8 frames (what a ranker sees). Sampled
+        here, on this rank only: the callers hand each rank its own rows."""
         was_training = self.adapter.model.training
         self.adapter.model.eval()
-        try:  # each rank samples its share of the (replicated) batch; all get every video back
-            videos = sample_sharded(self.adapter, lambda rows: cond.index(torch.tensor(rows)), seeds,
-                                    self.preset.sampler, decode=True)
+        try:
+            videos = sample(self.adapter, cond, seeds, self.preset.sampler)
         finally:
             self.adapter.model.train(was_training)
         return [tensor_to_frames(v) for v in videos]
 
     def _batch(self, step: int) -> PairBatch | None:
         """This rank's share of the step's pairs (None: every pair tied). Every rank draws the
-        global batch alike and encodes only its rows of it (``Dist.share``)."""
+        global batch alike (indices, seeds) and samples, ranks and encodes only its rows of it."""
         stage = self.config.stages[self.stage]
         b = self.config.batch_size
         if stage.kind in ("offline", "distill_dpo"):
@@ -197,35 +200,53 @@ class APOTrainer(Trainer):
             rows, scale = self.dist.share(b)
             return PairBatch(*pairs.tensors(self.adapter, idx[rows]), n=b, rows=rows, scale=scale)
         if stage.kind == "online":
-            idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
-            batch = clip_batch(self.preset, stage.split, idx)
-            cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
-            a = self._policy_videos(cond, b)
-            c = self._policy_videos(cond, b)
-            ranker = self._ranker(stage)
-            keep, won, lost = [], [], []
-            for i in range(b):
-                pref = ranker.prefer(a[i], c[i], batch.specs[i])
-                if pref:
-                    keep.append(i)
-                    won.append(a[i] if pref > 0 else c[i])
-                    lost.append(c[i] if pref > 0 else a[i])
-            if not keep:
-                return None
-            rows, scale = self.dist.share(len(keep))  # the untied pairs need not split evenly
-            return PairBatch(self._encode(won[rows]), self._encode(lost[rows]), cond.index(torch.tensor(keep[rows])),
-                             n=len(keep), rows=rows, scale=scale)
+            return self._online_batch(stage, b)
         # half_online: a labelled anchor against an on-policy sample of its condition
         anchors = self._pairs(self.stage)
         idx = torch.randint(len(anchors), (b,), generator=self.generator).tolist()
         positive = (torch.rand(b, generator=self.generator) < 0.5).tolist()
-        # Every condition is needed for the (sharded) sampling; only this rank's pairs are encoded.
-        videos = self._policy_videos(anchors.condition(self.adapter, idx), b)
-        rows, scale = self.dist.share(b)
+        seeds = self._seeds(b)
+        rows, scale = self.dist.share(b)  # each rank samples the on-policy half of its own pairs only
         x_w, x_l, cond = anchors.tensors(self.adapter, idx[rows])
-        gen = self._encode(videos[rows])
+        gen = self._encode(self._policy_frames(cond, seeds[rows]))
         pos = torch.tensor(positive[rows])[:, None, None, None, None]
         return PairBatch(torch.where(pos, x_w, gen), torch.where(pos, gen, x_l), cond, n=b, rows=rows, scale=scale)
+
+    def _online_batch(self, stage: StageConfig, b: int) -> PairBatch | None:
+        """Two policy samples per condition, ranked. Rank r samples and ranks pairs r, r + W, ... and
+        encodes the winners and losers it keeps; the kept pairs' latents are gathered and re-split
+        evenly (``Dist.share``), since how many pairs tie is known only now."""
+        idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
+        seeds_a, seeds_c = self._seeds(b), self._seeds(b)
+        mine = list(self.dist.strided(b))
+        kept, won, lost = [], [], []
+        if mine:  # a rank has no pair when the batch is smaller than the world
+            batch = clip_batch(self.preset, stage.split, [idx[i] for i in mine])
+            cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
+            a = self._policy_frames(cond, [seeds_a[i] for i in mine])
+            c = self._policy_frames(cond, [seeds_c[i] for i in mine])
+            ranker = self._ranker(stage)
+            for j, i in enumerate(mine):
+                pref = ranker.prefer(a[j], c[j], batch.specs[j])
+                if pref:
+                    kept.append(i)
+                    won.append(a[j] if pref > 0 else c[j])
+                    lost.append(c[j] if pref > 0 else a[j])
+        local = (kept, self._encode(won), self._encode(lost)) if kept else (kept, None, None)
+        parts = self.dist.gather(tuple(x.cpu() if torch.is_tensor(x) and self.dist.enabled else x for x in local))
+        latents = {}  # pair row -> (winner, loser) latents, over every rank's kept pairs
+        for rows_r, won_r, lost_r in parts:
+            latents.update({i: (won_r[j], lost_r[j]) for j, i in enumerate(rows_r)})
+        keep = sorted(latents)
+        if not keep:  # every pair tied, on every rank alike
+            return None
+        rows, scale = self.dist.share(len(keep))
+        device = next(self.adapter.model.parameters()).device
+        x_w = torch.stack([latents[i][0] for i in keep[rows]]).to(device)
+        x_l = torch.stack([latents[i][1] for i in keep[rows]]).to(device)
+        batch = clip_batch(self.preset, stage.split, [idx[i] for i in keep[rows]])
+        cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
+        return PairBatch(x_w, x_l, cond, n=len(keep), rows=rows, scale=scale)
 
     def _encode(self, frames: list[np.ndarray]) -> torch.Tensor:
         return self.adapter.encode_video(torch.stack([frames_to_tensor(f) for f in frames]))
