@@ -100,18 +100,34 @@ def train_features_cmd(
 def train_reward_cmd(
     preset: PresetOpt = "tiny",
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/reward"),
-    steps: Annotated[int, typer.Option(help="head training steps")] = 1500,
-    conditions: Annotated[int, typer.Option(help="prompts-split conditions to build the data from")] = 384,
+    pairs: Annotated[str | None, typer.Option(
+        help="fit to preference pairs (Bradley-Terry), as a real family needs: footage[:SPLIT] (a real clip chosen "
+             "over a base sample), rollouts[:SPLIT] (tiny world) or file:PATH (labelled pairs); default: the tiny "
+             "world's oracle scores")] = None,
+    steps: Annotated[int | None, typer.Option(help="head training steps (default: 1500; with --pairs 300)")] = None,
+    conditions: Annotated[int, typer.Option(help="conditions to build the data from (with --pairs: pairs)")] = 384,
     force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Train the latent reward model's head on oracle scores (FCRM's default reward)."""
-    from trainers.reward_model import HEAD_FILE, train_reward_model
+    """Train the latent reward model's head (FCRM's default reward) on the preset's frozen base model."""
+    from harness.data.preferences import PairsError
+    from trainers.reward_model import HEAD_FILE, train_reward_model, train_reward_on_pairs
+    from trainers.rewards import RewardError
 
     if (out / HEAD_FILE).exists() and not force:
         _fail(f"reward model weights already exist in {out}; pass --force to replace them")
-    record = train_reward_model(_preset(preset, None), out, conditions=conditions, steps=steps,
-                                show_progress=progress)
+    cfg = _preset(preset, None)
+    if pairs is None and cfg.adapter is not None:
+        _fail(f"preset {cfg.name!r} has no oracle to score its videos; fit the reward model to preference pairs: "
+              f"--pairs footage (real clips over base samples) or --pairs file:PATH")
+    try:
+        if pairs is None:
+            record = train_reward_model(cfg, out, conditions=conditions, steps=steps or 1500, show_progress=progress)
+        else:
+            record = train_reward_on_pairs(cfg, pairs, out, conditions=conditions, steps=steps or 300,
+                                           show_progress=progress)
+    except (RewardError, PairsError) as e:
+        _fail(str(e))
     typer.echo(json.dumps({"out": str(out), "data": record["data"], "held_out": record["held_out"]}, indent=2))
 
 

@@ -93,3 +93,11 @@ def test_sample_with_missing_checkpoint(tmp_path):
     res = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "adapter.json" in res.output and "harness pretrain" in res.output
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_train_reward_on_a_real_preset_needs_pairs(tmp_path):
+    """A real preset has no oracle: `train-reward` asks for preference pairs, and a bad spec is named."""
+    res = runner.invoke(app, ["train-reward", "--preset", "wan21-1.3b-fewstep", "--out", str(tmp_path / "rm")])
+    assert res.exit_code != 0 and "no oracle" in res.output and "--pairs footage" in res.output
+    res = runner.invoke(app, ["train-reward", "--preset", "tiny", "--pairs", "videos", "--out", str(tmp_path / "rm")])
+    assert res.exit_code != 0 and "--pairs 'videos': give footage[:SPLIT]" in res.output

@@ -247,3 +247,65 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
         logs = trainer.train_step(step)
         assert all(math.isfinite(v) for v in logs.values()), logs
     assert trainer.buffer_feats["imr"].shape[-2:] == (8, 12)  # residual maps at the working size
+
+
+def test_fcrm_latent_reward_model_is_fitted_to_pairs_on_a_real_family(pipelines, tmp_path):
+    """`train-reward --pairs footage` on a random Wan2.1 T2V and a folder of videos: the head learns
+    to rank real clips over base samples on the frozen backbone's block tokens; FCRM then scores its
+    rollouts with it, through the policy's own base (LoRA disabled). Another model's weights, the
+    tiny world's head and a UNet family are refused, each naming the fix."""
+    import numpy as np
+
+    from harness.data.video_io import write_video
+    from trainers.reward_model import block_features, load_reward_model, train_reward_on_pairs
+    from trainers.rewards import RewardError
+
+    rng = np.random.default_rng(0)
+    rows = ["video,caption"]
+    for i in range(12):
+        base = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+        write_video(tmp_path / "videos" / f"v{i}.mp4", np.stack([np.roll(base, i % 4 + 1, axis=1)] * 8), fps=8)
+        rows.append(f"v{i}.mp4,texture {i}")
+    (tmp_path / "videos" / "captions.csv").write_text("\n".join(rows) + "\n")
+    frames, side = GEOMETRY["wan21-t2v"]
+    preset = load_preset("tiny", [{
+        "adapter": {"family": "wan21-t2v", "path": str(pipelines / "wan21-t2v"), "num_frames": frames,
+                    "height": side, "width": side, "dtype": "float32"},
+        "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv",
+                 "num_frames": frames, "fps": 8, "height": side, "width": side, "splits": {"prompts": 1.0},
+                 "cache_dir": str(tmp_path / "c")},
+        "sampler": {"num_steps": 2}, "eval": {"batch_size": 4}}])
+    record = train_reward_on_pairs(preset, "footage", tmp_path / "rm", conditions=12, steps=60, batch_size=4,
+                                   lr=3e-3, show_progress=False)
+    assert record["family"] == "wan21-t2v" and record["data"]["count"] == 12
+    assert record["held_out"]["pairs"] == 2 and record["train"]["accuracy"] >= 0.9, record  # it learned the pairs
+    assert (tmp_path / "rm" / "pairs").is_dir()  # the footage pairs are cached with the head
+
+    section = {**SMALL["fcrm"], "reward": {"name": "latent_rm", "path": str(tmp_path / "rm")}}
+    cls = trainer_for("fcrm", section)
+    torch.manual_seed(0)
+    trainer = cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w")
+    assert trainer.reward.model.shared and trainer.reward.model.backbone is trainer.adapter
+    for step in range(2):
+        logs = trainer.train_step(step)
+        assert all(math.isfinite(v) for v in logs.values()), logs
+    # The score is the base model's: a trained LoRA does not move it, and scoring leaves the policy in
+    # the mode it found it in.
+    assert any(float(v.abs().sum()) > 0 for k, v in trainer.adapter.lora_state_dict().items() if "lora_B" in k)
+    x0 = torch.randn(trainer.adapter.latent_shape(2))
+    cond = trainer.adapter.encode_condition(torch.zeros(2, 3, side, side), ["a", "b"])
+    fresh = load_reward_model(tmp_path / "rm", load_adapter(preset.adapter))
+    trainer.adapter.model.train()
+    torch.testing.assert_close(trainer.reward.model.score(x0, cond), fresh.score(x0, cond), rtol=1e-5, atol=1e-6)
+    assert trainer.adapter.model.training
+
+    with pytest.raises(RewardError, match="fitted on the features of .*not on this model.*train-reward --preset"):
+        load_reward_model(tmp_path / "rm", load_adapter(preset.adapter.model_copy(
+            update={"path": str(pipelines / "wan21-i2v"), "family": "wan21-i2v"})))
+    shipped = {**SMALL["fcrm"], "reward": {"name": "latent_rm"}}
+    with pytest.raises(RewardError, match="reads the tiny world's model, not wan21-t2v.*--pairs footage"):
+        cls(load_adapter(preset.adapter), preset, cls.config_class(**shipped), 0, workdir=tmp_path / "w2")
+    svd = load_adapter(_preset(pipelines, "svd").adapter)
+    with pytest.raises(RewardError, match="no `blocks` \\(a UNet\\); use reward aesthetic"):
+        block_features(svd, torch.randn(svd.latent_shape(1)), svd.encode_condition(torch.zeros(1, 3, 16, 16), ["a"]),
+                       2, 0.0)

@@ -64,9 +64,10 @@ class PreferenceConfig(DPOObjectiveConfig):
 
 
 def weights_digest(adapter: ModelAdapter) -> str:
-    """Hash of the base weights (LoRA tensors excluded): part of the pair cache key."""
+    """Hash of the base weights (LoRA tensors excluded, and peft's ``base_layer`` renaming undone, so
+    that a model gives one digest with or without adapters): part of the pair cache key."""
     h = hashlib.sha256()
-    for name, tensor in sorted(adapter.model.state_dict().items()):
+    for name, tensor in sorted((k.replace(".base_layer.", "."), v) for k, v in adapter.model.state_dict().items()):
         if "lora_" in name:
             continue
         h.update(name.encode())

@@ -13,9 +13,11 @@ correlation with the oracle) live in harness/assets/tiny/rewards/latent_rm.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from harness.config import PresetConfig, package_path
 from harness.data.batches import split_batch
-from harness.data.preferences import oracle_score
+from harness.data.preferences import PairSet, oracle_score
 from harness.data.video_io import tensor_to_frames
 from harness.models.base import Conditioning, ModelAdapter
 from harness.models.tiny_wan import WEIGHTS_NAME, TinyWanAdapter
@@ -62,32 +64,71 @@ class RewardHead(nn.Module):
         return self.out(pooled.flatten(1)).squeeze(-1)
 
 
+def block_features(backbone: ModelAdapter, x0: torch.Tensor, cond: Conditioning, layer: int,
+                   sigma: float) -> torch.Tensor:
+    """(B, tokens, width) output of transformer block ``layer`` of ``backbone`` on x0 at noise level
+    ``sigma``; the blocks after it are not run."""
+    blocks = getattr(backbone.model, "blocks", None)
+    if blocks is None:
+        from trainers.rewards import RewardError
+
+        raise RewardError(f"latent_rm reads the tokens of a transformer block, and {type(backbone).__name__} has "
+                          "no `blocks` (a UNet); use reward aesthetic or luminance for this family")
+    if not 0 <= layer < len(blocks):
+        from trainers.rewards import RewardError
+
+        raise RewardError(f"latent_rm reads block {layer}, but the model has {len(blocks)} blocks "
+                          f"(0..{len(blocks) - 1})")
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = blocks[layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            backbone.predict(x0, torch.full((x0.shape[0],), sigma, device=x0.device), cond)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0].float()
+
+
 class LatentRewardModel:
-    def __init__(self, backbone: ModelAdapter, head: RewardHead, layer: int, sigma: float, digest: str = ""):
+    """A frozen head on a frozen backbone's block features. ``shared``: the backbone is the policy
+    being trained (a real family, whose weights are too large to hold twice), read with its LoRA
+    disabled, i.e. as the base model the head was fitted on, and in eval mode."""
+
+    def __init__(self, backbone: ModelAdapter, head: RewardHead, layer: int, sigma: float, digest: str = "",
+                 shared: bool = False):
         self.backbone, self.head, self.layer, self.sigma, self.digest = backbone, head, layer, sigma, digest
-        backbone.model.requires_grad_(False).eval()
+        self.shared = shared
+        if not shared:
+            backbone.model.requires_grad_(False).eval()
         head.requires_grad_(False).eval()
 
-    @torch.no_grad()
-    def features(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """(B, tokens, width) output of backbone block ``layer`` on x0 at noise level ``sigma``."""
-        captured: list[torch.Tensor] = []
-
-        def hook(module, args, output):
-            captured.append(output[0] if isinstance(output, tuple) else output)
-            raise _Stop
-
-        handle = self.backbone.model.blocks[self.layer].register_forward_hook(hook)
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        if not self.shared:
+            yield
+            return
+        model, was_training = self.backbone.model, self.backbone.model.training
+        model.eval()
         try:
-            self.backbone.predict(x0, torch.full((x0.shape[0],), self.sigma), cond)
-        except _Stop:
-            pass
+            with self.backbone.reference() if self.backbone.has_lora else contextlib.nullcontext():
+                yield
         finally:
-            handle.remove()
-        return captured[0].float()
+            model.train(was_training)
+
+    def features(self, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        with self._frozen():
+            return block_features(self.backbone, x0, cond, self.layer, self.sigma)
 
     @torch.no_grad()
     def score(self, x0: torch.Tensor, cond: Conditioning, batch_size: int = 64) -> torch.Tensor:
+        self.head.to(x0.device)
         out = [self.head(self.features(x0[i:i + batch_size], cond.index(slice(i, i + batch_size))),
                          cond.text[i:i + batch_size].float()) for i in range(0, x0.shape[0], batch_size)]
         return torch.cat(out)
@@ -97,18 +138,23 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def load_reward_model(path: str | Path | None = None) -> LatentRewardModel:
+def load_reward_model(path: str | Path | None = None, adapter: ModelAdapter | None = None) -> LatentRewardModel:
     """The head in ``path`` (default: the shipped one) on the backbone its record names; the
-    backbone's weights must be the ones it was trained on (checked by digest)."""
+    backbone's weights must be the ones it was trained on (checked by digest). A real family's
+    head (``harness train-reward --pairs``) reads ``adapter``, the policy, with its LoRA disabled."""
     from trainers.rewards import RewardError
 
-    directory = package_path(path or DEFAULT_PATH)
+    # A relative path that exists from here is the user's (runs/...); otherwise a shipped asset.
+    directory = Path(path) if path and Path(path).exists() else package_path(path or DEFAULT_PATH)
     head_file, record_file = directory / HEAD_FILE, directory / RECORD_FILE
     for needed in (head_file, record_file):
         if not needed.is_file():
             raise RewardError(f"latent reward model file missing: {needed}; build it with "
-                              f"`harness train-reward --preset tiny --out {directory}`")
+                              f"`harness train-reward --preset tiny --out {directory}` (a real family: "
+                              "`harness train-reward --preset <name> --pairs footage --out DIR`)")
     record = json.loads(record_file.read_text())
+    if "family" in record:
+        return _load_shared(directory, record, adapter)
     base_dir = package_path(record["backbone"])
     if not (base_dir / WEIGHTS_NAME).is_file():
         raise RewardError(f"the latent reward model's backbone is missing: {base_dir / WEIGHTS_NAME}")
@@ -121,6 +167,24 @@ def load_reward_model(path: str | Path | None = None) -> LatentRewardModel:
     head = RewardHead(**record["head"])
     head.load_state_dict(load_file(head_file))
     return LatentRewardModel(backbone, head, record["layer"], record["sigma"], digest=file_digest(head_file))
+
+
+def _load_shared(directory: Path, record: dict, adapter: ModelAdapter | None) -> LatentRewardModel:
+    from trainers.preference import weights_digest
+    from trainers.rewards import RewardError
+
+    if adapter is None:
+        raise RewardError(f"the latent reward model in {directory} reads the policy's own frozen base model "
+                          f"({record['family']}); it needs the trainer's adapter")
+    digest = weights_digest(adapter)
+    if digest != record["backbone_digest"]:
+        raise RewardError(f"the latent reward model in {directory} was fitted on the features of "
+                          f"{record['backbone']} ({record['family']}, weights {record['backbone_digest']}), not on "
+                          f"this model (weights {digest}); rebuild it with `{record['reproduce']}`")
+    head = RewardHead(**record["head"])
+    head.load_state_dict(load_file(directory / HEAD_FILE))
+    return LatentRewardModel(adapter, head, record["layer"], record["sigma"],
+                             digest=file_digest(directory / HEAD_FILE), shared=True)
 
 
 # -- training -----------------------------------------------------------------------------
@@ -209,3 +273,101 @@ def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384
     }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
     return record
+
+
+def train_pairwise_reward_model(preset: PresetConfig, adapter: ModelAdapter, pairs: PairSet, out: Path, *,
+                                pairs_spec: str, steps: int = 300, batch_size: int = 8, lr: float = 1e-3,
+                                layer: int | None = None, sigma: float = 0.0, held_out: float = 0.15, seed: int = 0,
+                                show_progress: bool = True) -> dict:
+    """Fit the head to preference pairs with the Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)),
+    on the features of ``adapter`` (the preset's base model, frozen): a real family's latent reward
+    model, where no oracle scores exist. Features are read per batch (a real model's tokens are too many
+    to cache); the last ``held_out`` of the pairs are held out and report pairwise accuracy. ``layer``
+    defaults to the middle block (an intermediate feature, as the paper's head reads)."""
+    from trainers.preference import weights_digest
+    from trainers.rewards import RewardError
+
+    if layer is None:
+        layer = len(getattr(adapter.model, "blocks", [])) // 2
+    n_test = max(1, round(len(pairs) * held_out))
+    if len(pairs) - n_test < 1:
+        raise RewardError(f"{len(pairs)} preference pairs: too few to train on and hold some out; give more "
+                          "(--conditions, or a larger pairs file)")
+    t0 = time.time()
+    torch.manual_seed(seed)
+    adapter.model.requires_grad_(False).eval()
+    device = next(adapter.model.parameters()).device
+
+    def margins_of(idx: list[int], head: RewardHead) -> torch.Tensor:
+        x_w, x_l, cond = pairs.tensors(adapter, idx)
+        both = Conditioning.cat([cond, cond])
+        r = head(block_features(adapter, torch.cat([x_w, x_l]), both, layer, sigma), both.text.float())
+        return r[:len(idx)] - r[len(idx):]
+
+    x_w, _, cond = pairs.tensors(adapter, [0])
+    head = RewardHead(block_features(adapter, x_w, cond, layer, sigma).shape[-1], cond.text.shape[-1]).to(device)
+    train_n = len(pairs) - n_test
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for step in tqdm(range(steps), desc="train reward head (pairs)", disable=not show_progress):
+        idx = torch.randint(train_n, (min(batch_size, train_n),), generator=g).tolist()
+        loss = -torch.nn.functional.logsigmoid(margins_of(idx, head)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        opt.step()
+    head.requires_grad_(False).eval()
+    with torch.no_grad():
+        def accuracy(rows: range) -> tuple[float, float]:
+            m = torch.cat([margins_of(list(rows[i:i + batch_size]), head) for i in range(0, len(rows), batch_size)])
+            return float((m > 0).float().mean()), float(m.mean())
+
+        train_acc, _ = accuracy(range(train_n))
+        test_acc, test_margin = accuracy(range(train_n, len(pairs)))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, out / HEAD_FILE)
+    record = {
+        "what": "latent reward model of a real family: frozen base-transformer block features + query-attention "
+                "head, fitted to preference pairs (Bradley-Terry)",
+        "reproduce": f"harness train-reward --preset {preset.name} --pairs {pairs_spec} --out {out} --force",
+        "family": preset.adapter.family, "backbone": preset.adapter.path, "backbone_digest": weights_digest(adapter),
+        "layer": layer, "sigma": sigma,
+        "head": {"feature_dim": head.visual[1].in_features, "text_dim": head.text.in_features},
+        "target": "Bradley-Terry: P(chosen > rejected) = sigmoid(r(chosen) - r(rejected))",
+        "data": {"pairs": pairs_spec, "count": len(pairs), "held_out_pairs": n_test,
+                 "source": pairs.provenance.get("source", "file")},
+        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "seconds": round(time.time() - t0, 1), "accuracy": train_acc},
+        "held_out": {"pairs": n_test, "accuracy": test_acc, "mean_margin": test_margin},
+    }
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def parse_pairs_spec(spec: str, conditions: int):
+    """``footage[:SPLIT]``, ``rollouts[:SPLIT]`` or ``file:PATH`` as a PairsConfig (``conditions`` pairs)."""
+    from trainers.preference import PairsConfig
+    from trainers.rewards import RewardError
+
+    kind, _, arg = spec.partition(":")
+    if kind == "file" and arg:
+        return PairsConfig(source="file", path=arg)
+    if kind in ("footage", "rollouts"):
+        return PairsConfig(source=kind, split=arg or "prompts", conditions=conditions, per_condition=2)
+    raise RewardError(f"--pairs {spec!r}: give footage[:SPLIT] (a real clip chosen over a base sample), "
+                      "rollouts[:SPLIT] (tiny world, judged by its oracle) or file:PATH (a labelled pairs file)")
+
+
+def train_reward_on_pairs(preset: PresetConfig, spec: str, out: Path, *, conditions: int = 256, steps: int = 300,
+                          show_progress: bool = True, **kw) -> dict:
+    """`harness train-reward --pairs SPEC`: the preset's base model, its pair set (cached under ``out``)
+    and the head fitted to it."""
+    from harness.runner import base_adapter
+    from trainers.preference import load_pairs
+
+    cfg = parse_pairs_spec(spec, conditions)
+    adapter = base_adapter(preset)
+    pairs = load_pairs(adapter, preset, cfg, out, show_progress=show_progress)
+    return train_pairwise_reward_model(preset, adapter, pairs, out, pairs_spec=spec, steps=steps,
+                                       show_progress=show_progress, **kw)

@@ -9,8 +9,10 @@ Trainers treat a non-finite reward as "drop this sample" and count it.
 * ``latent_rm`` (space: latent): FCRM's default. A learned reward model that reads the
   frozen base transformer's intermediate features of x0 (a noise-aware feature
   extractor, as the paper's Wan-backbone reward model) with the caption tokens, through a
-  small query-attention head trained on oracle scores (trainers/reward_model.py). No
-  decoding: for real models the same head runs on the frozen DiT's latent-stream features.
+  small query-attention head (trainers/reward_model.py). No decoding. The tiny world's
+  head is fitted to oracle scores; a real family's (Wan) to preference pairs with the
+  Bradley-Terry loss (`harness train-reward --pairs`), on the policy's own frozen base,
+  read with its LoRA disabled.
 * ``oracle`` (space: pixel): decode, then the tiny world's oracle judge (mean of sprite
   integrity and motion adherence). The pixel-space reward of the ablation. It is the same
   judge as the ``distortion_rate``/``motion_adherence`` metrics, so training on it is not
@@ -132,7 +134,12 @@ class LatentRewardModelReward(Reward):
         super().__init__(adapter, preset)
         from trainers.reward_model import load_reward_model
 
-        self.model = load_reward_model(path)
+        self.model = load_reward_model(path, adapter)
+        if preset.adapter is not None and not self.model.shared:
+            raise RewardError(f"reward latent_rm {path or '(the shipped one)'} reads the tiny world's model, not "
+                              f"{preset.adapter.family}; fit one on this preset's base model with `harness "
+                              f"train-reward --preset {preset.name} --pairs footage --out DIR` and set "
+                              "methods.fcrm.reward.path=DIR")
 
     @property
     def identity(self) -> str:
