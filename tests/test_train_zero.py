@@ -55,9 +55,16 @@ def _instrument(run, rank: int, out: Path) -> None:
             return _fn(adapter, batch, *args, **kwargs)
 
         setattr(mod, name, counted)
+    from trainers.rewards import LatentRewardModelReward
+
+    scored, score = [], LatentRewardModelReward.__call__  # FCRM's reward: offline set, then each round
+    LatentRewardModelReward.__call__ = lambda self, x0, inputs: (scored.append(int(x0.shape[0])),
+                                                                  score(self, x0, inputs))[1]
+    rows["fcrm_reward"] = scored
     try:
         run()
     finally:
+        LatentRewardModelReward.__call__ = score
         ZeroStep._build = build
         for method, (module, name) in TRAINING_FORWARDS.items():
             setattr(importlib.import_module(module), name, originals[method])
@@ -75,7 +82,9 @@ def test_zero2_trains_what_one_process_trains(runs):
     # One engine per method (the tiny apo has one stage; tests/test_optimiser.py restarts an engine).
     assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [len(METHODS)] * 2
     for r in (0, 1):  # each rank ran the model on its half of every batch of 4 (sft's rows: test_train_distributed)
-        assert json.loads((zero / f"rows_rank{r}.json").read_text()) == {m: [2] for m in TRAINING_FORWARDS}
+        # FCRM scores half of its 8 offline samples and of each round's 4 rollouts (one process: 8 and 4).
+        assert json.loads((zero / f"rows_rank{r}.json").read_text()) == {**{m: [2] for m in TRAINING_FORWARDS},
+                                                                          "fcrm_reward": [2, 4]}
     assert_same_training(one, zero, METHODS, (2, 4), RTOL)
     from harness.store import ResultStore
 

@@ -196,11 +196,17 @@ class FCRMTrainer(Trainer):
         return samples
 
     def _score(self, samples: Samples, batch: int = 64) -> torch.Tensor:
-        out = []
-        for lo in range(0, len(samples), batch):
-            part = samples.take(list(range(lo, min(len(samples), lo + batch))))
-            out.append(self.reward(part.x0, RewardInputs(part.condition(self.adapter), part.specs)))
-        return torch.cat(out).double()
+        """(N,) float64 rewards on the CPU. Rank r scores samples r, r + W, ... (decoding and reward
+        models are what costs at real size) and the scalars are gathered, so every rank holds all."""
+        mine = list(self.dist.strided(len(samples)))
+        out = [torch.empty(0, dtype=torch.float64)]
+        for lo in range(0, len(mine), batch):
+            part = samples.take(mine[lo:lo + batch])
+            out.append(self.reward(part.x0, RewardInputs(part.condition(self.adapter), part.specs)).double().cpu())
+        rewards = torch.empty(len(samples), dtype=torch.float64)
+        for rows, scored in self.dist.gather((mine, torch.cat(out))):
+            rewards[rows] = scored
+        return rewards
 
     @contextlib.contextmanager
     def _behaviour_weights(self) -> Iterator[None]:
@@ -263,7 +269,7 @@ class FCRMTrainer(Trainer):
         draws = [tuple(t[rows] for t in mc_draws(n, cfg.n_mc, shape, self.generator, cfg.timesteps))
                  for _ in range(2 if cfg.estimator == "double" else 1)]
         mcs = [mc_losses(self.adapter, samples.x0, cond, s, e, cfg.reduction) for s, e in draws]
-        target = target.to(torch.float32)
+        target = target.to(b.device, torch.float32)  # rewards live on the CPU, b on the model's device
         gs = [residual(b, target, m.reference, m.policy, cfg.beta, cfg.gamma) for m in mcs]
         per_sample = double_sampling_surrogate(gs[0], gs[1]) if len(gs) == 2 else gs[0] ** 2
         kl = torch.stack([m.kl for m in mcs]).mean(0)
