@@ -103,7 +103,8 @@ def test_shapes_and_conditions(dirs, variant):
         assert v.shape == x.shape == adapter.latent_shape(b) and torch.isfinite(v).all()
         assert torch.equal(adapter.predict(x, 0.3, cond)[0], adapter.predict(x, torch.tensor([0.3, 0.3]), cond)[0])
         null = cond.null_text()
-        assert torch.equal(null.text, torch.zeros_like(cond.text)) and torch.equal(null.first_frame, cond.first_frame)
+        empty = adapter.encode_text([""])  # the pipelines' default negative prompt, for every row
+        assert torch.equal(null.text, empty.expand_as(cond.text)) and torch.equal(null.first_frame, cond.first_frame)
         assert not torch.allclose(adapter.predict(x, sigma, null), v)
 
 
@@ -277,6 +278,52 @@ def test_euler_steps_match_the_diffusers_pipeline(dirs, variant):
         ours = integrate(lambda x, s: adapter.predict(x, s, cond), noise.clone(), sigmas,
                          SamplerConfig(kind="ode", num_steps=2))
     assert torch.allclose(ours, out, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cfg_matches_the_diffusers_pipeline(dirs, variant, monkeypatch):
+    """CFG 3 with the pipeline's default negative prompt (""): the transformer's unconditional call in
+    the pipeline is our prediction on ``cond.null_text()`` (UMT5 of "", image conditions kept), and
+    the guided 2-step trajectories agree."""
+    import importlib
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from harness.sampling import guided_velocity
+
+    # The pipelines clean prompts with ftfy, which is not a dependency; it leaves "" unchanged.
+    for module in ("pipeline_wan", "pipeline_wan_i2v"):
+        monkeypatch.setattr(importlib.import_module(f"diffusers.pipelines.wan.{module}"), "ftfy",
+                            SimpleNamespace(fix_text=lambda text: text), raising=False)
+
+    adapter = _load(dirs, variant)
+    size, image = SIZES[variant], variant != "wan21-t2v"
+    frames = _frames_uint8(variant, b=1, seed=5)
+    cond = adapter.encode_condition(_to_pixels(frames), CAPTIONS[:1])
+    assert not torch.equal(cond.null_text().text, torch.zeros_like(cond.text))  # not a zero caption
+    noise = torch.randn(adapter.latent_shape(1), generator=torch.Generator().manual_seed(7))
+    pipe = _pipeline(dirs, variant, image=image)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    kwargs = {"image": PIL.Image.fromarray(frames[0])} if image else {}
+    calls = []
+    hook = pipe.transformer.register_forward_hook(
+        lambda m, args, kw, out: calls.append((kw["encoder_hidden_states"].clone(), out[0].clone())),
+        with_kwargs=True)
+    out = pipe(prompt_embeds=cond.text, height=size, width=size, num_frames=NUM_FRAMES, num_inference_steps=2,
+               guidance_scale=3.0, latents=noise.clone(), output_type="latent", return_dict=False,
+               max_sequence_length=MAX_LEN, **kwargs)[0]
+    hook.remove()
+    assert len(calls) == 4  # conditional, then unconditional, per step
+    torch.testing.assert_close(calls[1][0], cond.null_text().text, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        v_null = adapter.predict(noise, 1.0, cond.null_text())
+        first = slice(1, None) if variant == "wan22-ti2v" else slice(None)  # see the Euler-step test
+        torch.testing.assert_close(v_null[:, :, first], calls[1][1][:, :, first], atol=1e-5, rtol=0)
+        sigmas = pipe.scheduler.sigmas.to(torch.float64)
+        ours = integrate(guided_velocity(adapter, cond, 3.0, 0.0, []), noise.clone(), sigmas,
+                         SamplerConfig(kind="ode", num_steps=2, guidance_scale=3.0))
+    torch.testing.assert_close(ours, out, atol=1e-5, rtol=0)
 
 
 # -- directory validation and geometry ----------------------------------------------------------

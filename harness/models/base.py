@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,8 +27,10 @@ class Conditioning:
     ``first_frame`` is the image condition in the model's space: pixels for the tiny model,
     VAE latents for real families (any trailing shape; Wan I2V keeps its masked latent video
     here). ``image`` holds an image encoder's embedding where the family has one (CLIP for
-    Wan2.1 I2V and SVD). ``null_zeroes`` names the fields the unconditional branch zeroes:
-    the caption for Wan, the image embedding and image latents for SVD (as upstream).
+    Wan2.1 I2V and SVD). ``null_zeroes`` names the fields the unconditional branch replaces:
+    the caption for Wan, the image embedding and image latents for SVD (as upstream), by zeros
+    unless ``null_values`` holds that field's (1, ...) unconditional value (Wan: the UMT5
+    embedding of the empty negative prompt, as the pipelines encode it).
     """
 
     first_frame: torch.Tensor  # (B, ...) in the model's space
@@ -36,13 +38,19 @@ class Conditioning:
     captions: tuple[str, ...]
     image: torch.Tensor | None = None  # (B, L, D) image-encoder embedding, or None
     null_zeroes: tuple[str, ...] = ("text",)
+    null_values: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.first_frame.shape[0]
 
     def null_text(self) -> Conditioning:
-        zeroed = {f: torch.zeros_like(getattr(self, f)) for f in self.null_zeroes if getattr(self, f) is not None}
-        return replace(self, **zeroed, captions=("",) * len(self))
+        def null(name: str, value: torch.Tensor) -> torch.Tensor:
+            if name in self.null_values:
+                return self.null_values[name].to(value.device, value.dtype).expand_as(value)
+            return torch.zeros_like(value)
+
+        nulls = {f: null(f, getattr(self, f)) for f in self.null_zeroes if getattr(self, f) is not None}
+        return replace(self, **nulls, captions=("",) * len(self))
 
     def index(self, idx: slice | torch.Tensor) -> Conditioning:
         rows = range(len(self))[idx] if isinstance(idx, slice) else idx.tolist()

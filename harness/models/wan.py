@@ -23,9 +23,9 @@ architecture configs (GPU machines only; the tokenizer is an offline stand-in, s
 
 Where this differs from running the diffusers pipelines, and why:
 
-* CFG's unconditional branch is an all-zero caption embedding (the harness' ``Conditioning.null_text``);
-  the pipelines encode the negative prompt (default ``""``) with UMT5 instead. The image conditions
-  are kept in both branches, as upstream.
+* CFG's unconditional branch is the UMT5 embedding of the pipelines' default negative prompt ``""``
+  (``Conditioning.null_values``); a custom negative prompt is not offered. The image conditions are
+  kept in both branches, as upstream.
 * TI2V: ``predict`` replaces the (unused) first-frame velocity by the one consistent with the clean
   frame, so samplers land on it and the training loss ignores it (see ``predict``).
 * The first frame must already have the video resolution (the pipelines resize PIL inputs); the
@@ -404,7 +404,8 @@ class WanAdapter(ModelAdapter):
           ``WanImageToVideoPipeline.prepare_latents``; ``image`` = CLIP penultimate hidden states.
         * TI2V: ``first_frame`` = normalised VAE latent of the first frame alone, (B, z, 1, h, w).
 
-        The unconditional CFG branch zeroes only the caption (``null_zeroes=("text",)``)."""
+        The unconditional CFG branch replaces only the caption (``null_zeroes=("text",)``), by the
+        embedding of the empty negative prompt, as the pipelines' default."""
         captions = list(captions)
         n = len(captions)
         if first_frame.shape[0] != n:
@@ -425,7 +426,8 @@ class WanAdapter(ModelAdapter):
                 mask[:, :, 0] = 1.0  # the pipeline's first-frame mask, folded to (B, 4, F, h, w)
                 cond_latent = torch.cat([mask, latent], dim=1)
                 image = self.encode_image(first_frame)
-        return Conditioning(cond_latent, text, tuple(captions), image=image, null_zeroes=("text",))
+        return Conditioning(cond_latent, text, tuple(captions), image=image, null_zeroes=("text",),
+                            null_values={"text": self.encode_text([""])})
 
     # -- forward -------------------------------------------------------------------------------------
     def _sigma_batch(self, sigma, b: int) -> torch.Tensor:
