@@ -227,6 +227,10 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
 
     with pytest.raises(PairsError, match="oracle, which real footage .* does not have; use source=file"):
         load_pairs(load_adapter(preset.adapter), preset, PairsConfig(split="finetune", conditions=2), None)
+    online = {"batch_size": 2, "stages": [{"kind": "online", "steps": 1, "split": "finetune"}]}
+    apo = trainer_for("apo", online)
+    with pytest.raises(PairsError, match="stage 0 \\(online\\) is ranked by the tiny world's oracle.*ranker: vlm"):
+        apo(load_adapter(preset.adapter), preset, apo.config_class(**online), 0)
     with pytest.raises(RewardError, match="unknown split 'prompts'"):
         train_motion_rewards(preset, tmp_path / "rm", ["imr"], clips=6, show_progress=False)
     records = train_motion_rewards(preset, tmp_path / "rm", ["imr", "lmr"], clips=6, negatives=1, steps=2,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.data.preferences import PairsError
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
@@ -130,6 +131,11 @@ class APOTrainer(Trainer):
     config: APOConfig
 
     def __init__(self, adapter, preset, config, seed, workdir=None):
+        oracle = [i for i, st in enumerate(config.stages) if st.kind == "online" and st.ranker == "oracle"]
+        if oracle and preset.data is not None:
+            raise PairsError(f"apo stage {oracle[0]} (online) is ranked by the tiny world's oracle, which real "
+                             f"footage (preset {preset.name!r}) does not have; rank with a vision-language model: "
+                             "ranker: vlm, ranker_model: DIR")
         super().__init__(adapter, preset, config, seed, workdir)
         self.timesteps = TrajectoryTimesteps(config.timesteps, preset.sampler, adapter.num_train_timesteps)
         self.ends = list(np.cumsum([s.steps for s in config.stages]))
