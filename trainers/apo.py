@@ -215,7 +215,7 @@ class APOTrainer(Trainer):
         rows, scale = self.dist.share(b)  # each rank samples the on-policy half of its own pairs only
         x_w, x_l, cond = anchors.tensors(self.adapter, idx[rows])
         gen = self._encode(self._policy_frames(cond, seeds[rows]))
-        pos = torch.tensor(positive[rows])[:, None, None, None, None]
+        pos = torch.tensor(positive[rows], device=x_w.device)[:, None, None, None, None]
         return PairBatch(torch.where(pos, x_w, gen), torch.where(pos, gen, x_l), cond, n=b, rows=rows, scale=scale)
 
     def _online_batch(self, stage: StageConfig, b: int) -> PairBatch | None:

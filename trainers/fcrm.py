@@ -157,8 +157,11 @@ class FCRMTrainer(Trainer):
             group["weight_decay"] = config.weight_decay
         torch.manual_seed(seed)  # b_phi's hidden layers
         probe = adapter.encode_condition(torch.zeros(1, 3, *frame_size(preset)), [""])
-        self.log_z = LogNormalizer(probe.text.shape[-1], image_plane(probe.first_frame).shape[1], config.phi_hidden)
-        self.b_offline = torch.nn.Parameter(torch.zeros(1))  # (1,), not 0-dim: ZeRO cannot flatten a 0-dim parameter
+        device = next(adapter.model.parameters()).device  # log Z reads the conditions where the model has them
+        self.log_z = LogNormalizer(probe.text.shape[-1], image_plane(probe.first_frame).shape[1],
+                                   config.phi_hidden).to(device)
+        # (1,), not 0-dim: ZeRO cannot flatten a 0-dim parameter
+        self.b_offline = torch.nn.Parameter(torch.zeros(1, device=device))
         self.optimizer.add_param_group({"params": [*self.log_z.parameters(), self.b_offline], "lr": config.phi_lr,
                                         "weight_decay": config.weight_decay})
         self.reward = build_reward(config.reward.name, adapter, preset, **config.reward.options())
@@ -336,8 +339,9 @@ class FCRMTrainer(Trainer):
         s = torch.cat([sigma, sigma]).reshape(-1, 1)
         e = torch.cat([noise, noise]).unsqueeze(1)
         m = mc_losses(self.adapter, x0, both, s, e, self.config.reduction)
-        target = torch.cat([torch.ones(len(x_w)), -torch.ones(len(x_l))])
-        g = residual(self.log_z(both), target, m.reference, m.policy, self.config.beta, self.config.gamma)
+        b = self.log_z(both)
+        target = torch.cat([torch.ones(len(x_w)), -torch.ones(len(x_l))]).to(b.device)
+        g = residual(b, target, m.reference, m.policy, self.config.beta, self.config.gamma)
         return (g**2).mean(), {}
 
     # -- resumable state -------------------------------------------------------------------------

@@ -58,7 +58,8 @@ class RewardHead(nn.Module):
     def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         pad = text.abs().sum(-1) == 0  # the caption encoder pads with zeros
         tokens = torch.cat([self.visual(features) + self.kind[0], self.text(text) + self.kind[1]], dim=1)
-        mask = torch.cat([torch.zeros(pad.shape[0], features.shape[1], dtype=torch.bool), pad], dim=1)
+        visible = torch.zeros(pad.shape[0], features.shape[1], dtype=torch.bool, device=pad.device)
+        mask = torch.cat([visible, pad], dim=1)
         q = self.queries.expand(features.shape[0], -1, -1)
         pooled, _ = self.attend(q, tokens, tokens, key_padding_mask=mask, need_weights=False)
         return self.out(pooled.flatten(1)).squeeze(-1)

@@ -66,7 +66,8 @@ def shift_loss(l_real: torch.Tensor, l_fake: torch.Tensor, advantages: torch.Ten
                lambda_awr: float) -> dict[str, torch.Tensor]:
     """Eq. 12 from per-sample denoising losses: {"sft": lambda_sft mean_b ||.||^2 of real clips,
     "awr": lambda_awr mean_b A~_b ||.||^2 of rollouts}; the objective is their sum."""
-    return {"sft": lambda_sft * l_real.mean(), "awr": lambda_awr * (advantages.to(l_fake.dtype) * l_fake).mean()}
+    weights = advantages.to(l_fake.device, l_fake.dtype)
+    return {"sft": lambda_sft * l_real.mean(), "awr": lambda_awr * (weights * l_fake).mean()}
 
 
 class ShiftError(ValueError):

@@ -93,14 +93,16 @@ class ModelAdapter(ABC):
         """Shape of a batch of latents the sampler starts from."""
 
     # -- the diffusion convention ---------------------------------------------
+    # The trainers draw noise and sigmas from CPU generators (reproducible on any device); they meet
+    # the model's latents, on its device, here.
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Rectified-flow interpolation x_sigma = (1 - sigma) x0 + sigma noise."""
+        """Rectified-flow interpolation x_sigma = (1 - sigma) x0 + sigma noise, on x0's device."""
         s = _expand(sigma, x0)
-        return (1 - s) * x0 + s * noise
+        return (1 - s) * x0 + s * noise.to(x0.device)
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity d x_sigma / d sigma = noise - x0."""
-        return noise - x0
+        return noise.to(x0.device) - x0
 
     @abstractmethod
     def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
