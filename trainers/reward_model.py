@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +215,23 @@ def _oracle_dataset(preset: PresetConfig, adapter: TinyWanAdapter, conditions: i
     return x[keep], [o for o, k in zip(owners, keep, strict=True) if k], scores[keep], kinds
 
 
+def _fit_head(head: RewardHead, batch_loss: Callable[[torch.Generator], torch.Tensor], *, steps: int, lr: float,
+              seed: int, desc: str, show_progress: bool) -> None:
+    """AdamW (weight decay 1e-4) on the head alone with a cosine learning rate; ``batch_loss(g)``
+    draws a training batch from ``g`` and returns its loss. The head ends frozen, in eval mode."""
+    head.requires_grad_(True).train()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for step in tqdm(range(steps), desc=desc, disable=not show_progress):
+        loss = batch_loss(g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        opt.step()
+    head.requires_grad_(False).eval()
+
+
 def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384, start: int = 20_000,
                        steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, layer: int = 2,
                        sigma: float = 0.0, held_out: float = 0.15, seed: int = 0,
@@ -239,18 +256,12 @@ def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384
     test_conditions = set(range(int(conditions * (1 - held_out)), conditions))
     test = torch.tensor([o in test_conditions for o in owners])
     train_idx, test_idx = torch.nonzero(~test).squeeze(1), torch.nonzero(test).squeeze(1)
-    head.requires_grad_(True).train()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    for step in tqdm(range(steps), desc="train reward head", disable=not show_progress):
+
+    def batch_loss(g: torch.Generator) -> torch.Tensor:
         b = train_idx[torch.randint(len(train_idx), (batch_size,), generator=g)]
-        loss = torch.nn.functional.mse_loss(head(feats[b], text[b]), y[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        opt.step()
-    head.requires_grad_(False).eval()
+        return torch.nn.functional.mse_loss(head(feats[b], text[b]), y[b])
+
+    _fit_head(head, batch_loss, steps=steps, lr=lr, seed=seed, desc="train reward head", show_progress=show_progress)
     with torch.no_grad():
         pred = head(feats[test_idx], text[test_idx]).numpy()
     truth = scores[test_idx.numpy()]
@@ -308,17 +319,13 @@ def train_pairwise_reward_model(preset: PresetConfig, adapter: ModelAdapter, pai
     x_w, _, cond = pairs.tensors(adapter, [0])
     head = RewardHead(block_features(adapter, x_w, cond, layer, sigma).shape[-1], cond.text.shape[-1]).to(device)
     train_n = len(pairs) - n_test
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    for step in tqdm(range(steps), desc="train reward head (pairs)", disable=not show_progress):
+
+    def batch_loss(g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(train_n, (min(batch_size, train_n),), generator=g).tolist()
-        loss = -torch.nn.functional.logsigmoid(margins_of(idx, head)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        opt.step()
-    head.requires_grad_(False).eval()
+        return -torch.nn.functional.logsigmoid(margins_of(idx, head)).mean()
+
+    _fit_head(head, batch_loss, steps=steps, lr=lr, seed=seed, desc="train reward head (pairs)",
+              show_progress=show_progress)
     with torch.no_grad():
         def accuracy(rows: range) -> tuple[float, float]:
             m = torch.cat([margins_of(list(rows[i:i + batch_size]), head) for i in range(0, len(rows), batch_size)])
