@@ -106,6 +106,14 @@ def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
         raise RunError("the batch layout does not fit the world size:\n  " + "\n  ".join(problems))
 
 
+def check_methods(configs: dict[str, TrainerConfig], preset: PresetConfig) -> None:
+    """Refuse, before any work, a method whose settings cannot work on this preset (each trainer's
+    ``preset_problems``), so that a late method does not fail after the earlier ones trained."""
+    problems = [p for method, cfg in configs.items() for p in cfg.preset_problems(preset, f"methods.{method}")]
+    if problems:
+        raise RunError(f"the methods' settings do not fit preset {preset.name!r}:\n  " + "\n  ".join(problems))
+
+
 def _checkpoint_dir(out: Path, method: str, seed: int, step: int) -> Path:
     if method == "base":
         return out / "checkpoints" / "base" / f"step{step:06d}"
@@ -170,6 +178,7 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
         torch.set_num_threads(preset.threads)
     configs = {m: method_config(preset, m, opts) for m in opts.methods}
     check_layout(configs, current().world_size)
+    check_methods(configs, preset)
     if preset.adapter is not None:  # the model directory before the data, the metrics and any training
         check_adapter_dir(preset.adapter)
     evaluator = Evaluator(preset, opts.metrics)

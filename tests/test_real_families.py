@@ -229,7 +229,8 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
         load_pairs(load_adapter(preset.adapter), preset, PairsConfig(split="finetune", conditions=2), None)
     online = {"batch_size": 2, "stages": [{"kind": "online", "steps": 1, "split": "finetune"}]}
     apo = trainer_for("apo", online)
-    with pytest.raises(PairsError, match="stage 0 \\(online\\) is ranked by the tiny world's oracle.*ranker: vlm"):
+    with pytest.raises(ConfigError, match=r"methods.apo.stages\[0\] \(online\) is ranked by the tiny world's "
+                                          r"oracle.*ranker: vlm"):
         apo(load_adapter(preset.adapter), preset, apo.config_class(**online), 0)
     with pytest.raises(RewardError, match="unknown split 'prompts'"):
         train_motion_rewards(preset, tmp_path / "rm", ["imr"], clips=6, show_progress=False)
@@ -262,7 +263,7 @@ def test_fcrm_latent_reward_model_is_fitted_to_pairs_on_a_real_family(pipelines,
 
     from harness.data.video_io import write_video
     from trainers.reward_model import block_features, load_reward_model, train_reward_on_pairs
-    from trainers.rewards import RewardError
+    from trainers.rewards import RewardError, build_reward
 
     rng = np.random.default_rng(0)
     rows = ["video,caption"]
@@ -307,8 +308,11 @@ def test_fcrm_latent_reward_model_is_fitted_to_pairs_on_a_real_family(pipelines,
         load_reward_model(tmp_path / "rm", load_adapter(preset.adapter.model_copy(
             update={"path": str(pipelines / "wan21-i2v"), "family": "wan21-i2v"})))
     shipped = {**SMALL["fcrm"], "reward": {"name": "latent_rm"}}
-    with pytest.raises(RewardError, match="reads the tiny world's model, not wan21-t2v.*--pairs footage"):
+    with pytest.raises(ConfigError, match="shipped latent_rm reads the tiny world's model, not wan21-t2v.*--pairs "
+                                          "footage"):
         cls(load_adapter(preset.adapter), preset, cls.config_class(**shipped), 0, workdir=tmp_path / "w2")
+    with pytest.raises(RewardError, match="reads the tiny world's model, not wan21-t2v.*--pairs footage"):
+        build_reward("latent_rm", trainer.adapter, preset)  # built on its own, the reward says the same
     svd = load_adapter(_preset(pipelines, "svd").adapter)
     with pytest.raises(RewardError, match="no `blocks` \\(a UNet\\); use reward aesthetic"):
         block_features(svd, torch.randn(svd.latent_shape(1)), svd.encode_condition(torch.zeros(1, 3, 16, 16), ["a"]),

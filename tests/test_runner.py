@@ -115,3 +115,20 @@ def test_cli_run_rejects_unknown_method_and_metric(tmp_path):
     assert res.exit_code == 2 and "unknown method(s) magic; registered: apo, dpo, fcrm, pgdpo, sft, shift" in res.output
     res = CliRunner().invoke(app, ["eval", "--run", str(tmp_path), "--metrics", "beauty"])
     assert res.exit_code == 2 and "unknown metric(s) beauty; registered:" in res.output
+
+
+def test_methods_that_cannot_work_on_the_preset_are_refused_before_any_training(tmp_path):
+    """On a preset with footage: DPO's default rollout pairs (judged by the tiny world's oracle), an
+    oracle-ranked APO stage and an unregistered FCRM reward are all named at once, and SFT, listed
+    first, has not trained."""
+    preset = load_preset("tiny", [{
+        "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv", "num_frames": 8,
+                 "fps": 8, "height": 16, "width": 16, "splits": {"finetune": 1.0}},
+        "methods": {"apo": {"stages": [{"kind": "online", "steps": 2}]}, "fcrm": {"reward": {"name": "nope"}}}}])
+    with pytest.raises(RunError) as err:
+        run(preset, tmp_path / "run", RunOptions(["sft", "dpo", "apo", "fcrm"], [0], steps=2, show_progress=False))
+    msg = str(err.value)
+    assert "methods.dpo.pairs.source=rollouts judges rollouts with the tiny world's oracle" in msg
+    assert "methods.apo.stages[0] (online) is ranked by the tiny world's oracle" in msg
+    assert "methods.fcrm.reward.name='nope' is not a registered reward" in msg
+    assert not (tmp_path / "run" / "checkpoints").exists()

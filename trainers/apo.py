@@ -41,13 +41,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data.preferences import PairsError
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
 from harness.sampling import guided_velocity, sample
 from trainers.base import Trainer
-from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors
+from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors, pairs_problems
 from trainers.preference_losses import dpo_loss
 from trainers.rankers import get_ranker
 from trainers.registry import register_trainer
@@ -99,6 +98,17 @@ class APOConfig(DPOObjectiveConfig):
                                  "before it")
         return self
 
+    def preset_problems(self, preset, where: str) -> list[str]:
+        problems = []
+        for i, stage in enumerate(self.stages):
+            if stage.pairs is not None:
+                problems += pairs_problems(stage.pairs, preset, f"{where}.stages[{i}].pairs")
+            if stage.kind == "online" and stage.ranker == "oracle" and preset.data is not None:
+                problems.append(f"{where}.stages[{i}] (online) is ranked by the tiny world's oracle, which real "
+                                f"footage (preset {preset.name!r}) does not have; rank with a vision-language "
+                                "model: ranker: vlm, ranker_model: DIR")
+        return problems
+
     @model_validator(mode="after")
     def _steps(self) -> APOConfig:
         total = sum(s.steps for s in self.stages)
@@ -131,11 +141,6 @@ class APOTrainer(Trainer):
     config: APOConfig
 
     def __init__(self, adapter, preset, config, seed, workdir=None):
-        oracle = [i for i, st in enumerate(config.stages) if st.kind == "online" and st.ranker == "oracle"]
-        if oracle and preset.data is not None:
-            raise PairsError(f"apo stage {oracle[0]} (online) is ranked by the tiny world's oracle, which real "
-                             f"footage (preset {preset.name!r}) does not have; rank with a vision-language model: "
-                             "ranker: vlm, ranker_model: DIR")
         super().__init__(adapter, preset, config, seed, workdir)
         self.timesteps = TrajectoryTimesteps(config.timesteps, preset.sampler, adapter.num_train_timesteps)
         self.ends = list(np.cumsum([s.steps for s in config.stages]))

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.config import PresetConfig
+from harness.config import ConfigError, PresetConfig
 from harness.distributed import current, deepspeed_config
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
@@ -37,6 +37,12 @@ class TrainerConfig(BaseModel):
         None, description="the method's sampler for rollouts and evaluation; default: the preset's")
 
 
+    def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
+        """What in this config cannot work with ``preset`` (e.g. the tiny world's oracle on real
+        footage), each naming ``where`` (``methods.<name>``) and the fix; found from the configs alone,
+        so `harness run` refuses before any method trains."""
+        return []
+
     def batch_layout(self) -> list[tuple[str, int, int]]:
         """(what, global count, group size) of each batch split across ranks: the count must be a
         multiple of world size x group size (a group never straddles two ranks)."""
@@ -50,6 +56,9 @@ class Trainer(ABC):
 
     def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int,
                  workdir: Path | None = None):
+        problems = config.preset_problems(preset, f"methods.{self.name}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         self.adapter, self.preset, self.config, self.seed = adapter, preset, config, seed
         self.workdir = workdir  # the run's cache directory (pair sets, ...); None: keep nothing on disk
         adapter.add_lora(config.lora_rank, config.lora_alpha)

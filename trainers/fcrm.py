@@ -131,6 +131,24 @@ class FCRMConfig(TrainerConfig):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
 
+    def preset_problems(self, preset, where: str) -> list[str]:
+        from trainers.rewards import REWARDS
+
+        name = self.reward.name
+        if name not in REWARDS:
+            return [f"{where}.reward.name={name!r} is not a registered reward; registered: "
+                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness "
+                                                         "train-reward --pairs`, or aesthetic)" if preset.adapter
+                                                         else "")]
+        if name == "oracle" and preset.data is not None:
+            return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
+                    "(a head fitted by `harness train-reward --pairs`), aesthetic or luminance"]
+        if name == "latent_rm" and preset.adapter is not None and self.reward.path is None:
+            return [f"{where}.reward: the shipped latent_rm reads the tiny world's model, not "
+                    f"{preset.adapter.family}; fit one with `harness train-reward --preset {preset.name} --pairs "
+                    f"footage --out DIR` and set {where}.reward.path=DIR"]
+        return []
+
     def batch_layout(self) -> list[tuple[str, int, int]]:
         return [*super().batch_layout(),
                 ("conditions x group_size (rollouts per round)", self.conditions * self.group_size, self.group_size)]

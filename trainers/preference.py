@@ -53,6 +53,23 @@ class PairsConfig(BaseModel):
     seed: int = 0
 
 
+def pairs_problems(cfg: PairsConfig, preset, where: str) -> list[str]:
+    """Why the pair set ``cfg`` cannot be built on ``preset`` (empty: it can)."""
+    if cfg.source == "file":
+        return [] if cfg.path else [f"{where}.source=file needs {where}.path (a JSONL or CSV pairs file)"]
+    if cfg.source == "rollouts" and preset.data is not None:
+        return [f"{where}.source=rollouts judges rollouts with the tiny world's oracle, which real footage "
+                f"(preset {preset.name!r}) does not have; use source=file (a pairs file) or source=footage"]
+    if cfg.source == "footage":
+        if preset.data is None:
+            return [f"{where}.source=footage pairs real clips with samples, and preset {preset.name!r} has no "
+                    "footage; use source=rollouts (judged by the tiny world's oracle)"]
+        if cfg.split not in preset.data.splits:
+            return [f"{where}.split={cfg.split!r} is not a split of the footage; use one of "
+                    f"{', '.join(preset.data.splits)}"]
+    return []
+
+
 class DPOObjectiveConfig(TrainerConfig):
     beta: float = Field(100.0, gt=0, description="beta of Eq. 3 (PG-DPO: 100)")
     T: float = Field(1.0, gt=0, description="T in beta*T; 1 folds T into beta, as the papers' code does")
@@ -61,6 +78,9 @@ class DPOObjectiveConfig(TrainerConfig):
 class PreferenceConfig(DPOObjectiveConfig):
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+    def preset_problems(self, preset, where: str) -> list[str]:
+        return pairs_problems(self.pairs, preset, f"{where}.pairs")
 
 
 def weights_digest(adapter: ModelAdapter) -> str:
