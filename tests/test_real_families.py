@@ -244,7 +244,8 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
                "real": {"split": "finetune", "start": 0, "count": 4}}
     cls = trainer_for("shift", section)
     torch.manual_seed(0)
-    with pytest.raises(RewardError, match="reads 8 frames of 16x16 px.*train-motion-reward --preset tiny"):
+    with pytest.raises(ConfigError, match="methods.shift: the imr reward model reads 8 frames of 16x16 px.*"
+                                          "train-motion-reward --preset tiny"):
         cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w0")
     section["reward_paths"] = {k: str(tmp_path / "rm" / k) for k in ("imr", "lmr")}
     trainer = cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w")

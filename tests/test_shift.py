@@ -139,9 +139,9 @@ def test_a_diverging_discriminator_stops_with_the_step(preset):
 
 
 def test_missing_reward_weights_refuse_to_start(preset, tmp_path):
-    from trainers.rewards import RewardError
+    from harness.config import ConfigError
 
-    with pytest.raises(RewardError, match=r"imr motion reward model file missing: .*none.*model\.safetensors"):
+    with pytest.raises(ConfigError, match=r"imr motion reward model file missing: .*none.*model\.safetensors"):
         _trainer(preset, reward_paths={"imr": str(tmp_path / "none")})
 
 
@@ -179,7 +179,7 @@ def test_variants_and_bad_discriminator_through_the_outer_loop(tmp_path):
         logs = store.train_logs()
         assert {"grad_norm/sft", "grad_norm/awr", "reward/fake_mean", "reward/real_mean"} <= set(logs["key"])
     bad = load_preset("tiny", [parse_override(s) for s in [*sets, f"methods.shift.reward_paths.lmr={tmp_path}/x"]])
-    with pytest.raises(RunError, match=r"shift seed 0: lmr motion reward model file missing"):
+    with pytest.raises(RunError, match=r"methods.shift: lmr motion reward model file missing"):
         run(bad, tmp_path / "s", RunOptions(methods=["shift"], steps=2, eval_every=2, metrics=["motion_score"],
                                             show_progress=False))
 

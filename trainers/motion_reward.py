@@ -191,21 +191,52 @@ def save_discriminator(model: MotionDiscriminator, out: Path, record: dict[str, 
     (out / RECORD_FILE).write_text(json.dumps({"spec": model.spec, **record}, indent=2))
 
 
-def load_discriminator(kind: str, path: str | Path | None = None) -> MotionDiscriminator:
-    """The pre-trained ``kind`` discriminator in ``path`` (default: the shipped one). A missing
-    file is an error naming it and the command that builds it."""
+def _directory(kind: str, path: str | Path | None) -> Path:
+    # A relative path names a user's directory when it exists from here, else one in the package (the shipped models).
+    return Path(path) if path and Path(path).is_dir() else package_path(path or default_path(kind))
+
+
+def _record(kind: str, directory: Path) -> dict[str, Any]:
+    """The training record of the ``kind`` discriminator in ``directory``; a missing file is an error
+    naming it and the command that builds it."""
     from trainers.rewards import RewardError
 
-    # A relative path names a user's directory when it exists from here, else one in the package (the shipped models).
-    directory = Path(path) if path and Path(path).is_dir() else package_path(path or default_path(kind))
     for needed in (directory / WEIGHTS_FILE, directory / RECORD_FILE):
         if not needed.is_file():
             raise RewardError(f"{kind} motion reward model file missing: {needed}; build it with "
                               f"`harness train-motion-reward --preset tiny --kinds {kind} --out {directory.parent}`")
     record = json.loads((directory / RECORD_FILE).read_text())
-    spec = dict(record["spec"])
-    if spec.pop("kind") != kind:
+    if record["spec"]["kind"] != kind:
         raise RewardError(f"{directory} holds a {record['spec']['kind']} model, not {kind}")
+    return record
+
+
+def clip_shape_problem(kind: str, path: str | None, preset: PresetConfig, where: str) -> str | None:
+    """Why the ``kind`` discriminator in ``path`` (default: the shipped one) cannot score ``preset``'s
+    clips, from its record alone (None: it can)."""
+    from trainers.rewards import RewardError
+
+    try:
+        spec = _record(kind, _directory(kind, path))["spec"]
+    except RewardError as exc:
+        return f"{where}: {exc}"
+    have, want = (spec["num_frames"], *_hw(spec["size"])), (clip_length(preset), *frame_size(preset))
+    if have == want:
+        return None
+    return (f"{where}: the {kind} reward model reads {have[0]} frames of {have[1]}x{have[2]} px, preset "
+            f"{preset.name!r} generates {want[0]} of {want[1]}x{want[2]}; train one with `harness "
+            f"train-motion-reward --preset {preset.name} --kinds {kind}` and set {where}.reward_paths")
+
+
+def load_discriminator(kind: str, path: str | Path | None = None) -> MotionDiscriminator:
+    """The pre-trained ``kind`` discriminator in ``path`` (default: the shipped one). A missing
+    file is an error naming it and the command that builds it."""
+    from trainers.rewards import RewardError
+
+    directory = _directory(kind, path)
+    record = _record(kind, directory)
+    spec = dict(record["spec"])
+    spec.pop("kind")
     try:
         model = MotionDiscriminator(kind, **spec)
     except KeyError as exc:  # a tracker/flow backend that is not registered here (e.g. CoTracker3 weights)

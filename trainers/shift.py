@@ -42,15 +42,20 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data.source import clip_batch, clip_length, frame_size
+from harness.data.source import clip_batch
 from harness.data.video_io import tensor_to_frames
 from metrics.backends.tracking import FlowFields
 from trainers.base import Trainer, TrainerConfig
 from trainers.fcrm_data import Samples, policy_rollouts
-from trainers.motion_reward import MotionDiscriminator, ema_copy, load_discriminator, rewards_from_logits
+from trainers.motion_reward import (
+    MotionDiscriminator,
+    clip_shape_problem,
+    ema_copy,
+    load_discriminator,
+    rewards_from_logits,
+)
 from trainers.objectives import denoising_loss, sample_sigmas
 from trainers.registry import register_trainer
-from trainers.rewards import RewardError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,10 @@ class ShiftConfig(TrainerConfig):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     real: RealConfig = Field(default_factory=RealConfig)
 
+    def preset_problems(self, preset, where: str) -> list[str]:
+        problems = [clip_shape_problem(kind, self.reward_paths.get(kind), preset, where) for kind in self.rewards]
+        return [p for p in problems if p]
+
     @model_validator(mode="after")
     def _check(self) -> ShiftConfig:
         if not self.rewards or len(set(self.rewards)) != len(self.rewards):
@@ -131,16 +140,9 @@ class ShiftTrainer(Trainer):
         super().__init__(adapter, preset, config, seed, workdir)
         for group in self.optimizer.param_groups:
             group["betas"], group["weight_decay"] = (0.9, 0.95), config.weight_decay
-        self.discs: dict[str, MotionDiscriminator] = {}
-        want = (clip_length(preset), *frame_size(preset))
-        for kind in config.rewards:
-            disc = load_discriminator(kind, config.reward_paths.get(kind))
-            if (disc.num_frames, *disc.frame_size) != want:
-                raise RewardError(f"the {kind} reward model reads {disc.num_frames} frames of "
-                                  f"{disc.frame_size[0]}x{disc.frame_size[1]} px, preset {preset.name!r} generates "
-                                  f"{want[0]} of {want[1]}x{want[2]}; train one with `harness train-motion-reward "
-                                  f"--preset {preset.name} --kinds {kind}` and set methods.<method>.reward_paths")
-            self.discs[kind] = disc
+        # The discriminators' files and clip shape were checked with the config (preset_problems).
+        self.discs: dict[str, MotionDiscriminator] = {k: load_discriminator(k, config.reward_paths.get(k))
+                                                      for k in config.rewards}
         self.scorers = {k: ema_copy(d) for k, d in self.discs.items()} if config.adversarial else self.discs
         self.disc_opts = {k: torch.optim.AdamW(d.net.parameters(), lr=config.disc_lr, betas=(0.9, 0.95))
                           for k, d in self.discs.items()} if config.adversarial else {}
