@@ -109,7 +109,12 @@ def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
 def check_methods(configs: dict[str, TrainerConfig], preset: PresetConfig) -> None:
     """Refuse, before any work, a method whose settings cannot work on this preset (each trainer's
     ``preset_problems``), so that a late method does not fail after the earlier ones trained."""
+    from trainers.preference import PairsConfig, pairs_problems
+
     problems = [p for method, cfg in configs.items() for p in cfg.preset_problems(preset, f"methods.{method}")]
+    if preset.probes.names:  # probes pair real clips with samples on footage, else rollouts judged by the oracle
+        probe_pairs = PairsConfig(source="rollouts" if preset.data is None else "footage", split=preset.probes.split)
+        problems += pairs_problems(probe_pairs, preset, "probes")
     if problems:
         raise RunError(f"the methods' settings do not fit preset {preset.name!r}:\n  " + "\n  ".join(problems))
 
