@@ -118,7 +118,15 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def bench_method(method: str, preset, batch: int, shift_paths: dict[str, str], workdir: Path,
+def without_lora(adapter):
+    """The adapter as loaded: the previous method's LoRA layers removed (peft's wrappers unwrapped), so
+    that each method starts from the base weights without reading a large model from disk again."""
+    if adapter.has_lora:
+        adapter.model.unload_lora()
+    return adapter
+
+
+def bench_method(method: str, preset, adapter, batch: int, shift_paths: dict[str, str], workdir: Path,
                  peak_tflops: float | None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -127,7 +135,7 @@ def bench_method(method: str, preset, batch: int, shift_paths: dict[str, str], w
     t0 = time.perf_counter()
     torch.manual_seed(0)
     try:
-        trainer = cls(load_adapter(preset.adapter), preset, cls.config_class(**raw), 0, workdir=workdir / method)
+        trainer = cls(without_lora(adapter), preset, cls.config_class(**raw), 0, workdir=workdir / method)
     except ValueError as exc:  # the method does not apply to this preset (e.g. APO on a few-step schedule)
         return {"refused": str(exc).splitlines()[0]}
     sync()
@@ -150,8 +158,8 @@ def bench_method(method: str, preset, batch: int, shift_paths: dict[str, str], w
     return out
 
 
-def bench_sampling(preset) -> dict:
-    adapter = load_adapter(preset.adapter)
+def bench_sampling(preset, adapter) -> dict:
+    adapter = without_lora(adapter)
     adapter.model.eval()
     first = torch.rand(1, 3, preset.adapter.height, preset.adapter.width) * 2 - 1
     cond = adapter.encode_condition(first, ["a random video"])
@@ -190,16 +198,20 @@ def bench_preset(name: str, methods: list[str], size: str, batch: int, models: P
     preset = load_preset(name, [sets])
     shift_paths = shift_discriminators(preset, work / name / "discriminators") if "shift" in methods else {}
     result: dict = {"family": family, "geometry": geometry, "dtype": preset.adapter.dtype, "methods": {}}
+    t0 = time.perf_counter()
+    adapter = load_adapter(preset.adapter)  # once per preset: every method starts from it without its LoRA
+    result["load_s"] = time.perf_counter() - t0
     for method in methods:
         try:
-            result["methods"][method] = bench_method(method, preset, batch, shift_paths, work / name, peak_tflops)
+            result["methods"][method] = bench_method(method, preset, adapter, batch, shift_paths, work / name,
+                                                     peak_tflops)
         except torch.cuda.OutOfMemoryError as exc:
             result["methods"][method] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         print(name, method, result["methods"][method], flush=True)
-    result["sampling"] = bench_sampling(preset)
+    result["sampling"] = bench_sampling(preset, adapter)
     return result
 
 
