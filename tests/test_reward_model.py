@@ -24,3 +24,19 @@ def test_tiny_reward_model_trains_records_and_loads(tmp_path):
     x0 = torch.rand(2, *rm.backbone.latent_shape(1)[1:]) * 2 - 1
     cond = rm.backbone.encode_condition(x0[:, :, 0], ["a", "b"])
     assert torch.isfinite(rm.score(x0, cond)).all()
+
+
+def test_pairwise_reward_model_on_the_tiny_world(tmp_path):
+    """`train-reward --pairs rollouts` on the tiny preset (oracle-judged pairs): the record names the
+    tiny backbone, and the head loads onto the base model it was fitted on, read through the policy."""
+    from harness.runner import base_adapter
+    from trainers.reward_model import train_reward_on_pairs
+
+    preset = load_preset("tiny", [{"sampler": {"num_steps": 2}}])
+    record = train_reward_on_pairs(preset, "rollouts", tmp_path, conditions=6, steps=3, batch_size=4,
+                                   show_progress=False)
+    assert record["family"] == "tiny" and record["backbone"] == preset.base_checkpoint
+    assert record["data"]["count"] == 6 and record["held_out"]["pairs"] == 1
+    adapter = base_adapter(preset)
+    rm = load_reward_model(tmp_path, adapter)
+    assert rm.shared and rm.backbone is adapter

@@ -124,13 +124,16 @@ def test_methods_that_cannot_work_on_the_preset_are_refused_before_any_training(
     preset = load_preset("tiny", [{
         "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv", "num_frames": 8,
                  "fps": 8, "height": 16, "width": 16, "splits": {"finetune": 1.0}},
-        "methods": {"apo": {"stages": [{"kind": "online", "steps": 2}]}, "fcrm": {"reward": {"name": "nope"}}},
+        "methods": {"apo": {"stages": [{"kind": "online", "steps": 2}]}, "fcrm": {"reward": {"name": "nope"}},
+                    "fcrm-b": {"trainer": "fcrm", "reward": {"name": "latent_rm", "path": str(tmp_path / "no-rm")}}},
         "probes": {"split": "eval"}}])
     with pytest.raises(RunError) as err:
-        run(preset, tmp_path / "run", RunOptions(["sft", "dpo", "apo", "fcrm"], [0], steps=2, show_progress=False))
+        run(preset, tmp_path / "run", RunOptions(["sft", "dpo", "apo", "fcrm", "fcrm-b"], [0], steps=2,
+                                                 show_progress=False))
     msg = str(err.value)
     assert "methods.dpo.pairs.source=rollouts judges rollouts with the tiny world's oracle" in msg
     assert "methods.apo.stages[0] (online) is ranked by the tiny world's oracle" in msg
     assert "methods.fcrm.reward.name='nope' is not a registered reward" in msg
     assert "probes.split='eval' is not a split of the footage; use one of finetune" in msg
+    assert f"methods.fcrm-b.reward: latent reward model file missing: {tmp_path / 'no-rm'}" in msg
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -132,6 +132,7 @@ class FCRMConfig(TrainerConfig):
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
 
     def preset_problems(self, preset, where: str) -> list[str]:
+        from trainers.reward_model import missing_file
         from trainers.rewards import REWARDS
 
         name = self.reward.name
@@ -143,6 +144,8 @@ class FCRMConfig(TrainerConfig):
         if name == "oracle" and preset.data is not None:
             return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
                     "(a head fitted by `harness train-reward --pairs`), aesthetic or luminance"]
+        if name == "latent_rm" and (missing := missing_file(self.reward.path)):
+            return [f"{where}.reward: {missing}"]
         if name == "latent_rm" and preset.adapter is not None and self.reward.path is None:
             return [f"{where}.reward: the shipped latent_rm reads the tiny world's model, not "
                     f"{preset.adapter.family}; fit one with `harness train-reward --preset {preset.name} --pairs "

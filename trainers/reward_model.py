@@ -69,15 +69,13 @@ def block_features(backbone: ModelAdapter, x0: torch.Tensor, cond: Conditioning,
                    sigma: float) -> torch.Tensor:
     """(B, tokens, width) output of transformer block ``layer`` of ``backbone`` on x0 at noise level
     ``sigma``; the blocks after it are not run."""
+    from trainers.rewards import RewardError
+
     blocks = getattr(backbone.model, "blocks", None)
     if blocks is None:
-        from trainers.rewards import RewardError
-
         raise RewardError(f"latent_rm reads the tokens of a transformer block, and {type(backbone).__name__} has "
                           "no `blocks` (a UNet); use reward aesthetic or luminance for this family")
     if not 0 <= layer < len(blocks):
-        from trainers.rewards import RewardError
-
         raise RewardError(f"latent_rm reads block {layer}, but the model has {len(blocks)} blocks "
                           f"(0..{len(blocks) - 1})")
     captured: list[torch.Tensor] = []
@@ -139,20 +137,33 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _directory(path: str | Path | None) -> Path:
+    # A relative path that exists from here is the user's (runs/...); otherwise a shipped asset.
+    return Path(path) if path and Path(path).exists() else package_path(path or DEFAULT_PATH)
+
+
+def missing_file(path: str | Path | None) -> str | None:
+    """The reward model file missing from ``path`` (default: the shipped one) with the command that
+    builds it, or None when both are there."""
+    directory = _directory(path)
+    for needed in (directory / HEAD_FILE, directory / RECORD_FILE):
+        if not needed.is_file():
+            return (f"latent reward model file missing: {needed}; build it with `harness train-reward --preset tiny "
+                    f"--out {directory}` (a real family: `harness train-reward --preset <name> --pairs footage --out "
+                    "DIR`)")
+    return None
+
+
 def load_reward_model(path: str | Path | None = None, adapter: ModelAdapter | None = None) -> LatentRewardModel:
     """The head in ``path`` (default: the shipped one) on the backbone its record names; the
     backbone's weights must be the ones it was trained on (checked by digest). A real family's
     head (``harness train-reward --pairs``) reads ``adapter``, the policy, with its LoRA disabled."""
     from trainers.rewards import RewardError
 
-    # A relative path that exists from here is the user's (runs/...); otherwise a shipped asset.
-    directory = Path(path) if path and Path(path).exists() else package_path(path or DEFAULT_PATH)
+    directory = _directory(path)
     head_file, record_file = directory / HEAD_FILE, directory / RECORD_FILE
-    for needed in (head_file, record_file):
-        if not needed.is_file():
-            raise RewardError(f"latent reward model file missing: {needed}; build it with "
-                              f"`harness train-reward --preset tiny --out {directory}` (a real family: "
-                              "`harness train-reward --preset <name> --pairs footage --out DIR`)")
+    if problem := missing_file(path):
+        raise RewardError(problem)
     record = json.loads(record_file.read_text())
     if "family" in record:
         return _load_shared(directory, record, adapter)
@@ -293,8 +304,9 @@ def train_pairwise_reward_model(preset: PresetConfig, adapter: ModelAdapter, pai
                                 show_progress: bool = True) -> dict:
     """Fit the head to preference pairs with the Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)),
     on the features of ``adapter`` (the preset's base model, frozen): a real family's latent reward
-    model, where no oracle scores exist. Features are read per batch (a real model's tokens are too many
-    to cache); the last ``held_out`` of the pairs are held out and report pairwise accuracy. ``layer``
+    model, where no oracle scores exist. The pairs are VAE-encoded once and kept on the CPU (Wan2.1 at
+    81x480x832: 8 MB per video); block features are read per batch (a real model's tokens are too many
+    to cache). The last ``held_out`` of the pairs are held out and report pairwise accuracy. ``layer``
     defaults to the middle block (an intermediate feature, as the paper's head reads)."""
     from trainers.preference import weights_digest
     from trainers.rewards import RewardError
@@ -310,14 +322,20 @@ def train_pairwise_reward_model(preset: PresetConfig, adapter: ModelAdapter, pai
     adapter.model.requires_grad_(False).eval()
     device = next(adapter.model.parameters()).device
 
+    encoded = [pairs.tensors(adapter, range(lo, min(lo + batch_size, len(pairs))))[:2]
+               for lo in range(0, len(pairs), batch_size)]
+    chosen, rejected = (torch.cat([part[k].cpu() for part in encoded]) for k in (0, 1))
+
     def margins_of(idx: list[int], head: RewardHead) -> torch.Tensor:
-        x_w, x_l, cond = pairs.tensors(adapter, idx)
+        cond = pairs.condition(adapter, idx)
         both = Conditioning.cat([cond, cond])
-        r = head(block_features(adapter, torch.cat([x_w, x_l]), both, layer, sigma), both.text.float())
+        x = torch.cat([chosen[idx], rejected[idx]]).to(device)
+        r = head(block_features(adapter, x, both, layer, sigma), both.text.float())
         return r[:len(idx)] - r[len(idx):]
 
-    x_w, _, cond = pairs.tensors(adapter, [0])
-    head = RewardHead(block_features(adapter, x_w, cond, layer, sigma).shape[-1], cond.text.shape[-1]).to(device)
+    cond = pairs.condition(adapter, [0])
+    head = RewardHead(block_features(adapter, chosen[:1].to(device), cond, layer, sigma).shape[-1],
+                      cond.text.shape[-1]).to(device)
     train_n = len(pairs) - n_test
 
     def batch_loss(g: torch.Generator) -> torch.Tensor:
@@ -339,7 +357,9 @@ def train_pairwise_reward_model(preset: PresetConfig, adapter: ModelAdapter, pai
         "what": "latent reward model of a real family: frozen base-transformer block features + query-attention "
                 "head, fitted to preference pairs (Bradley-Terry)",
         "reproduce": f"harness train-reward --preset {preset.name} --pairs {pairs_spec} --out {out} --force",
-        "family": preset.adapter.family, "backbone": preset.adapter.path, "backbone_digest": weights_digest(adapter),
+        "family": preset.adapter.family if preset.adapter else "tiny",
+        "backbone": preset.adapter.path if preset.adapter else preset.base_checkpoint,
+        "backbone_digest": weights_digest(adapter),
         "layer": layer, "sigma": sigma,
         "head": {"feature_dim": head.visual[1].in_features, "text_dim": head.text.in_features},
         "target": "Bradley-Terry: P(chosen > rejected) = sigmoid(r(chosen) - r(rejected))",
