@@ -179,8 +179,8 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_preset(name_or_path: str, overrides: list[dict[str, Any]] | None = None) -> PresetConfig:
-    """A preset by name (``tiny``) or a YAML file path, with dotted overrides applied."""
+def _preset_data(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """(source, mapping) of a preset file, with the preset it ``extends`` merged underneath."""
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
@@ -198,6 +198,23 @@ def load_preset(name_or_path: str, overrides: list[dict[str, Any]] | None = None
         raise ConfigError(f"malformed YAML in {source}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a YAML mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        # A variant names its parent and lists only what it changes; mappings merge, lists replace.
+        if not isinstance(parent, str):
+            raise ConfigError(f"{source}: `extends` must name one preset or YAML file, got {parent!r}")
+        if Path(parent).suffix in {".yaml", ".yml"} and not Path(parent).is_absolute() and path.is_file():
+            parent = str(path.parent / parent)  # a file's parent file is found next to it
+        if parent in chain or parent == name_or_path:
+            raise ConfigError(f"{source}: `extends` loops: {' -> '.join((*chain, name_or_path, parent))}")
+        _, base = _preset_data(parent, (*chain, name_or_path))
+        data = _deep_update(base, data)
+    return source, data
+
+
+def load_preset(name_or_path: str, overrides: list[dict[str, Any]] | None = None) -> PresetConfig:
+    """A preset by name (``tiny``) or a YAML file path, with dotted overrides applied."""
+    source, data = _preset_data(name_or_path)
     for o in overrides or []:
         data = _deep_update(data, o)
     try:

@@ -63,7 +63,7 @@ def test_nan_loss_stops_with_the_step_and_writes_nothing(tmp_path):
     ("args", "expected"),
     [
         (["pretrain", "--preset", "nope"],
-         "unknown preset 'nope'; allowed: svd-davis, tiny, wan21-1.3b-fewstep, wan21-i2v-dpo, wan22-ti2v"),
+         "unknown preset 'nope'; allowed: svd-davis, tiny, tiny-long, wan21-1.3b-fewstep, wan21-i2v-dpo, wan22-ti2v"),
         (["pretrain", "--set", "sampler.kind=heun"], "'ode' or 'sde'"),
         (["world", "--split", "train"], "allowed: pretrain, finetune, prompts, eval"),
     ],
