@@ -24,7 +24,7 @@ METRICS = ["motion_score", "subject_consistency", "distortion_rate", "motion_adh
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 3-seed reference, two unchanged single-seed runs (other seeds) and one with the learning rate x100."""
+    """A 3-seed reference, two unchanged single-seed runs (other seeds) and one with the learning rate 0.05."""
     root = tmp_path_factory.mktemp("regress")
     mp = pytest.MonkeyPatch()
     mp.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))  # shared with test_runner
@@ -78,7 +78,7 @@ def test_degraded_trainer_is_caught_and_unchanged_seeds_pass(runs, tmp_path):
     bad = rg.compare(rg.read_leaderboard(path), runs["lr100"])
     assert not bad.ok
     assert set(bad.regressions["method"]) == {"sft"}  # the base model is untouched
-    assert "methods.sft.lr: 0.0005 -> 0.05" in bad.config_changes
+    assert f"methods.sft.lr: {load_preset('tiny').methods['sft']['lr']} -> 0.05" in bad.config_changes
     result = CliRunner().invoke(app, ["regress", str(runs["lr100"]), "--leaderboard", str(path)])
     assert result.exit_code == 1 and "REGRESSION" in result.output and "methods.sft.lr" in result.output
     ok = CliRunner().invoke(app, ["regress", str(runs["same4"]), "--leaderboard", str(path)])
