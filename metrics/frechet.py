@@ -1,11 +1,20 @@
 """Frechet distance between Gaussians fitted to feature sets, and mergeable feature statistics.
 
-FD = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), real part, in float64, as in
-the pytorch-fid reference (eps * I is added to both covariances when sqrtm is
-not finite). ``FeatureStats`` keeps (n, sum, sum of outer products), so
-statistics gathered on several processes merge by addition. With fewer samples
-than the feature dimension + 1 the covariance is singular and FD is unreliable:
-a warning says so (report the sample count with every FD).
+FD = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64, the formula of the
+pytorch-fid reference. The trace of the square root is computed from symmetric
+eigenproblems, Tr sqrtm(S1 S2) = sum_i sqrt(lambda_i(S1^1/2 S2 S1^1/2)), with
+eigenvalues under the numerical-rank tolerance (d * eps * lambda_max, as
+``numpy.linalg.matrix_rank``) set to zero. The reference's general ``sqrtm`` of
+the non-symmetric product is equal in exact arithmetic, but when a covariance is
+singular (fewer samples than dimensions) its zero eigenvalues come out as
+rounding noise of size eps * lambda_max and enter through their square root:
+FD then moves by ~1e-8 relative between machines whose LAPACK kernels round
+differently. Here it moves by ~1e-15, and FD(a, b) = FD(b, a) to rounding.
+
+``FeatureStats`` keeps (n, sum, sum of outer products), so statistics gathered
+on several processes merge by addition. With fewer samples than the feature
+dimension + 1 the covariance is singular and FD is unreliable: a warning says so
+(report the sample count with every FD).
 """
 
 from __future__ import annotations
@@ -14,29 +23,35 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def _psd_eigenvalues(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and vectors of a symmetric PSD matrix, those under the numerical-rank tolerance set to 0."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
+    tol = matrix.shape[0] * np.finfo(np.float64).eps * max(float(values.max(initial=0.0)), 0.0)
+    return np.where(values > tol, values, 0.0), vectors
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr sqrtm(S1 S2) for covariances S1, S2, through the symmetric matrix S1^1/2 S2 S1^1/2."""
+    values, vectors = _psd_eigenvalues(sigma1)
+    root1 = (vectors * np.sqrt(values)) @ vectors.T
+    inner, _ = _psd_eigenvalues(root1 @ sigma2 @ root1)
+    return float(np.sqrt(inner).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}")
+    if not (np.isfinite(sigma1).all() and np.isfinite(sigma2).all()):
+        warnings.warn("a covariance has non-finite entries (NaN or inf features): FD is undefined (NaN)",
+                      stacklevel=2)
+        return float("nan")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        warnings.warn(f"sqrtm(S1 S2) is not finite; adding {eps} to the covariance diagonals", stacklevel=2)
-        offset = np.eye(mu1.size) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = np.max(np.abs(np.diagonal(covmean).imag)) if covmean.size else 0.0
-        if imag > 1e-3:
-            warnings.warn(f"sqrtm(S1 S2) has an imaginary diagonal component up to {imag:.3g}; "
-                          "keeping the real part (covariances are likely singular)", stacklevel=2)
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
 class FeatureStats:
