@@ -311,6 +311,7 @@ def run(
     if report:
         from reports.render import render_report
 
+        logging.getLogger(__name__).info("rendering the report")
         typer.echo(f"report: {render_report(out)}")
 
 

@@ -224,6 +224,7 @@ def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, T
 
 def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str, evaluator: Evaluator,
                method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
+    log.info("%s seed %d: preparing the trainer", method, seed)
     torch.manual_seed(seed)
     adapter = base_adapter(preset, cfg.base_checkpoint)
     try:
@@ -241,6 +242,7 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
         path.mkdir(parents=True, exist_ok=True)
         ckpt = store.checkpoint(run_id, method, seed, 0, str(path), sampler)
         adapter.model.eval()
+        log.info("%s seed %d: evaluating step 0 (its own base model or sampler)", method, seed)
         evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
     start = _latest_complete(out, method, seed, cfg.steps) or 0
     if start:
@@ -258,6 +260,7 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
         probes.restore(logs_so_far.query("method == @method and seed == @seed"), start)
     logs: list[tuple[int, str, float]] = []
     extra_checkpoints = trainer.checkpoint_steps()
+    log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, cfg.steps)
     if probes and start == 0:
         logs.extend(probes.measure(trainer, 0))
     last_good = _checkpoint_dir(out, method, seed, start) if start else None
@@ -297,6 +300,7 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
             ckpt = store.checkpoint(run_id, method, seed, done, str(path), sampler)
             probes.store_checkpoint(store, ckpt)
             adapter.model.eval()
+            log.info("%s seed %d: evaluating step %d", method, seed, done)
             evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
 
 
