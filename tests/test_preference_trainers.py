@@ -122,15 +122,27 @@ def test_gamma_matches_the_first_order_change_of_the_chosen_likelihood(tmp_path)
     assert g["gamma"] == pytest.approx(method - dpo, rel=0.1, abs=1e-9)
 
 
-def test_probes_do_not_change_training(tmp_path):
+SMALL = {  # a few-second trainer of each family; fcrm and shift as in their own tests
+    "sft": {}, "pgdpo": {"pairs": {"conditions": 4, "per_condition": 2}},
+    "apo": {"stages": [{"kind": "offline", "steps": 3, "pairs": {"conditions": 4, "per_condition": 2}}]},
+    "fcrm": {"conditions": 2, "group_size": 2, "inner_steps": 2, "offline": {"count": 6}},
+    "shift": {"buffer": {"prompts": 2, "rollouts_per_prompt": 2, "passes": 2}, "real": {"count": 8},
+              "warmup_steps": 0},
+}
+
+
+@pytest.mark.parametrize("method", sorted(SMALL))
+def test_probes_do_not_change_training(method, tmp_path):
+    """Probed at every step (FCRM's rollout rounds, SHIFT's buffer refills, APO's windows included),
+    a trainer takes the same steps as without probes: same logs, same weights."""
     preset = _preset()
-    plain = _trainer("sft", preset, tmp_path)
-    probed = _trainer("sft", preset, tmp_path)
+    plain = _trainer(method, preset, tmp_path, **SMALL[method])
+    probed = _trainer(method, preset, tmp_path, **SMALL[method])
     probes = ProbeRunner(preset, probed, tmp_path / "cache")
     for step in range(3):
-        plain.train_step(step)
+        expected = plain.train_step(step)
         probes.measure(probed, step)
-        probed.train_step(step)
+        assert probed.train_step(step) == expected
     a, b = plain.adapter.lora_state_dict(), probed.adapter.lora_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
