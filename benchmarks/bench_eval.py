@@ -48,7 +48,7 @@ def main() -> None:
             ckpt = store.checkpoint("bench", "base", 0, 0, None, preset.sampler.model_dump())
             for metric in evaluator.metrics:
                 t0 = time.perf_counter()
-                evaluator._compute(store, ckpt, metric, videos)
+                evaluator._compute(store, ckpt, metric, videos, videos)
                 per_metric[metric.identity] = round(time.perf_counter() - t0, 3)
         fvd_first = next((v for k, v in per_metric.items() if k.startswith("fvd")), None)
         with ResultStore(Path(tmp) / "b.sqlite") as store:  # the loop's path, FVD reference now cached

@@ -31,6 +31,7 @@ from harness.sampling import SamplerConfig, sample, sigma_schedule
 from harness.store import ResultStore, bootstrap_ci
 from harness.weights import WeightsError
 from metrics.backends.features import shared_features
+from metrics.backends.flow import shared_flows
 from metrics.base import Metric, VideoSample
 from metrics.registry import expand_metrics, get_metric
 from metrics.rollups import SHIFT_MOTION, VBENCH_I2V_RANGES, shift_rollup, vbench_i2v_rollup
@@ -133,7 +134,8 @@ class Evaluator:
         todo = [m for m, have in zip(self.metrics, done, strict=True) if not have]
         rank, world = d.rank, d.world_size
         mine = videos[rank::world]  # with torch.distributed, each rank scores every world-th video
-        with shared_features(mine):  # each embedder runs once per video, batched across videos
+        # Each embedder runs once per video, batched across videos; each flow once per frame pair.
+        with shared_features(mine), shared_flows():
             for metric in tqdm(todo, desc="metrics", disable=not show_progress or rank > 0, leave=False):
                 self._compute(store, checkpoint_id, metric, videos, mine)
         return self._rollups(store, checkpoint_id) if rank == 0 else {}

@@ -71,3 +71,51 @@ def test_motion_score_options_change_the_numbers_as_expected():
 def test_motion_score_is_zero_for_a_static_video():
     frames = np.repeat(translating_texture(0.0, num_frames=1, size=16), 6, axis=0)
     assert get_metric("motion_score").update(_sample(frames))["value"] == 0.0
+
+
+def test_shared_flows_computes_each_pair_once_with_identical_results():
+    from metrics.backends.flow import shared_flows
+
+    videos = [translating_texture(s, num_frames=6, size=16, seed=k) for k, s in enumerate((1.0, 2.0))]
+    names = ["motion_score", "dynamic_degree", "temporal_flickering", "motion_smoothness"]
+
+    def records():
+        return [get_metric(n).update(_sample(v, f"v{i}")) for n in names for i, v in enumerate(videos)]
+
+    plain = records()
+    calls = []
+    original = DISFlow.compute_flows
+
+    def counting(self, frames, pairs):
+        calls.append(len(pairs))
+        return original(self, frames, pairs)
+
+    DISFlow.compute_flows = counting
+    try:
+        with shared_flows() as cache:
+            shared = records()
+            again = records()
+    finally:
+        DISFlow.compute_flows = original
+    assert shared == plain == again  # the same numbers, bit for bit
+    # motion_score's 5 consecutive pairs per video are the static filter's and dynamic degree's
+    assert cache.hits > 0 and cache.misses == sum(calls)
+    assert len(again) and sum(calls) == len(cache.entries)  # the second pass computed nothing
+
+
+def test_shared_flows_keys_on_backend_identity_and_content_and_stays_bounded():
+    from metrics.backends.flow import shared_flows
+
+    frames = translating_texture(1.0, num_frames=3, size=16, seed=0)
+    with shared_flows(max_bytes=3 * 16 * 16 * 2 * 4) as cache:
+        medium = DISFlow().flows(list(frames), [(0, 1), (1, 2)])
+        fast = DISFlow(preset="fast").flows(list(frames), [(0, 1)])
+        assert cache.misses == 3 and cache.hits == 0  # another identity is another flow
+        moved = frames.copy()
+        moved[1, 0, 0] ^= 1  # one pixel changed: another frame
+        DISFlow().flows(list(moved), [(0, 1)])
+        assert cache.misses == 4 and len(cache.entries) == 3 and cache.nbytes <= cache.max_bytes
+        assert not medium[0].flags.writeable and not fast[0].flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            medium[0] += 1
+    assert DISFlow().flows(list(frames), [(0, 1)])[0].flags.writeable  # closed: nothing cached

@@ -13,13 +13,20 @@ smallest integer factor bringing the shorter side to ``AUTO_MIN_SIDE`` (capped
 at 8); real 480p videos are never upscaled. A backend's identity names every
 option that differs from its defaults, e.g. ``dis`` or ``dis(preset=fast,upscale=1)``;
 the defaults themselves are pinned by the backend's ``version``.
+
+Inside ``shared_flows()`` (opened by the Evaluator for one checkpoint) a flow is computed
+once per (backend identity, pair of frames): motion score, dynamic degree, the static
+filter and the motion reward models all ask for the same consecutive flows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import cv2
@@ -93,11 +100,26 @@ class FlowBackend(ABC):
         return self.flows([a, b], [(0, 1)])[0]
 
     def flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Flow for each (i, j) pair of ``frames``; each frame is prepared once and freed after last use."""
+        """Flow for each (i, j) pair of ``frames``; inside ``shared_flows()`` known pairs are not recomputed."""
         frames = [check_frame(f) for f in frames]
-        h, w = frames[0].shape[:2]
-        if any(f.shape[:2] != (h, w) for f in frames):
+        if any(f.shape[:2] != frames[0].shape[:2] for f in frames):
             raise ValueError("all frames must have the same height and width")
+        cache = _ACTIVE[-1] if _ACTIVE else None
+        if cache is None:
+            return self.compute_flows(frames, pairs)
+        digests = [_digest(f) for f in frames]
+        keys = [(self.identity, digests[i], digests[j]) for i, j in pairs]
+        found = [cache.get(k) for k in keys]
+        todo = [n for n, f in enumerate(found) if f is None]
+        if todo:
+            for n, flow in zip(todo, self.compute_flows(frames, [pairs[n] for n in todo]), strict=True):
+                found[n] = cache.put(keys[n], flow)
+        return found
+
+    def compute_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Flow for each (i, j) pair of checked, same-sized ``frames``; each frame is prepared once
+        and freed after its last use."""
+        h, w = frames[0].shape[:2]
         factor = self.upscale_for(h, w)
         last_use = {k: n for n, pair in enumerate(pairs) for k in pair}
         prepared: dict[int, np.ndarray] = {}
@@ -114,6 +136,57 @@ class FlowBackend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity}>"
+
+
+class _FlowCache:
+    """Flows by (backend identity, digest of frame a, digest of frame b), least recently used
+    dropped past ``max_bytes``. Entries are read-only: a metric that changed one in place would
+    change another metric's input."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self.entries: OrderedDict[tuple[str, bytes, bytes], np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, bytes, bytes]) -> np.ndarray | None:
+        flow = self.entries.get(key)
+        if flow is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return flow
+
+    def put(self, key: tuple[str, bytes, bytes], flow: np.ndarray) -> np.ndarray:
+        flow = np.ascontiguousarray(flow)
+        flow.flags.writeable = False
+        self.entries[key] = flow
+        self.nbytes += flow.nbytes
+        while self.nbytes > self.max_bytes and len(self.entries) > 1:
+            self.nbytes -= self.entries.popitem(last=False)[1].nbytes
+        return flow
+
+
+_ACTIVE: list[_FlowCache] = []
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    h = hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16)
+    h.update(repr((frame.shape, frame.dtype.str)).encode())
+    return h.digest()
+
+
+@contextmanager
+def shared_flows(max_bytes: int = 512 * 2**20) -> Iterator[_FlowCache]:
+    """Flows computed inside are computed once per (backend identity, frame pair), up to
+    ``max_bytes`` of them kept (the tiny preset's whole evaluation needs ~6 MB; 480p flows are
+    3 MB each). Results are the same as without it: the backends are deterministic."""
+    cache = _FlowCache(max_bytes)
+    _ACTIVE.append(cache)
+    try:
+        yield cache
+    finally:
+        _ACTIVE.remove(cache)
 
 
 def _upscale(img: np.ndarray, factor: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve
-from metrics.backends.flow import FlowBackend, check_frame, register_flow_backend
+from metrics.backends.flow import FlowBackend, register_flow_backend
 from metrics.backends.real.common import load_strict, read_state_dict, save_random
 
 HIDDEN = CONTEXT = 128
@@ -329,10 +329,7 @@ class RAFTFlow(FlowBackend):
     def _estimate(self, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         return self._run([a], [b])[0]
 
-    def flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        frames = [check_frame(f) for f in frames]
-        if any(f.shape[:2] != frames[0].shape[:2] for f in frames):
-            raise ValueError("all frames must have the same height and width")
+    def compute_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         step = self.options["batch"]
         for start in range(0, len(pairs), step):  # frames converted per batch: memory stays O(batch)
