@@ -73,7 +73,7 @@ def test_motion_score_is_zero_for_a_static_video():
     assert get_metric("motion_score").update(_sample(frames))["value"] == 0.0
 
 
-def test_shared_flows_computes_each_pair_once_with_identical_results():
+def test_shared_flows_computes_each_pair_once_with_identical_results(monkeypatch):
     from metrics.backends.flow import shared_flows
 
     videos = [translating_texture(s, num_frames=6, size=16, seed=k) for k, s in enumerate((1.0, 2.0))]
@@ -90,17 +90,15 @@ def test_shared_flows_computes_each_pair_once_with_identical_results():
         calls.append(len(pairs))
         return original(self, frames, pairs)
 
-    DISFlow.compute_flows = counting
-    try:
-        with shared_flows() as cache:
-            shared = records()
-            again = records()
-    finally:
-        DISFlow.compute_flows = original
+    monkeypatch.setattr(DISFlow, "compute_flows", counting)
+    with shared_flows() as cache:
+        shared = records()
+        computed = sum(calls)
+        again = records()
     assert shared == plain == again  # the same numbers, bit for bit
-    # motion_score's 5 consecutive pairs per video are the static filter's and dynamic degree's
-    assert cache.hits > 0 and cache.misses == sum(calls)
-    assert len(again) and sum(calls) == len(cache.entries)  # the second pass computed nothing
+    # the static filter's and dynamic degree's consecutive pairs are motion_score's
+    assert cache.hits > 0 and cache.misses == computed == len(cache)
+    assert sum(calls) == computed  # the second pass computed nothing
 
 
 def test_shared_flows_keys_on_backend_identity_and_content_and_stays_bounded():
@@ -114,8 +112,26 @@ def test_shared_flows_keys_on_backend_identity_and_content_and_stays_bounded():
         moved = frames.copy()
         moved[1, 0, 0] ^= 1  # one pixel changed: another frame
         DISFlow().flows(list(moved), [(0, 1)])
-        assert cache.misses == 4 and len(cache.entries) == 3 and cache.nbytes <= cache.max_bytes
+        assert cache.misses == 4 and len(cache) == 3 and cache.nbytes <= cache.max_bytes  # the oldest dropped
         assert not medium[0].flags.writeable and not fast[0].flags.writeable
         with pytest.raises(ValueError, match="read-only"):
             medium[0] += 1
     assert DISFlow().flows(list(frames), [(0, 1)])[0].flags.writeable  # closed: nothing cached
+
+
+def test_lru_cache_bounds():
+    from harness.lru import LRUCache
+
+    c = LRUCache(max_entries=2)
+    c.put("a", 1), c.put("b", 2), c.get("a"), c.put("c", 3)  # "b" is the least recently used
+    assert c.get("b") is None and c.get("a") == 1 and len(c) == 2 and (c.hits, c.misses) == (2, 1)
+    sized = LRUCache(max_bytes=10, size=len)
+    sized.put("x", "12345"), sized.put("x", "123456"), sized.put("y", "1234")
+    assert len(sized) == 2 and sized.nbytes == 10  # a replaced value is not counted twice
+    sized.put("z", "12345678901")  # larger than the bound: kept alone
+    assert len(sized) == 1 and sized.get("z")
+    off = LRUCache(max_entries=0)
+    off.put("k", 1)
+    assert len(off) == 0 and off.get("k") is None
+    with pytest.raises(ValueError, match="size function"):
+        LRUCache(max_bytes=1)

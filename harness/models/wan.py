@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig
 
+from harness.lru import LRUCache
 from harness.models.base import Conditioning, ModelAdapter
 from harness.models.components import Component, ModelDirError, check_model_dir
 from harness.models.tiny_wan import save_wan_lora
@@ -128,39 +128,16 @@ def check_geometry(num_frames: int, height: int, width: int, temporal: int, spat
                 f"(nearest valid: {lo} or {lo + multiple})")
 
 
-class TextEmbeddingCache:
+class TextEmbeddingCache(LRUCache[torch.Tensor]):
     """Caption -> UMT5 embedding of its true tokens (L_true, D), kept on the CPU, least recently used
     evicted beyond ``max_entries`` (0 disables caching). Exact: with the attention mask, a caption's
     embedding does not depend on the rest of the batch, and padding is re-added on the way out."""
 
     def __init__(self, max_entries: int = 1024):
-        self.max_entries = max_entries
-        self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.hits = self.misses = 0
+        super().__init__(max_entries=max_entries)
 
-    def get(self, caption: str) -> torch.Tensor | None:
-        value = self._store.get(caption)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._store.move_to_end(caption)
-        return value
-
-    def put(self, caption: str, value: torch.Tensor) -> None:
-        if self.max_entries <= 0:
-            return
-        self._store[caption] = value.detach().to("cpu")
-        self._store.move_to_end(caption)
-        while len(self._store) > self.max_entries:
-            self._store.popitem(last=False)
-
-    def clear(self) -> None:
-        self._store.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._store)
+    def put(self, caption: str, value: torch.Tensor) -> torch.Tensor:
+        return super().put(caption, value.detach().to("cpu"))
 
 
 class WanAdapter(ModelAdapter):

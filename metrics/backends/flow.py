@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+
+from harness.lru import LRUCache
 
 MAX_AUTO_UPSCALE = 8
 
@@ -113,7 +114,7 @@ class FlowBackend(ABC):
         todo = [n for n, f in enumerate(found) if f is None]
         if todo:
             for n, flow in zip(todo, self.compute_flows(frames, [pairs[n] for n in todo]), strict=True):
-                found[n] = cache.put(keys[n], flow)
+                found[n] = cache.put(keys[n], _frozen(flow))
         return found
 
     def compute_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -138,36 +139,14 @@ class FlowBackend(ABC):
         return f"<{type(self).__name__} {self.identity}>"
 
 
-class _FlowCache:
-    """Flows by (backend identity, digest of frame a, digest of frame b), least recently used
-    dropped past ``max_bytes``. Entries are read-only: a metric that changed one in place would
-    change another metric's input."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes, self.nbytes = max_bytes, 0
-        self.entries: OrderedDict[tuple[str, bytes, bytes], np.ndarray] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple[str, bytes, bytes]) -> np.ndarray | None:
-        flow = self.entries.get(key)
-        if flow is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.entries.move_to_end(key)
-        return flow
-
-    def put(self, key: tuple[str, bytes, bytes], flow: np.ndarray) -> np.ndarray:
-        flow = np.ascontiguousarray(flow)
-        flow.flags.writeable = False
-        self.entries[key] = flow
-        self.nbytes += flow.nbytes
-        while self.nbytes > self.max_bytes and len(self.entries) > 1:
-            self.nbytes -= self.entries.popitem(last=False)[1].nbytes
-        return flow
+def _frozen(flow: np.ndarray) -> np.ndarray:
+    """Cached flows are read-only: a metric that changed one in place would change another metric's input."""
+    flow = np.ascontiguousarray(flow)
+    flow.flags.writeable = False
+    return flow
 
 
-_ACTIVE: list[_FlowCache] = []
+_ACTIVE: list[LRUCache[np.ndarray]] = []
 
 
 def _digest(frame: np.ndarray) -> bytes:
@@ -177,11 +156,11 @@ def _digest(frame: np.ndarray) -> bytes:
 
 
 @contextmanager
-def shared_flows(max_bytes: int = 512 * 2**20) -> Iterator[_FlowCache]:
+def shared_flows(max_bytes: int = 512 * 2**20) -> Iterator[LRUCache[np.ndarray]]:
     """Flows computed inside are computed once per (backend identity, frame pair), up to
-    ``max_bytes`` of them kept (the tiny preset's whole evaluation needs ~6 MB; 480p flows are
+    ``max_bytes`` of them kept (a tiny-preset checkpoint needs ~2 MB; 480p flows are
     3 MB each). Results are the same as without it: the backends are deterministic."""
-    cache = _FlowCache(max_bytes)
+    cache: LRUCache[np.ndarray] = LRUCache(max_bytes=max_bytes, size=lambda flow: flow.nbytes)
     _ACTIVE.append(cache)
     try:
         yield cache
