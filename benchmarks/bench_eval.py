@@ -55,7 +55,8 @@ def main() -> None:
             store.add_run("bench", preset.name, {}, [0], {})
             ckpt = store.checkpoint("bench", "base", 0, 0, None, preset.sampler.model_dump())
             t0 = time.perf_counter()
-            evaluator.evaluate(store, ckpt, adapter, Path(tmp) / "samples.npz", show_progress=False)
+            evaluator.evaluate(store, ckpt, adapter, Path(tmp) / "samples.npz", show_progress=False,
+                               weights="bench")
             total = time.perf_counter() - t0
     results = {
         "eval_videos": preset.eval.num_videos, "sampler": preset.sampler.model_dump(),

@@ -10,11 +10,13 @@ metric is computed again (records are upserted, never duplicated).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from metrics.registry import expand_metrics, get_metric
 from metrics.rollups import SHIFT_MOTION, VBENCH_I2V_RANGES, shift_rollup, vbench_i2v_rollup
 
 log = logging.getLogger(__name__)
+AdapterSource = ModelAdapter | Callable[[], ModelAdapter] | None  # a model, or a function that loads it
 ROLLUP_DIMENSIONS = set(VBENCH_I2V_RANGES) | set(SHIFT_MOTION)
 
 
@@ -63,6 +66,9 @@ class Evaluator:
                                + " ".join(names))
         self.eval = clip_batch(preset, "eval", range(preset.eval.num_videos))
         self.seeds = [preset.eval.seed + i for i in range(preset.eval.num_videos)]
+        h = hashlib.sha256(np.ascontiguousarray(self.eval.first_frames).tobytes())
+        h.update(json.dumps([list(self.eval.captions), self.seeds, list(self.eval.frames.shape)]).encode())
+        self.eval_digest = h.hexdigest()
 
     # -- videos ------------------------------------------------------------------------
     def sample_videos(self, adapter: ModelAdapter, show_progress: bool = True,
@@ -90,18 +96,34 @@ class Evaluator:
             out.update(part)
         return np.stack([out[i] for i in range(n)])
 
-    def samples_for(self, adapter: ModelAdapter | None, path: Path, show_progress: bool = True,
-                    sampler: SamplerConfig | None = None) -> np.ndarray:
+    def inputs_key(self, weights: str, sampler: SamplerConfig | None = None) -> dict:
+        """What a checkpoint's eval samples and results are computed from: the weights (a digest or an
+        identity), every sampler setting, and the eval set (conditions, captions and seeds)."""
+        sampler = sampler or self.preset.sampler
+        return {"weights": weights, "sampler": sampler.model_dump(mode="json"), "eval_set": self.eval_digest}
+
+    def samples_for(self, adapter: AdapterSource, path: Path, show_progress: bool = True,
+                    sampler: SamplerConfig | None = None, key: dict | None = None) -> np.ndarray:
+        """The eval videos of ``path`` when they were sampled from the same inputs (``key``), else
+        sampled again from ``adapter`` (a model, or a function that loads it) and saved with the key."""
         d = current()
-        if d.broadcast(path.is_file()):  # rank 0 decides: every rank must take the same branch
+        key_text = json.dumps(key, sort_keys=True)
+        state = d.broadcast(_samples_state(path, key_text) if d.is_main else None)  # rank 0 decides
+        if state == "ok":
             with np.load(path) as z:
                 return z["frames"]
+        if state == "other":
+            log.warning("%s holds videos sampled from other inputs (another checkpoint, sampler or eval set); "
+                        "sampling them again", path)
         if adapter is None:
-            raise FileNotFoundError(f"{path} is missing and no model was given to sample it")
-        frames = self.sample_videos(adapter, show_progress, sampler)
+            raise FileNotFoundError(f"{path} is missing (or made from other inputs) and no model was given to "
+                                    "sample it")
+        model = adapter if isinstance(adapter, ModelAdapter) else adapter()
+        frames = self.sample_videos(model, show_progress, sampler)
         if d.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".partial.npz")
-            np.savez_compressed(tmp, frames=frames, seeds=np.asarray(self.seeds))
+            np.savez_compressed(tmp, frames=frames, seeds=np.asarray(self.seeds), inputs=np.asarray(key_text))
             os.replace(tmp, path)
         d.barrier()
         return frames
@@ -117,12 +139,16 @@ class Evaluator:
             for i, (f, seed) in enumerate(zip(frames, self.seeds, strict=True))
         ]
 
-    def evaluate(self, store: ResultStore, checkpoint_id: int, adapter: ModelAdapter | None,
+    def evaluate(self, store: ResultStore, checkpoint_id: int, adapter: AdapterSource,
                  samples_path: Path, show_progress: bool = True,
-                 sampler: SamplerConfig | None = None) -> dict[str, float]:
-        """Sample (or reload) the eval set for a checkpoint and compute what is missing."""
+                 sampler: SamplerConfig | None = None, *, weights: str) -> dict[str, float]:
+        """Sample (or reload) the eval set for a checkpoint and compute what is missing. ``weights``
+        identifies the model (a digest of its files): results and samples of the checkpoint made from
+        other weights, sampler settings or eval set are dropped and computed again."""
+        key = self.inputs_key(weights, sampler)
+        bind_inputs(store, checkpoint_id, key, f"checkpoint {samples_path.parent}")
         if current().broadcast(any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics)):
-            videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress, sampler))
+            videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress, sampler, key))
             return self.score(store, checkpoint_id, videos, show_progress)
         return self._rollups(store, checkpoint_id)
 
@@ -184,6 +210,27 @@ class Evaluator:
         return by_name
 
 
+def bind_inputs(store: ResultStore, checkpoint_id: int, key: dict, what: str) -> None:
+    """Tie a checkpoint's results to their inputs (rank 0's store); stale results are dropped, said once."""
+    old = store.bind_inputs(checkpoint_id, key)
+    if old:
+        changed = sorted(k for k, v in json.loads(old).items() if key.get(k) != v)
+        log.warning("%s: results stored from other inputs (%s changed) were dropped; computing them again",
+                    what, ", ".join(changed) or "key")
+
+
+def _samples_state(path: Path, key_text: str) -> str:
+    """'ok' (sampled from these inputs), 'other' (from other inputs, or unverifiable) or 'missing'."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with np.load(path) as z:
+            stored = str(z["inputs"]) if "inputs" in z.files else None
+    except Exception:  # a truncated or corrupt file is sampled again  # noqa: BLE001
+        return "other"
+    return "ok" if stored == key_text else "other"
+
+
 def _rollup_label(identities: list[str]) -> str:
     """What a roll-up is made of: ``random-weights`` if any input is, else ``upstream`` when every
     input used upstream models, else ``tiny`` (weights-free or tiny-world backends)."""
@@ -203,32 +250,41 @@ def _isnan(x: object) -> bool:
 
 # -- `harness eval`: a model directory, a run, or a folder of videos -------------------------------
 
+def checkpoint_weights(preset: PresetConfig, path: Path, base_checkpoint: str | None = None) -> str:
+    """The weights identity of a run checkpoint (its LoRA on the preset's base) or a model directory."""
+    from harness.config import package_path
+    from harness.models.registry import base_identity
+    from harness.rundir import LORA, dir_digest, file_digest
+
+    if (path / LORA).is_file():
+        base = package_path(base_checkpoint) if base_checkpoint else preset.base_checkpoint_path()
+        return f"{base_identity(preset.adapter, base)}+lora:{file_digest(path / LORA)}"
+    return f"tiny:{dir_digest(path)}"
+
+
 def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -> ModelAdapter:
     """A full tiny model directory (adapter.json) or a run's LoRA checkpoint (lora.safetensors) on
     the preset's base: its real family (``adapter`` section) or the tiny model. A checkpoint's method
     settings (LoRA rank, its own starting model) come from ``methods``, else from the run.json of
     the run that holds it (``<run>/checkpoints/<method>/seed<k>/step<n>``)."""
-    import json
-
     from safetensors.torch import load_file
 
     from harness.models.tiny_wan import TinyWanAdapter
+    from harness.rundir import LORA
     from harness.runner import base_adapter  # the runner's own choice of base (it imports this module)
 
     if (path / "adapter.json").is_file():
         adapter = TinyWanAdapter.load(path)
-    elif (path / "lora.safetensors").is_file():
-        method = path.parent.parent.name
-        run_json = path.parents[3] / "run.json" if len(path.parents) > 3 else None
-        if methods is None and run_json is not None and run_json.is_file():
-            methods = json.loads(run_json.read_text()).get("methods")
-        cfg = (methods or {}).get(method)
-        if cfg is None:
-            raise FileNotFoundError(f"{path}: a LoRA checkpoint of method {method!r}, but {run_json or 'run.json'} "
-                                    "(three levels up, in the run directory) does not describe that method")
+    elif (path / LORA).is_file():
+        cfg = _method_settings(path, methods)
         adapter = base_adapter(preset, cfg.get("base_checkpoint"))
         adapter.add_lora(cfg["lora_rank"], cfg["lora_alpha"])
-        adapter.load_lora_state_dict(load_file(path / "lora.safetensors"))
+        try:
+            state = load_file(path / LORA)
+        except Exception as exc:  # truncated or corrupt safetensors
+            raise ValueError(f"checkpoint file {path / LORA} is unreadable ({type(exc).__name__}: {exc}); "
+                             "evaluate another checkpoint of its run, or train it again") from exc
+        adapter.load_lora_state_dict(state)
     else:
         raise FileNotFoundError(f"{path}: neither a model directory (adapter.json) nor a run checkpoint "
                                 "(lora.safetensors)")
@@ -236,24 +292,62 @@ def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -
     return adapter
 
 
+def _method_settings(path: Path, methods: dict | None) -> dict:
+    """The settings of the method that wrote LoRA checkpoint ``path`` (from its run's manifest)."""
+    from harness.rundir import RunDir
+
+    where = RunDir.locate(path)
+    if methods is None and where is None:
+        raise FileNotFoundError(
+            f"{path} holds a LoRA (lora.safetensors) but is not a checkpoint inside a run directory "
+            "(<run>/checkpoints/<method>/seed<k>/step<n> next to <run>/run.json), so its method settings "
+            "(LoRA rank, base model) are unknown; evaluate it where `harness run` wrote it")
+    method = where[1] if where else path.parent.parent.name
+    if methods is None:
+        methods = (where[0].read_manifest() or {}).get("methods") or {}
+    if method not in methods:
+        raise FileNotFoundError(f"{path}: a LoRA checkpoint of method {method!r}, but its run's run.json does not "
+                                f"describe that method (it has {', '.join(methods) or 'none'})")
+    return methods[method]
+
+
 def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progress: bool = True) -> Path:
     """Compute metrics missing from every checkpoint of a run (e.g. a metric added later)."""
-    import json
-
     from harness.config import PresetConfig as Preset
+    from harness.rundir import RunDir
 
-    info = json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir)
+    info = run.read_manifest() or {}
     preset = Preset(**info["preset"])
     evaluator = Evaluator(preset, metric_names)
-    with ResultStore(run_dir / "results.sqlite") as store:
+    with ResultStore(run.results) as store:
         for row in store.checkpoints().itertuples():
-            path = Path(row.path)
-            adapter = None if (path / "samples.npz").is_file() else adapter_for(preset, path, info["methods"])
+            path = run.resolve(row.path)
             # Re-sample with the settings the checkpoint was evaluated with (a method may have its own).
             sampler = SamplerConfig(**row.sampler) if isinstance(row.sampler, dict) and "kind" in row.sampler \
                 else None
-            evaluator.evaluate(store, int(row.checkpoint_id), adapter, path / "samples.npz", show_progress, sampler)
-    return run_dir / "results.sqlite"
+            cfg = (info.get("methods") or {}).get(row.method) or {}
+            if row.method == "base" or not (path / "lora.safetensors").is_file():
+                weights = _base_weights(preset, cfg.get("base_checkpoint"))
+                def load(cfg=cfg):
+                    from harness.runner import base_adapter
+
+                    return base_adapter(preset, cfg.get("base_checkpoint"))
+            else:
+                weights = checkpoint_weights(preset, path, cfg.get("base_checkpoint"))
+                def load(path=path):
+                    return adapter_for(preset, path, info["methods"])
+            evaluator.evaluate(store, int(row.checkpoint_id), load, path / "samples.npz", show_progress, sampler,
+                               weights=weights)
+    return run.results
+
+
+def _base_weights(preset: PresetConfig, base_checkpoint: str | None = None) -> str:
+    from harness.config import package_path
+    from harness.models.registry import base_identity
+
+    return base_identity(preset.adapter, package_path(base_checkpoint) if base_checkpoint
+                         else preset.base_checkpoint_path())
 
 
 def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> ResultStore:
@@ -261,25 +355,53 @@ def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> Re
 
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.sqlite")
-    store.add_run(run_id, preset.name, {"preset": preset.record(), **config}, [0], provenance())
+    try:
+        store.add_run(run_id, preset.name, {"preset": preset.record(), **config}, [0], provenance())
+    except ValueError as exc:
+        store.close()
+        raise ValueError(f"{out} already holds results of {run_id!r} from other inputs or settings ({exc}); "
+                         "choose another --out") from exc
     return store
 
 
 def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_names: Sequence[str] | None,
                         show_progress: bool = True) -> Path:
+    """Evaluate one checkpoint into ``out``. Its results and samples are tied to the digest of its
+    weights: another checkpoint evaluated into the same ``out`` is stored under its own name and never
+    reuses these samples; the same checkpoint with changed weights is sampled and scored again."""
+    from harness.rundir import RunDir
+
     evaluator = Evaluator(preset, metric_names)
+    where = RunDir.locate(path) if (path / "lora.safetensors").is_file() else None
+    if where is not None:
+        run, method, seed, step = where
+        methods = (run.read_manifest() or {}).get("methods") or {}
+        base_ckpt = (methods.get(method) or {}).get("base_checkpoint")
+        label = f"{method}-seed{seed}-step{step}"
+    else:
+        method, seed, step, base_ckpt, label = f"model:{path.name}", 0, 0, None, f"model-{path.name}"
     adapter = adapter_for(preset, path)
-    with _new_store(out, f"eval-{path.name}", preset, {"checkpoint": str(path)}) as store:
-        ckpt = store.checkpoint(f"eval-{path.name}", "checkpoint", 0, 0, str(path), preset.sampler.model_dump())
-        evaluator.evaluate(store, ckpt, adapter, out / "samples.npz", show_progress)
+    weights = checkpoint_weights(preset, path, base_ckpt)
+    run_id = f"eval-{label}"
+    with _new_store(out, run_id, preset, {"checkpoint": str(path.resolve())}) as store:
+        ckpt = store.checkpoint(run_id, method, seed, step, str(path.resolve()), preset.sampler.model_dump())
+        evaluator.evaluate(store, ckpt, adapter, out / "samples" / f"{label}.npz", show_progress, weights=weights)
     return out / "results.sqlite"
+
+
+MIN_FRAMES = 2  # every video metric compares consecutive frames
 
 
 def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names: Sequence[str] | None,
                     fps: float | None = None, show_progress: bool = True) -> tuple[Path, list[str]]:
-    """Score a folder of mp4 files; unreadable ones are reported, recorded as skips, and left out."""
+    """Score a folder of mp4 files; unreadable or too short ones are reported, recorded as skips, and
+    left out. Results are tied to the files' content (a sha256 per video): when the folder changes
+    (a video replaced, added or removed), the stored results are dropped and the folder is scored again."""
     from harness.data.video_io import VideoReadError, read_video
+    from harness.rundir import file_digest
 
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--videos {folder}: no such folder")
     evaluator = Evaluator(preset, metric_names or [m for m in preset.eval.metrics if m != "fvd"])
     needs_condition = [m.identity for m in evaluator.metrics
                        if getattr(m, "needs_condition", "condition" in m.spec.inputs)]
@@ -291,19 +413,23 @@ def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names:
         raise FileNotFoundError(f"no .mp4 files in {folder}")
     run_id = f"videos-{folder.resolve().name}"
     skipped: list[str] = []
+    fps = fps or preset.world.fps
+    key = {"videos": {f.name: file_digest(f) for f in files}, "fps": fps}
     with _new_store(out, run_id, preset, {"videos": str(folder)}) as store:
         ckpt = store.checkpoint(run_id, "videos", 0, 0, str(folder), {"source": "files"})
+        bind_inputs(store, ckpt, key, f"--videos {folder}")
         videos = []
         for f in files:
             try:
                 frames = read_video(f)
+                if len(frames) < MIN_FRAMES:
+                    raise VideoReadError(f"{f}: {len(frames)} frame(s); the metrics need at least {MIN_FRAMES}")
             except VideoReadError as exc:
                 log.warning("skipping %s", exc)
                 store.add_skip(ckpt, f.name, str(exc))
                 skipped.append(f.name)
                 continue
-            videos.append(VideoSample(video_id=f.name, frames=frames, fps=fps or preset.world.fps,
-                                      first_frame=frames[0]))
+            videos.append(VideoSample(video_id=f.name, frames=frames, fps=fps, first_frame=frames[0]))
         if not videos:
             raise ValueError(f"none of the {len(files)} videos in {folder} could be read; see the skips above")
         evaluator.score(store, ckpt, videos, show_progress)

@@ -41,6 +41,10 @@ class ProbeRunner:
     def due(self, step: int) -> bool:
         return bool(self.probes) and step % self.every == 0
 
+    def reset(self) -> None:
+        """Forget the series (before restoring them up to another step)."""
+        self.series = {p.spec.name: {} for p in self.probes}
+
     def restore(self, logs, max_step: int) -> None:
         """Reload the series logged up to ``max_step`` (a resumed run continues them)."""
         for row in logs.itertuples():

@@ -4,45 +4,36 @@
         step 0 is the base model (evaluated once per run, stored as method 'base')
         train; every `eval_every` steps and at the end: checkpoint, then evaluate
 
-Run directory layout::
-
-    run.json                      options, preset and provenance
-    results.sqlite                the ResultStore
-    checkpoints/base/step000000/  samples.npz
-    checkpoints/<method>/seed<k>/step<NNNNNN>/
-        lora.safetensors  trainer_state.pt  samples.npz  DONE
-
-A checkpoint directory is written under a temporary name and renamed when complete
-(DONE marks it); `--resume` continues each (method, seed) from its last complete
-checkpoint with the trainer's full state (LoRA, optimiser, random generator), so a
-resumed run computes the same numbers, and evaluates only what is missing.
+The run directory's layout, identity, lock and checkpoint files belong to ``harness.rundir``.
+A checkpoint carries the training logs since the previous one, and the results of a checkpoint
+are stored only after it is complete, in an order a crash anywhere can resume from: a resumed run
+stores the logs from the checkpoint files, the probe aggregates from the logs, and evaluates what
+is missing, so its store equals an uninterrupted run's row for row (tests/test_faults.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from harness.config import PresetConfig, package_path
 from harness.data.preferences import PairsError
 from harness.distributed import DistributedConfigError, NoStore, check_divisible, current
-from harness.evaluate import Evaluator
+from harness.evaluate import Evaluator, checkpoint_weights
 from harness.models.base import ModelAdapter
-from harness.models.registry import check_adapter_dir, load_adapter
+from harness.models.registry import base_identity, check_adapter_dir, load_adapter
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
 from harness.provenance import provenance
+from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import TrainerConfig
 from trainers.registry import trainer_for
 
 log = logging.getLogger(__name__)
@@ -61,6 +52,25 @@ class RunOptions:
     metrics: list[str] | None = None
     resume: bool = False
     show_progress: bool = True
+    # Actions on an existing run, not settings of it (left out of the manifest's options):
+    extend_seeds: bool = False  # add --seeds to the run's recorded seeds
+    adopt: bool = False  # continue a run directory that was copied or moved here
+
+    ACTIONS = ("resume", "show_progress", "extend_seeds", "adopt")
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
+        if not self.seeds or bad or len(set(self.seeds)) != len(self.seeds):
+            raise RunError(f"seeds {self.seeds}: give one or more distinct integers >= 0 (e.g. --seeds 0,1,2)")
+        try:
+            for m in self.methods:
+                safe_part("method", m)
+        except RunDirError as exc:
+            raise RunError(str(exc)) from exc
+
+    def settings(self) -> dict:
+        """The options as the manifest records them (what the run is, not how it was started)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.ACTIONS or k == "resume"}
 
 
 def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> TrainerConfig:
@@ -119,65 +129,28 @@ def check_methods(configs: dict[str, TrainerConfig], preset: PresetConfig) -> No
         raise RunError(f"the methods' settings do not fit preset {preset.name!r}:\n  " + "\n  ".join(problems))
 
 
-def _checkpoint_dir(out: Path, method: str, seed: int, step: int) -> Path:
-    if method == "base":
-        return out / "checkpoints" / "base" / f"step{step:06d}"
-    return out / "checkpoints" / method / f"seed{seed}" / f"step{step:06d}"
-
-
-def _complete_steps(out: Path, method: str, seed: int, max_step: int) -> list[int]:
-    root = out / "checkpoints" / method / f"seed{seed}"
-    steps = [int(p.name[4:]) for p in root.glob("step*") if (p / "DONE").exists() and p.name[4:].isdigit()]
-    return current().broadcast(sorted(s for s in steps if s <= max_step))  # rank 0's view of the disk
-
-
-def _latest_complete(out: Path, method: str, seed: int, max_step: int) -> int | None:
-    steps = _complete_steps(out, method, seed, max_step)
-    return steps[-1] if steps else None
-
-
-def _save_checkpoint(trainer: Trainer, path: Path, step: int, logs: list[dict]) -> None:
-    d = current()
-    state = trainer.state_dict()  # on every rank: under ZeRO it gathers the partitioned optimiser state
-    if not d.is_main:  # every rank holds the same state; rank 0 writes it
-        d.barrier()
-        return
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.pop("lora").items()}, tmp / "lora.safetensors")
-    torch.save({"step": step, **state}, tmp / "trainer_state.pt")
-    (tmp / "DONE").write_text(json.dumps({"step": step, "logs_since_last": len(logs)}))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    d.barrier()
-
-
-def _load_checkpoint(trainer: Trainer, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = torch.load(path / "trainer_state.pt", weights_only=True)
-    state["lora"] = load_file(path / "lora.safetensors")
-    trainer.load_state_dict(state)
-
-
-def _prepare_out(out: Path, resume: bool) -> None:
+def _prepare_out(out: Path, resume: bool) -> bool:
+    """Check the run directory can be written (rank 0); True if it already holds a run."""
     if not current().is_main:
-        return
-    exists = (out / "results.sqlite").exists()
+        return False
+    exists = RunDir(out).results.exists()
     if exists and not resume:
         log.info("%s already holds a run: continuing it (only what is missing is computed)", out)
     if resume and not exists:
         raise RunError(f"--resume given but {out} holds no run (no results.sqlite)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
-    except OSError as exc:
-        raise RunError(f"cannot write to {out} ({exc.strerror}); choose another --out") from exc
+    probe = out
+    while not probe.exists():  # the nearest existing parent must be writable: create nothing yet
+        probe = probe.parent
+    import os
+
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write to {out} ({probe} is not a writable directory); choose another --out")
+    return exists
 
 
 def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
+    """Check everything that can be checked from the settings, then (and only then) create the run
+    directory, take its lock and run. A start that fails leaves no directory behind."""
     _prepare_out(out, opts.resume)
     if preset.threads:
         torch.set_num_threads(preset.threads)
@@ -191,38 +164,103 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
                   "methods": {m: c.model_dump() for m, c in configs.items()},
                   "metrics": [m.identity for m in evaluator.metrics]}
     d = current()
+    rundir = RunDir(out)
+    if d.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot write to {out} ({exc.strerror}); choose another --out") from exc
     d.barrier()  # rank 0 prepared the directory
-    # Only rank 0 opens the results database; the other ranks sample and score their shards.
-    with ResultStore(out / "results.sqlite") if d.is_main else NoStore() as store:
-        _run(preset, out, opts, configs, evaluator, run_config, store)
+    try:
+        # One writer per directory (rank 0 holds the lock for the group); only rank 0 opens the results
+        # database; the other ranks sample and score their shards.
+        with (rundir.lock() if d.is_main else _nothing()), \
+                (ResultStore(rundir.results) if d.is_main else NoStore()) as store:
+            _run(preset, rundir, opts, configs, evaluator, run_config, store)
+    except RunDirError as exc:
+        raise RunError(str(exc)) from exc
     return out
 
 
-def _run(preset: PresetConfig, out: Path, opts: RunOptions, configs: dict[str, TrainerConfig],
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _identity(rundir: RunDir, opts: RunOptions, store: ResultStore) -> tuple[str, list[int], dict | None]:
+    """(run id, seeds, manifest) on rank 0: the run id recorded in the manifest (a copied or moved run is
+    continued only with --adopt), and the seeds, which another --seeds changes only with --extend-seeds."""
+    run_id, manifest = rundir.identity(opts.adopt)
+    seeds = list(opts.seeds)
+    recorded = store.seeds(run_id)
+    if recorded is not None and sorted(recorded) != sorted(seeds):
+        if not opts.extend_seeds:
+            raise RunError(f"{rundir.root} holds a run of seeds {sorted(recorded)}, not {seeds}; to add seeds to it "
+                           "pass --extend-seeds (they are recorded with the run), or choose another --out")
+        seeds = sorted(set(recorded) | set(seeds))
+    return run_id, seeds, manifest
+
+
+def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, configs: dict[str, TrainerConfig],
          evaluator: Evaluator, run_config: dict, store: ResultStore) -> None:
-    run_id = out.resolve().name
+    d = current()
+    run_id, seeds, manifest = d.broadcast(_identity(rundir, opts, store) if d.is_main else None)
     prov = provenance()
     try:
-        store.add_run(run_id, preset.name, run_config, opts.seeds, prov)
+        store.add_run(run_id, preset.name, run_config, seeds, prov)
     except ValueError as exc:  # same directory, different settings: never mix numbers
-        raise RunError(f"{out} holds a run with other settings ({exc}); choose another --out") from exc
-    if current().is_main and not (out / "run.json").exists():
-        (out / "run.json").write_text(json.dumps({"run_id": run_id, "options": asdict(opts), **run_config,
-                                                  **prov}, indent=2))
-    sampler = preset.sampler.model_dump()
-    base_dir = _checkpoint_dir(out, "base", 0, 0)
+        raise RunError(f"{rundir.root} holds a run with other settings ({exc}); choose another --out") from exc
+    opts = RunOptions(**{**asdict(opts), "seeds": seeds})
+    if d.is_main and (manifest is None or manifest["options"].get("seeds") != seeds):
+        store.set_seeds(run_id, seeds)
+        rundir.write_manifest({**(manifest or {"run_id": run_id, "directory": str(rundir.root.resolve()),
+                                               **run_config, **prov}), "options": opts.settings()})
+    base_dir = rundir.checkpoint("base", 0, 0)
     base_dir.mkdir(parents=True, exist_ok=True)
-    base_ckpt = store.checkpoint(run_id, "base", 0, 0, str(base_dir), sampler)
-    base = base_adapter(preset)
-    base.model.eval()
+    base_ckpt = store.checkpoint(run_id, "base", 0, 0, rundir.relative(base_dir), preset.sampler.model_dump())
     log.info("evaluating the base model (step 0)")
-    evaluator.evaluate(store, base_ckpt, base, base_dir / "samples.npz", opts.show_progress)
+    evaluator.evaluate(store, base_ckpt, lambda: _eval_mode(base_adapter(preset)), base_dir / SAMPLES,
+                       opts.show_progress, weights=_base_weights(preset))
     for method, cfg in configs.items():
-        for seed in opts.seeds:
-            _train_one(preset, out, store, run_id, evaluator, method, cfg, seed, opts.show_progress)
+        for seed in seeds:
+            _train_one(preset, rundir, store, run_id, evaluator, method, cfg, seed, opts.show_progress)
 
 
-def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str, evaluator: Evaluator,
+def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:
+    adapter.model.eval()
+    return adapter
+
+
+def _base_weights(preset: PresetConfig, checkpoint: str | None = None) -> str:
+    return base_identity(preset.adapter, package_path(checkpoint) if checkpoint else preset.base_checkpoint_path())
+
+
+def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed: int, steps: list[int],
+             sampler: dict, probes: ProbeRunner) -> None:
+    """After an interruption: store the training logs that complete checkpoints carry (a crash after a
+    checkpoint was written but before its logs reached the store), then each checkpoint's probe
+    aggregates from the logs up to its step. Both are upserts: storing twice changes nothing."""
+    d = current()
+    for step in steps:
+        store.log_train(run_id, method, seed, rundir.checkpoint_logs(rundir.checkpoint(method, seed, step)))
+    if not probes:
+        return
+    logs = d.broadcast(store.train_logs(run_id))
+    logs = logs.query("method == @method and seed == @seed") if not logs.empty else logs
+    for step in steps:
+        ckpt = store.checkpoint(run_id, method, seed, step, rundir.relative(rundir.checkpoint(method, seed, step)),
+                                sampler)
+        probes.reset()
+        probes.restore(logs, step)
+        probes.store_checkpoint(store, ckpt)
+    probes.reset()
+    probes.restore(logs, steps[-1])
+
+
+def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id: str, evaluator: Evaluator,
                method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
     log.info("%s seed %d: preparing the trainer", method, seed)
     torch.manual_seed(seed)
@@ -230,43 +268,56 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
     try:
         # One cache for the run: rank 0 decides whether a file is there and is its only writer (the
         # ranks build its content together, trainers/preference.py:load_pairs).
-        cache = out / "cache"
-        trainer = trainer_for(method, {"trainer": cfg.trainer})(adapter, preset, cfg, seed, workdir=cache)
-        probes = ProbeRunner(preset, trainer, cache)
+        trainer = trainer_for(method, {"trainer": cfg.trainer})(adapter, preset, cfg, seed, workdir=rundir.cache)
+        probes = ProbeRunner(preset, trainer, rundir.cache)
     except (PairsError, ValueError) as exc:  # unusable pairs, replay/offline sources, rewards
         raise RunError(f"{method} seed {seed}: {exc}") from exc
     sampler_cfg = trainer.sampler
     sampler = sampler_cfg.model_dump()
+    d = current()
+
+    def record(path: Path, step: int) -> int:
+        return store.checkpoint(run_id, method, seed, step, rundir.relative(path), sampler)
+
     if cfg.base_checkpoint or cfg.sampler:  # its own starting model or sampler: its own step 0
-        path = _checkpoint_dir(out, method, seed, 0)
+        path = rundir.checkpoint(method, seed, 0)
         path.mkdir(parents=True, exist_ok=True)
-        ckpt = store.checkpoint(run_id, method, seed, 0, str(path), sampler)
         adapter.model.eval()
         log.info("%s seed %d: evaluating step 0 (its own base model or sampler)", method, seed)
-        evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
-    start = _latest_complete(out, method, seed, cfg.steps) or 0
+        evaluator.evaluate(store, record(path, 0), adapter, path / SAMPLES, show_progress, sampler_cfg,
+                           weights=_base_weights(preset, cfg.base_checkpoint))
+    done_steps = d.broadcast(rundir.complete_steps(method, seed, cfg.steps))  # rank 0's view of the disk
+    start = done_steps[-1] if done_steps else 0
+
+    def load(step: int) -> None:
+        earlier = [s for s in done_steps if s < step]
+        rundir.load_checkpoint(trainer, rundir.checkpoint(method, seed, step),
+                               rundir.checkpoint(method, seed, earlier[-1]) if earlier else None)
+
     if start:
-        _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
+        load(start)
         log.info("%s seed %d: resuming from step %d", method, seed, start)
+        _recover(rundir, store, run_id, method, seed, done_steps, sampler, probes)
     # Evaluate checkpoints that exist but were not fully evaluated (an interrupted evaluation).
-    for step in _complete_steps(out, method, seed, start):
-        path = _checkpoint_dir(out, method, seed, step)
-        ckpt = store.checkpoint(run_id, method, seed, step, str(path), sampler)
-        evaluator.evaluate(store, ckpt, None if (path / "samples.npz").exists() else _at(trainer, path),
-                           path / "samples.npz", show_progress, sampler_cfg)
+    for step in done_steps:
+        path = rundir.checkpoint(method, seed, step)
+
+        def at(step: int = step) -> ModelAdapter:  # the checkpoint's weights, loaded only if needed
+            load(step)
+            return _eval_mode(trainer.adapter)
+
+        evaluator.evaluate(store, record(path, step), at, path / SAMPLES, show_progress, sampler_cfg,
+                           weights=checkpoint_weights(preset, path, cfg.base_checkpoint))
     if start:  # the loaded state is the latest checkpoint again
-        _load_checkpoint(trainer, _checkpoint_dir(out, method, seed, start))
-        logs_so_far = current().broadcast(store.train_logs(run_id))
-        probes.restore(logs_so_far.query("method == @method and seed == @seed"), start)
+        load(start)
     logs: list[tuple[int, str, float]] = []
     extra_checkpoints = trainer.checkpoint_steps()
     log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, cfg.steps)
     if probes and start == 0:
         logs.extend(probes.measure(trainer, 0))
-    last_good = _checkpoint_dir(out, method, seed, start) if start else None
+    last_good = rundir.checkpoint(method, seed, start) if start else None
     # "seconds": time spent in training steps only (no probes, checkpoints or evaluation), carried
     # over a resume, so that methods' training costs compare (SHIFT's time relative to SFT).
-    d = current()
     train_seconds = d.broadcast(_logged_seconds(store, run_id, method, seed, start) if d.is_main else None)
     bar = tqdm(range(start, cfg.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
                initial=start, total=cfg.steps)
@@ -292,16 +343,23 @@ def _train_one(preset: PresetConfig, out: Path, store: ResultStore, run_id: str,
         if probes and (at_checkpoint or probes.due(done)):
             logs.extend(probes.measure(trainer, done))
         if at_checkpoint:
-            path = _checkpoint_dir(out, method, seed, done)
+            # The order a crash anywhere can resume from: the checkpoint with its logs (complete or
+            # absent), then the logs, the checkpoint's row and its probe aggregates, then evaluation.
+            path = rundir.checkpoint(method, seed, done)
             logs.append((done, "seconds", train_seconds))
-            _save_checkpoint(trainer, path, done, logs)
+            state = trainer.state_dict()  # on every rank: under ZeRO it gathers the partitioned optimiser state
+            if d.is_main:  # every rank holds the same state; rank 0 writes it
+                rundir.save_checkpoint(state, path, done, logs)
+            d.barrier()
+            done_steps.append(done)
             store.log_train(run_id, method, seed, logs)
             logs, last_good = [], path
-            ckpt = store.checkpoint(run_id, method, seed, done, str(path), sampler)
+            ckpt = record(path, done)
             probes.store_checkpoint(store, ckpt)
             adapter.model.eval()
             log.info("%s seed %d: evaluating step %d", method, seed, done)
-            evaluator.evaluate(store, ckpt, adapter, path / "samples.npz", show_progress, sampler_cfg)
+            evaluator.evaluate(store, ckpt, adapter, path / SAMPLES, show_progress, sampler_cfg,
+                               weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "")
 
 
 def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, step: int) -> float:
@@ -311,10 +369,3 @@ def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, ste
     rows = logs[(logs["method"] == method) & (logs["seed"] == seed) & (logs["key"] == "seconds")
                 & (logs["step"] <= step)] if not logs.empty else logs
     return float(rows.sort_values("step")["value"].iloc[-1]) if not rows.empty else 0.0
-
-
-def _at(trainer: Trainer, path: Path) -> ModelAdapter:
-    """The trainer's adapter with the weights of checkpoint ``path``."""
-    _load_checkpoint(trainer, path)
-    trainer.adapter.model.eval()
-    return trainer.adapter

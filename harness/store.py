@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
-TABLES = ("runs", "checkpoints", "records", "aggregates", "skips", "train_logs")
+TABLES = ("runs", "checkpoints", "records", "aggregates", "skips", "train_logs", "inputs")
 EXPORT_FORMATS = ("csv", "parquet")
 
 _SCHEMA = """
@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS train_logs (
     run_id TEXT NOT NULL REFERENCES runs(run_id), method TEXT NOT NULL, seed INTEGER NOT NULL,
     step INTEGER NOT NULL, key TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_id, method, seed, step, key));
+CREATE TABLE IF NOT EXISTS inputs (
+    checkpoint_id INTEGER PRIMARY KEY REFERENCES checkpoints(checkpoint_id), key_json TEXT NOT NULL);
 """
 
 _CKPT_COLS = "c.run_id, c.method, c.seed, c.step"
@@ -133,6 +135,33 @@ class ResultStore:
                 raise ValueError(f"run {run_id!r} already exists in {self.path} with a different config "
                                  f"(differing top-level keys: {', '.join(keys)}); a resumed run must use "
                                  f"the same config, or pick a new run_id")
+
+    def seeds(self, run_id: str) -> list[int] | None:
+        """The seeds a run was registered with (None: no such run)."""
+        with self._lock:
+            row = self.conn.execute("SELECT seeds_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_seeds(self, run_id: str, seeds: Sequence[int]) -> None:
+        """Record the seeds of a run that was deliberately extended."""
+        with self._tx() as c:
+            c.execute("UPDATE runs SET seeds_json=? WHERE run_id=?", (_dumps(sorted(int(s) for s in seeds)), run_id))
+
+    def bind_inputs(self, checkpoint_id: int, key: dict) -> str | None:
+        """Tie a checkpoint's results to what they are computed from (weights digest, sampler, eval set,
+        video digests). With other inputs than the stored ones, every result of the checkpoint is deleted
+        in one transaction, so nothing computed from the old inputs stays under its name; the old key is
+        returned (None when the inputs are new or unchanged)."""
+        text = _dumps(key)
+        with self._tx() as c:
+            row = c.execute("SELECT key_json FROM inputs WHERE checkpoint_id=?", (checkpoint_id,)).fetchone()
+            if row is not None and row[0] == text:
+                return None
+            if row is not None:
+                for table in ("records", "aggregates", "skips"):
+                    c.execute(f"DELETE FROM {table} WHERE checkpoint_id=?", (checkpoint_id,))
+            c.execute("INSERT OR REPLACE INTO inputs VALUES (?, ?)", (checkpoint_id, text))
+        return None if row is None else row[0]
 
     def checkpoint(self, run_id: str, method: str, seed: int, step: int, path: str | Path | None,
                    sampler: dict) -> int:

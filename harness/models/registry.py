@@ -101,3 +101,16 @@ def load_adapter(cfg: AdapterConfig, device: str | torch.device | None = None) -
     if cfg.gradient_checkpointing:
         adapter.enable_gradient_checkpointing()
     return adapter
+
+
+def base_identity(cfg: AdapterConfig | None, tiny_dir: Path) -> str:
+    """What results sampled from a base model are tied to: the digest of a tiny model directory's files,
+    or, for a real family, its settings (path, family, shape, dtype: its multi-gigabyte files are not
+    hashed at every evaluation)."""
+    import json
+
+    from harness.rundir import dir_digest
+
+    if cfg is not None:
+        return "adapter:" + json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return f"tiny:{dir_digest(tiny_dir)}"
