@@ -255,48 +255,51 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     smoke: Annotated[
         bool, typer.Option("--smoke", help="a run of seconds: 2 steps, 4 eval videos, 4 sampler steps, "
-                                            "8 rollout conditions"),
+                                            "8 rollout conditions (only where --set does not say otherwise)"),
     ] = False,
     sets: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     report: Annotated[bool, typer.Option(help="render the report at the end")] = True,
+    extend_seeds: Annotated[bool, typer.Option("--extend-seeds", help="add --seeds to the seeds of the run in "
+                                                                      "--out (recorded with the run)")] = False,
+    adopt: Annotated[bool, typer.Option("--adopt", help="continue a run directory that was copied or moved to "
+                                                        "--out (its run id is kept)")] = False,
 ) -> None:
     """Train each method from the base model, evaluate every checkpoint, store every number."""
-    from harness.runner import RunError, RunOptions
+    from harness.config import parse_override
+    from harness.runner import RunError, RunOptions, method_config
     from harness.runner import run as run_loop
-    from trainers.registry import available_methods, trainer_for
+    from harness.smoke import apply_smoke
+    from trainers.registry import available_methods
 
     chosen = _csv(methods) or []
-    extra = [{"eval": {"num_videos": 4}, "sampler": {"num_steps": 4}, "probes": {"pairs": 4, "draws": 1}}]
-    cfg = _preset(preset, sets, extra if smoke else [])
-    variants = [m for m, section in cfg.methods.items() if section.get("trainer")]
-    unknown = [m for m in chosen if m not in available_methods() and m not in variants]
-    if unknown:
-        _fail(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available_methods())}; "
-              f"variants in preset {cfg.name!r}: {', '.join(variants) or 'none'}")
-    if smoke:  # few rollout conditions for the pair sets, online stages and reward rollouts too
-        for m in chosen:
-            section = cfg.methods.setdefault(m, {})
-            fields = trainer_for(m, section).config_class.model_fields
-            for part in [section, *section.get("stages", [])]:
-                if "pairs" in part or "pairs" in fields and part is section:
-                    part["pairs"] = {**(part.get("pairs") or {}), "conditions": 8}
-                if part.get("kind") == "online":
-                    part["conditions"] = 8
-            if "group_size" in fields:  # reward rollouts: 2 conditions x 2, a small offline set
-                section.update(conditions=2, group_size=2, batch_size=2)
-                if section.get("offline", {}) is not None and "offline" in fields:
-                    section["offline"] = {**(section.get("offline") or {}), "count": 4}
-            if "buffer" in fields:  # SHIFT: a buffer of 2 x 2 rollouts, 16 real clips for the discriminators
-                section.update(buffer={"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}, batch_size=2,
-                               real={**(section.get("real") or {}), "count": 16})
     try:
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
-        _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-    opts = RunOptions(methods=chosen, seeds=seed_list, steps=2 if smoke else steps,
-                      eval_every=1 if smoke else eval_every, metrics=_csv(metrics), resume=resume,
-                      show_progress=progress)
+        _fail(f"--seeds must be comma-separated integers >= 0, got {seeds!r}")
+    user_cfg = _preset(preset, sets)  # the user's values are checked before --smoke shrinks anything
+    variants = [m for m, section in user_cfg.methods.items() if section.get("trainer")]
+    unknown = [m for m in chosen if m not in available_methods() and m not in variants]
+    if unknown:
+        _fail(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available_methods())}; "
+              f"variants in preset {user_cfg.name!r}: {', '.join(variants) or 'none'}")
+    try:
+        opts = RunOptions(methods=chosen, seeds=seed_list, steps=steps, eval_every=eval_every,
+                          metrics=_csv(metrics), resume=resume, show_progress=progress,
+                          extend_seeds=extend_seeds, adopt=adopt)
+        for m in chosen:
+            method_config(user_cfg, m, opts)
+    except RunError as exc:
+        _fail(str(exc))
+    cfg = user_cfg
+    if smoke:
+        user = [parse_override(s) for s in sets or []]
+        shrink, made, kept = apply_smoke(user_cfg, chosen, user, with_steps=steps is None and eval_every is None)
+        cfg = _preset(preset, sets, shrink)
+        log = logging.getLogger(__name__)
+        log.info("--smoke set %s", ", ".join(made) or "nothing")
+        if kept:
+            log.info("--smoke kept your values of %s", ", ".join(k.split("=")[0] for k in kept))
     from harness.data.folder import VideoDataError
     from harness.distributed import DistributedConfigError, init_from_env
 

@@ -1,0 +1,85 @@
+"""`harness run --smoke`: a run of seconds, made by shrinking what the user did not set.
+
+The user's preset and ``--set`` values are validated first (a smoke run must not hide an invalid
+value), then every smoke change whose field the user set (or a field inside it, or around it) is
+left out, and the changes made are returned so the run can say what it changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.config import PresetConfig
+
+Path_ = tuple[str, ...]
+
+
+def leaf_paths(override: dict[str, Any], prefix: Path_ = ()) -> list[Path_]:
+    """The dotted fields an override sets: ``{'a': {'b': 1}}`` -> ``[('a', 'b')]``."""
+    out: list[Path_] = []
+    for k, v in override.items():
+        if isinstance(v, dict) and v:
+            out += leaf_paths(v, (*prefix, str(k)))
+        else:
+            out.append((*prefix, str(k)))
+    return out
+
+
+def _overlaps(a: Path_, b: Path_) -> bool:
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def smoke_changes(cfg: PresetConfig, methods: list[str], with_steps: bool) -> list[tuple[Path_, Any]]:
+    """Every field a smoke run shrinks: 4 eval videos, 4 sampler steps, small probe and rollout sets and,
+    with ``with_steps``, 2 training steps evaluated after each step."""
+    from trainers.registry import trainer_for
+
+    changes: list[tuple[Path_, Any]] = [(("eval", "num_videos"), 4), (("sampler", "num_steps"), 4),
+                                        (("probes", "pairs"), 4), (("probes", "draws"), 1)]
+    for m in methods:
+        section = cfg.methods.get(m, {})
+        fields = trainer_for(m, section).config_class.model_fields
+        base: Path_ = ("methods", m)
+        if with_steps:
+            changes += [((*base, "steps"), 2), ((*base, "eval_every"), 1)]
+        if "pairs" in fields or "pairs" in section:  # few rollout conditions for the pair sets
+            changes.append(((*base, "pairs", "conditions"), 8))
+        stages = section.get("stages")
+        if stages:  # online stages and stage pair sets too (a list: replaced whole)
+            new = []
+            for stage in stages:
+                stage = dict(stage)
+                if "pairs" in stage:
+                    stage["pairs"] = {**(stage.get("pairs") or {}), "conditions": 8}
+                if stage.get("kind") == "online":
+                    stage["conditions"] = 8
+                new.append(stage)
+            changes.append(((*base, "stages"), new))
+        if "group_size" in fields:  # reward rollouts: 2 conditions x 2, a small offline set
+            changes += [((*base, "conditions"), 2), ((*base, "group_size"), 2), ((*base, "batch_size"), 2)]
+            if section.get("offline", {}) is not None and "offline" in fields:
+                changes.append(((*base, "offline", "count"), 4))
+        if "buffer" in fields:  # SHIFT: a buffer of 2 x 2 rollouts, 16 real clips for the discriminators
+            changes += [((*base, "buffer"), {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}),
+                        ((*base, "batch_size"), 2), ((*base, "real", "count"), 16)]
+    return changes
+
+
+def apply_smoke(cfg: PresetConfig, methods: list[str], user: list[dict[str, Any]], with_steps: bool
+                ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(overrides to apply after the user's, the changes made, the smoke changes skipped because the
+    user set them), as dotted ``field=value`` strings."""
+    mine = [p for o in user for p in leaf_paths(o)]
+    overrides, made, kept = [], [], []
+    for path, value in smoke_changes(cfg, methods, with_steps):
+        dotted = f"{'.'.join(path)}={value}"
+        if any(_overlaps(path, p) for p in mine):
+            kept.append(dotted)
+            continue
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        overrides.append(nested)
+        made.append(dotted)
+    return overrides, made, kept

@@ -1,0 +1,291 @@
+"""Issue #30: no number stored under the wrong name, settings and identity of a run, clear errors.
+
+Each test reproduces a fault that main had (the docstring says what happened before)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.config import load_preset, parse_override
+from harness.rundir import RunDir, RunDirError
+from harness.runner import RunError, RunOptions, run
+from harness.store import ResultStore
+
+FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2", "probes.pairs=2", "probes.draws=1",
+        "probes.every=2"]
+METRICS = ["motion_score", "subject_consistency", "distortion_rate"]
+SETS = [a for s in FAST for a in ("--set", s)]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _preset(*extra):
+    return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
+
+
+def _opts(**kw):
+    return RunOptions(**{"methods": ["sft"], "steps": 2, "eval_every": 1, "metrics": METRICS,
+                         "show_progress": False, **kw})
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _agg(db: Path, **where) -> dict:
+    with ResultStore(db) as s:
+        agg = s.aggregates()
+    for k, v in where.items():
+        agg = agg[agg[k] == v]
+    return {r.metric: (r.value, r.n) for r in agg.itertuples() if not r.metric.startswith("rollup:")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A run of sft, checkpoints at steps 1 and 2, each evaluated by the run itself."""
+    out = tmp_path_factory.mktemp("rel") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    try:
+        run(_preset(), out, _opts())
+    finally:
+        mp.undo()
+    return out
+
+
+def _ckpt(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / "sft" / "seed0" / f"step{step:06d}"
+
+
+# -- 1. eval --checkpoint: samples tied to the checkpoint's weights --------------------------------------------
+
+def test_eval_checkpoint_never_reuses_another_checkpoints_samples(trained, tmp_path):
+    """Before: step 2 evaluated into the --out of step 1 reused step 1's samples.npz and stored its scores."""
+    out = tmp_path / "eval"
+    metrics = ",".join(METRICS)
+    for step in (1, 2):
+        r = _cli("eval", "--checkpoint", _ckpt(trained, step), "--out", out, "--metrics", metrics, *SETS)
+        assert r.exit_code == 0, r.output
+    for step in (1, 2):
+        own = _agg(trained / "results.sqlite", method="sft", step=step)
+        got = _agg(out / "results.sqlite", method="sft", step=step)
+        assert got == {m: own[m] for m in got} and len(got) == len(METRICS)
+    assert _agg(out / "results.sqlite", step=1) != _agg(out / "results.sqlite", step=2)
+    # The same checkpoint path with other weights: its stored results and samples are dropped, not reused.
+    moved = tmp_path / "copy"
+    shutil.copytree(trained, moved)
+    args = ("eval", "--checkpoint", _ckpt(moved, 1), "--out", tmp_path / "eval2", "--metrics", metrics, *SETS)
+    assert _cli(*args).exit_code == 0
+    assert _agg(tmp_path / "eval2" / "results.sqlite") == _agg(out / "results.sqlite", step=1)
+    shutil.copy(_ckpt(moved, 2) / "lora.safetensors", _ckpt(moved, 1) / "lora.safetensors")
+    r = _cli(*args)
+    assert r.exit_code == 0, r.output
+    assert _agg(tmp_path / "eval2" / "results.sqlite") == _agg(out / "results.sqlite", step=2)
+
+
+def test_samples_made_from_other_inputs_are_sampled_again(trained, tmp_path):
+    """Before: any samples.npz at the path was used, whatever model or sampler made it."""
+    out = tmp_path / "eval"
+    args = ("eval", "--checkpoint", _ckpt(trained, 2), "--out", out, "--metrics", "motion_score", *SETS)
+    assert _cli(*args).exit_code == 0
+    first = _agg(out / "results.sqlite")
+    # Plant step 1's samples (no key) under step 2's name and drop the results: they must not be used.
+    with ResultStore(out / "results.sqlite") as s:
+        s.conn.execute("DELETE FROM aggregates")
+        s.conn.execute("DELETE FROM records")
+        s.conn.commit()
+    import numpy as np
+
+    with np.load(_ckpt(trained, 1) / "samples.npz") as z:
+        np.savez_compressed(out / "samples" / "sft-seed0-step2.npz", frames=z["frames"])
+    r = _cli(*args)
+    assert r.exit_code == 0, r.output
+    assert _agg(out / "results.sqlite") == first
+
+
+# -- 2. eval --videos: results follow the folder's content --------------------------------------------------
+
+def _clips(world, folder: Path, indices) -> None:
+    from harness.data.video_io import write_video
+    from harness.data.world import make_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, i in indices:
+        write_video(folder / name, make_clip(world, "eval", i).frames, fps=world.fps)
+
+
+def test_eval_videos_follows_changed_added_and_removed_videos(tmp_path, world):
+    """Before: after a video was replaced and one added, a re-run kept the old n and values."""
+    folder, out = tmp_path / "videos", tmp_path / "out"
+    args = ("eval", "--videos", folder, "--out", out, "--metrics", "motion_score")
+    _clips(world, folder, [("a.mp4", 0), ("b.mp4", 1)])
+    assert _cli(*args).exit_code == 0
+    _clips(world, folder, [("b.mp4", 2), ("c.mp4", 3)])  # b replaced, c added
+    assert _cli(*args).exit_code == 0
+    fresh = tmp_path / "fresh"
+    assert _cli("eval", "--videos", folder, "--out", fresh, "--metrics", "motion_score").exit_code == 0
+    assert _agg(out / "results.sqlite") == _agg(fresh / "results.sqlite")
+    assert next(iter(_agg(out / "results.sqlite").values()))[1] == 3
+    (folder / "a.mp4").unlink()
+    assert _cli(*args).exit_code == 0
+    with ResultStore(out / "results.sqlite") as s:
+        assert sorted(s.records()["video_id"]) == ["b.mp4", "c.mp4"]
+        assert s.aggregates()["n"].tolist() == [2]
+
+
+def test_eval_videos_skips_a_one_frame_video_and_names_a_missing_folder(tmp_path, world):
+    """Before: a 1-frame video aborted the whole folder; a missing folder was 'no .mp4 files'."""
+    import numpy as np
+
+    from harness.data.video_io import write_video
+
+    folder = tmp_path / "videos"
+    _clips(world, folder, [("a.mp4", 0)])
+    write_video(folder / "one.mp4", np.zeros((1, 32, 32, 3), np.uint8), fps=8)
+    r = _cli("eval", "--videos", folder, "--out", tmp_path / "out", "--metrics", "motion_score")
+    assert r.exit_code == 0, r.output
+    with ResultStore(tmp_path / "out" / "results.sqlite") as s:
+        skips = s.skips()
+        assert list(skips["video_id"]) == ["one.mp4"] and "1 frame" in skips["reason"][0]
+        assert s.aggregates()["n"].tolist() == [1]
+    r = _cli("eval", "--videos", tmp_path / "nowhere", "--out", tmp_path / "o2", "--metrics", "motion_score")
+    assert r.exit_code == 2 and "no such folder" in r.output
+
+
+# -- 4. --smoke keeps the user's values and validates them ---------------------------------------------------
+
+def test_smoke_validates_and_keeps_the_users_values(tmp_path):
+    """Before: --smoke --set methods.sft.steps=-5 exited 0 (smoke replaced it by 2); valid values were dropped."""
+    r = _cli("run", "--smoke", "--set", "methods.sft.steps=-5", "--out", tmp_path / "bad", "--no-progress")
+    assert r.exit_code == 2 and "steps" in r.output and not (tmp_path / "bad").exists()
+    out = tmp_path / "run"
+    r = _cli("run", "--smoke", "--methods", "sft", "--set", "methods.sft.steps=3", "--set", "eval.num_videos=2",
+             "--metrics", "motion_score", "--out", out, "--no-progress", "--no-report")
+    assert r.exit_code == 0, r.output
+    with ResultStore(out / "results.sqlite") as s:
+        ck = s.checkpoints()
+        assert sorted(ck[ck["method"] == "sft"]["step"]) == [1, 2, 3]
+        agg = s.aggregates()
+        assert set(agg[agg["metric"].str.startswith("motion_score")]["n"]) == {2}
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["preset"]["sampler"]["num_steps"] == 4  # what the user did not set is still shrunk
+
+
+# -- 5. seeds: refused, or extended and recorded ---------------------------------------------------------------
+
+def test_other_seeds_are_refused_or_extend_the_run_on_record(tmp_path):
+    """Before: --seeds 1 on a seed-0 run merged in unrecorded (runs.seeds and run.json still said [0])."""
+    out = tmp_path / "run"
+    run(_preset(), out, _opts(steps=1))
+    with pytest.raises(RunError, match="seeds \\[0\\].*--extend-seeds"):
+        run(_preset(), out, _opts(steps=1, seeds=[1]))
+    run(_preset(), out, _opts(steps=1, seeds=[1], extend_seeds=True))
+    with ResultStore(out / "results.sqlite") as s:
+        assert s.seeds(out.name) == [0, 1]
+        assert sorted(set(s.checkpoints()["seed"])) == [0, 1]
+    assert json.loads((out / "run.json").read_text())["options"]["seeds"] == [0, 1]
+    run(_preset(), out, _opts(steps=1, seeds=[0, 1]))  # the recorded seeds: continues, nothing to do
+
+
+def test_negative_or_repeated_seeds_fail_before_any_work(tmp_path):
+    """Before: --seeds -1 failed only after the base evaluation was stored."""
+    r = _cli("run", "--seeds", "-1", "--out", tmp_path / "run", "--no-progress")
+    assert r.exit_code == 2 and "seeds" in r.output and not (tmp_path / "run").exists()
+    with pytest.raises(RunError, match="distinct"):
+        _opts(seeds=[0, 0])
+
+
+# -- 6. a copied or moved run directory -------------------------------------------------------------------------
+
+def test_a_copied_run_is_refused_then_adopted_under_its_own_id(trained, tmp_path):
+    """Before: the run id was the directory's name, so resuming a copy added a second run to its store."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    with pytest.raises(RunError, match="copied or moved here; pass --adopt"):
+        run(_preset(), copy, _opts(resume=True))
+    run(_preset(), copy, _opts(resume=True, adopt=True))
+    with ResultStore(copy / "results.sqlite") as s:
+        assert list(s.runs()["run_id"]) == [trained.name]
+    manifest = json.loads((copy / "run.json").read_text())
+    assert manifest["directory"] == str(copy.resolve()) and manifest["moves"][0]["from"] == str(trained.resolve())
+    run(_preset(), copy, _opts(resume=True))  # adopted: continues without the flag
+
+
+# -- 7. every path a run writes is inside it -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "..", "a/b", ""])
+def test_method_names_never_leave_the_run_directory(name, tmp_path):
+    with pytest.raises(RunDirError):
+        RunDir(tmp_path).checkpoint(name, 0, 1)
+    with pytest.raises(RunError):
+        _opts(methods=[name])
+
+
+def test_inside_refuses_paths_outside(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(RunDirError, match="outside the run directory"):
+        rd.inside(tmp_path / "run" / ".." / "elsewhere")
+    assert rd.inside(tmp_path / "run" / "checkpoints") == tmp_path / "run" / "checkpoints"
+
+
+# -- 9. unreadable checkpoint files ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["lora.safetensors", "trainer_state.pt"])
+def test_a_truncated_checkpoint_file_names_itself_and_the_way_back(name, trained, tmp_path):
+    """Before: a traceback from safetensors or torch.load on --resume."""
+    copy = tmp_path / trained.name  # the same name: the copy is adopted without --adopt noise
+    shutil.copytree(trained, copy)
+    f = _ckpt(copy, 2) / name
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(RunError) as e:
+        run(_preset(), copy, _opts(resume=True, adopt=True))
+    msg = str(e.value)
+    assert str(f) in msg and "unreadable" in msg and str(_ckpt(copy, 1)) in msg and "\n" not in msg
+
+
+def test_eval_of_a_truncated_or_orphan_lora_is_one_line(trained, tmp_path):
+    """Before: a safetensors traceback; a LoRA outside a run got "method 'rel'"."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    f = _ckpt(copy, 2) / "lora.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    r = _cli("eval", "--checkpoint", _ckpt(copy, 2), "--out", tmp_path / "e", "--metrics", "motion_score", *SETS)
+    assert r.exit_code == 2 and "unreadable" in r.output and "Traceback" not in r.output
+    orphan = tmp_path / "rel" / "x" / "lora"
+    orphan.mkdir(parents=True)
+    shutil.copy(_ckpt(trained, 1) / "lora.safetensors", orphan)
+    r = _cli("eval", "--checkpoint", orphan, "--out", tmp_path / "e2", "--metrics", "motion_score", *SETS)
+    assert r.exit_code == 2 and "not a checkpoint inside a run directory" in r.output and "'rel'" not in r.output
+
+
+# -- 10. failed starts, two writers ------------------------------------------------------------------------------
+
+def test_a_failed_start_leaves_no_directory(tmp_path):
+    """Before: a run refused at start left an empty --out behind."""
+    out = tmp_path / "run"
+    with pytest.raises(RunError):
+        run(_preset("methods.sft.lr=-1"), out, _opts())
+    r = _cli("run", "--metrics", "no_such_metric", "--out", out, "--no-progress")
+    assert r.exit_code != 0
+    assert not out.exists()
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    """Before: two runs into one --out each did all the work."""
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunDir(out).lock():
+        with pytest.raises(RunError, match=f"in use by another harness process \\(pid {os.getpid()}"):
+            run(_preset(), out, _opts())
+    assert not (out / "results.sqlite").exists()
