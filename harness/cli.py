@@ -243,6 +243,16 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _safe_names(option: str, names: list[str]) -> list[str]:
+    """Names that become path parts (methods): refused before any work unless they match the safe pattern."""
+    from harness.names import UnsafeNameError, check_name
+
+    try:
+        return [check_name(f"{option} name", n) for n in names]
+    except UnsafeNameError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def run(
     methods: Annotated[str, typer.Option(help="comma-separated methods, e.g. sft or shift,fcrm,pgdpo,apo")] = "sft",
@@ -266,7 +276,7 @@ def run(
     from harness.runner import run as run_loop
     from trainers.registry import available_methods, trainer_for
 
-    chosen = _csv(methods) or []
+    chosen = _safe_names("--methods", _csv(methods) or [])
     extra = [{"eval": {"num_videos": 4}, "sampler": {"num_steps": 4}, "probes": {"pairs": 4, "draws": 1}}]
     cfg = _preset(preset, sets, extra if smoke else [])
     variants = [m for m, section in cfg.methods.items() if section.get("trainer")]
