@@ -543,6 +543,22 @@ def weights_prefetch(
         _fail(str(exc))
 
 
+@weights_app.command("pin")
+def weights_pin(
+    name: Annotated[str, typer.Argument(help="manifest name, e.g. i3d_torchscript")],
+    sha256: Annotated[str, typer.Option("--sha256", help="the file's sha256, checked by you against a source "
+                                                         "you trust")],
+) -> None:
+    """Pin the sha256 of a file whose upstream publishes none: needed before a TorchScript file
+    (which can run code when loaded) is used. The cached file must have exactly this digest."""
+    from harness.weights import WeightsError, pin
+
+    try:
+        pin(name, sha256, log=typer.echo)
+    except WeightsError as exc:
+        _fail(str(exc))
+
+
 @weights_app.command("init-random")
 def weights_init_random(
     names: Annotated[list[str] | None, typer.Argument(help="manifest names (default: every implemented one)")] = None,
