@@ -26,11 +26,15 @@ very bytes that are then loaded. Every other file is read with a loader that run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
 import shutil
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -302,6 +306,34 @@ def _lock(root: Path, name: str, sha: str, origin: str) -> None:
     _write_json(root / LOCK_NAME, lock)
 
 
+def _missing_dirs(folder: Path) -> list[Path]:
+    """The folders that creating ``folder`` would make, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _download(name: str, entry: WeightFile, target: Path) -> None:
+    """``entry.source`` into ``target``; a network failure is one WeightsError naming the file, host and fix."""
+    host = urllib.parse.urlsplit(entry.source).hostname or entry.source
+    fix = (f"fetch {Path(entry.path).name} on a machine with network access and install it with "
+           f"`harness weights prefetch {name} --from DIR`")
+    try:
+        with urllib.request.urlopen(entry.source, timeout=60) as response, target.open("wb") as f:  # noqa: S310
+            shutil.copyfileobj(response, f, length=1 << 22)
+    except urllib.error.HTTPError as exc:
+        raise WeightsError(f"{name}: cannot download {entry.path}: {host} answered HTTP {exc.code} {exc.reason}; "
+                           f"{fix}") from exc
+    except urllib.error.URLError as exc:
+        raise WeightsError(f"{name}: cannot download {entry.path}: {host} is unreachable ({exc.reason}); "
+                           f"{fix}") from exc
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise WeightsError(f"{name}: the download of {entry.path} from {host} broke off "
+                           f"({type(exc).__name__}: {exc}); {fix}") from exc
+
+
 def prefetch(names: Iterable[str] | None = None, root: Path | None = None, source_dir: Path | None = None,
              log: Callable[[str], None] = print) -> list[ResolvedWeight]:
     """Download (or copy from ``source_dir``, by file name) and check each named file.
@@ -323,24 +355,31 @@ def prefetch(names: Iterable[str] | None = None, root: Path | None = None, sourc
                 continue
             except WeightsError:
                 pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
         if source_dir is not None:
             src = Path(source_dir) / Path(entry.path).name
             if not src.is_file():
                 raise WeightsError(f"{name}: {src} not found (--from looks for the upstream file name)")
-            log(f"{name}: copying {src}")
-            shutil.copyfile(src, tmp)
-        else:
-            log(f"{name}: downloading {entry.source}")
-            with urllib.request.urlopen(entry.source) as response, tmp.open("wb") as f:  # noqa: S310
-                shutil.copyfileobj(response, f, length=1 << 22)
-        sha = file_sha256(tmp, root)
-        if entry.sha256 and sha != entry.sha256:
-            tmp.unlink()
-            raise WeightsError(f"{name}: the fetched file has sha256 {sha}, the manifest pins {entry.sha256}; "
-                               "not installed (the source changed or the transfer was corrupted)")
-        os.replace(tmp, path)
+        made = _missing_dirs(path.parent)
+        tmp = path.with_name(path.name + ".partial")
+        try:  # into a temp file next to the target; on any failure remove it and the folders made for it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if source_dir is not None:
+                log(f"{name}: copying {src}")
+                shutil.copyfile(src, tmp)
+            else:
+                log(f"{name}: downloading {entry.source}")
+                _download(name, entry, tmp)
+            sha = _fresh_sha256(tmp)
+            if entry.sha256 and sha != entry.sha256:
+                raise WeightsError(f"{name}: the fetched file has sha256 {sha}, the manifest pins {entry.sha256}; "
+                                   "not installed (the source changed or the transfer was corrupted)")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            for folder in reversed(made):  # innermost first; rmdir leaves a folder that is not empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         locked = _read_json(root / LOCK_NAME).get(name) or {}
         kept_pin = locked.get("origin") == "user-pinned" and locked.get("sha256") == sha  # the same file again
         _lock(root, name, sha, "upstream" if entry.sha256 else "user-pinned" if kept_pin else "upstream-unpinned")

@@ -1,8 +1,12 @@
-"""Weight files that can run code are loaded only with a pinned digest."""
+"""Weight files that can run code are loaded only with a pinned digest; prefetch fails cleanly offline."""
 
 from __future__ import annotations
 
+import io
 import os
+import socket
+import urllib.error
+import urllib.request
 from dataclasses import replace
 
 import pytest
@@ -60,6 +64,7 @@ def _fetch_detector(tmp_path) -> weights.ResolvedWeight:
     return fetched
 
 
+# ------------------------------------------------------------- item 8: executable files need a pinned digest
 def test_an_unpinned_torchscript_file_is_refused_before_jit_load_and_runs_once_pinned(cache, tmp_path, jit_calls):
     spy, calls = jit_calls
     fetched = _fetch_detector(tmp_path)
@@ -163,3 +168,45 @@ def test_random_init_files_of_torchscript_entries_still_load_and_are_never_pinne
     with pytest.raises(WeightsError, match="random-init file; only real weights are pinned"):
         weights.pin("laion_aesthetic_l14", r.sha256, **QUIET)  # its numbers must stay marked random
     assert weights.resolve("laion_aesthetic_l14").is_random
+
+
+# ------------------------------------------------------------- item 10: prefetch without a network
+def _invoke_prefetch(name):
+    return CliRunner().invoke(app, ["weights", "prefetch", name])
+
+
+def test_prefetch_without_network_is_one_clear_line_and_leaves_nothing(cache, monkeypatch):
+    def offline(*_a, **_k):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    res = _invoke_prefetch("i3d_kinetics400")
+    assert res.exit_code == 2
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and res.output.rstrip().endswith(errors[0])
+    assert "fvd/rgb_imagenet.pt" in errors[0] and "raw.githubusercontent.com is unreachable" in errors[0]
+    assert "Temporary failure in name resolution" in errors[0]
+    assert "`harness weights prefetch i3d_kinetics400 --from DIR`" in errors[0]
+    assert not cache.exists() or list(cache.rglob("*")) == []
+
+
+def test_a_download_that_breaks_off_leaves_no_partial_file_or_empty_folders(cache, monkeypatch):
+    class Broken(io.RawIOBase):
+        def __init__(self):
+            self.sent = False
+
+        def readinto(self, buf):
+            if self.sent:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            self.sent = True
+            buf[:4] = b"PK\x03\x04"
+            return 4
+
+    cache.mkdir()
+    (cache / "weights.lock.json").write_text("{}")  # what was there before stays
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *_a, **_k: Broken())
+    res = _invoke_prefetch("dreamsim_ensemble_lora")  # dreamsim/ensemble_lora/adapter_model.safetensors
+    assert res.exit_code == 2
+    assert "the download of dreamsim/ensemble_lora/adapter_model.safetensors from github.com broke off" in res.output
+    assert "ConnectionResetError" in res.output and "--from DIR" in res.output
+    assert sorted(p.name for p in cache.rglob("*")) == ["weights.lock.json"]
