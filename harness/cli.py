@@ -243,6 +243,16 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _safe_names(option: str, names: list[str]) -> list[str]:
+    """Names that become path parts (methods): refused before any work unless they match the safe pattern."""
+    from harness.names import UnsafeNameError, check_name
+
+    try:
+        return [check_name(f"{option} name", n) for n in names]
+    except UnsafeNameError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def run(
     methods: Annotated[str, typer.Option(help="comma-separated methods, e.g. sft or shift,fcrm,pgdpo,apo")] = "sft",
@@ -272,7 +282,7 @@ def run(
     from harness.smoke import apply_smoke
     from trainers.registry import available_methods
 
-    chosen = _csv(methods) or []
+    chosen = _safe_names("--methods", _csv(methods) or [])
     try:
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
@@ -533,6 +543,22 @@ def weights_prefetch(
     try:
         prefetch(names, source_dir=source, log=typer.echo)
     except (WeightsError, OSError) as exc:
+        _fail(str(exc))
+
+
+@weights_app.command("pin")
+def weights_pin(
+    name: Annotated[str, typer.Argument(help="manifest name, e.g. i3d_torchscript")],
+    sha256: Annotated[str, typer.Option("--sha256", help="the file's sha256, checked by you against a source "
+                                                         "you trust")],
+) -> None:
+    """Pin the sha256 of a file whose upstream publishes none: needed before a TorchScript file
+    (which can run code when loaded) is used. The cached file must have exactly this digest."""
+    from harness.weights import WeightsError, pin
+
+    try:
+        pin(name, sha256, log=typer.echo)
+    except WeightsError as exc:
         _fail(str(exc))
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from harness.data.folder import VideoDataConfig
 from harness.data.world import WorldConfig
 from harness.models.registry import AdapterConfig
 from harness.models.tiny_wan import TinyModelConfig
+from harness.names import UnsafeNameError, check_name
 from harness.sampling import SamplerConfig
 
 
@@ -95,6 +97,19 @@ class PresetConfig(BaseModel):
     data: VideoDataConfig | None = Field(
         None, description="real footage (a folder of videos with captions, or DAVIS); default: the synthetic world")
 
+    @field_validator("methods")
+    @classmethod
+    def _method_names_are_safe(cls, methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Method and variant names (and the trainer a variant names) become run-directory parts."""
+        try:
+            for key, section in methods.items():
+                check_name("methods key", key)
+                if section.get("trainer") is not None:
+                    check_name(f"methods.{key}.trainer", section["trainer"])
+        except UnsafeNameError as exc:
+            raise PydanticCustomError("unsafe_name", str(exc)) from None
+        return methods
+
     @model_validator(mode="after")
     def _geometry_agrees(self) -> PresetConfig:
         """The clips must have the shape the model generates: checked here, not mid-run."""
@@ -147,7 +162,8 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
             parent = _model_at(PresetConfig, e["loc"][:-1])
             if parent is not None:
                 msg += f"; allowed fields here: {', '.join(parent.model_fields)}"
-        lines.append(f"  field '{field}': {msg} (got {e.get('input')!r})")
+        got = "" if e["type"] == "unsafe_name" else f" (got {e.get('input')!r})"  # the message names it
+        lines.append(f"  field '{field}': {msg}{got}")
     return "\n".join(lines)
 
 

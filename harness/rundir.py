@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.names import UnsafeNameError, check_name
+
 if TYPE_CHECKING:
     from trainers.base import Trainer
 
@@ -44,8 +46,6 @@ DONE = "DONE"
 LORA = "lora.safetensors"
 STATE = "trainer_state.pt"
 SAMPLES = "samples.npz"
-# A method, variant or seed directory name: a plain file name, never a path or a dot-name.
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CKPT = re.compile(r"^step(\d{6,})$")
 
 
@@ -58,11 +58,11 @@ class CheckpointError(RunDirError):
 
 
 def safe_part(kind: str, value: str) -> str:
-    """``value`` if it can be one directory name inside a run, else a RunDirError naming ``kind``."""
-    if not isinstance(value, str) or not _PART.match(value) or value.strip(".") == "" or ".." in value:
-        raise RunDirError(f"{kind} {value!r} cannot name a directory of a run: use letters, digits, '_', '-' "
-                          f"and '.' (pattern {_PART.pattern}, no '..')")
-    return value
+    """``value`` if it can be one directory name inside a run (harness/names.py), else a RunDirError."""
+    try:
+        return check_name(kind, value)
+    except UnsafeNameError as exc:
+        raise RunDirError(str(exc)) from exc
 
 
 def file_digest(path: Path) -> str:

@@ -16,14 +16,25 @@ Random-initialised files in the upstream layout (``init_random``) let every code
 run without the real weights; the lock file marks them ``random-init`` and every metric
 identity computed from them carries ``weights=random``, so their numbers can never pass
 for real ones.
+
+A file whose loader can run code (``format: torchscript``, read by ``torch.jit.load``) is
+held to more than trust on first download: ``verified_bytes`` loads it only when its digest
+is pinned by the manifest, by the user (``harness weights pin NAME --sha256 HEX``, recorded
+as ``user-pinned``) or by its own ``random-init`` lock entry, and checks that digest on the
+very bytes that are then loaded. Every other file is read with a loader that runs no code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import os
+import re
 import shutil
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,7 +47,10 @@ CACHE_ENV = "HARNESS_WEIGHTS"
 LOCK_NAME = "weights.lock.json"
 HASHES_NAME = ".sha256-cache.json"
 MANIFEST_DIR = Path(str(resources.files("metrics"))) / "backends" / "manifest"
-ORIGINS = ("upstream", "upstream-unpinned", "random-init")
+ORIGINS = ("upstream", "upstream-unpinned", "user-pinned", "random-init")
+# formats whose loader can run code: loaded only with a pinned digest (verified_bytes)
+EXECUTABLE_FORMATS = frozenset({"torchscript"})
+_PINNING_ORIGINS = ("user-pinned", "random-init")  # lock entries that pin a digest (not trust on first use)
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "DIFFUSERS_OFFLINE": "1"}
 
@@ -183,6 +197,89 @@ def resolve_all(names: Iterable[str], root: Path | None = None) -> tuple[Resolve
     return tuple(found)
 
 
+def weight_format(name: str) -> str:
+    """The manifest's ``format`` of ``name``; ``torch`` (read without running code) for a name not in it."""
+    entry = load_manifest().get(name)
+    return entry.format if entry else "torch"
+
+
+def _root_of(weight: ResolvedWeight, entry: WeightFile) -> Path:
+    """The cache root ``weight`` was resolved in: its path minus the entry's relative path."""
+    parts, path = Path(entry.path).parts, Path(weight.path)
+    return Path(*path.parts[:-len(parts)]) if path.parts[-len(parts):] == parts else cache_root()
+
+
+def _pin_hint(name: str) -> str:
+    return f"`harness weights pin {name} --sha256 HEX`"
+
+
+def _fresh_sha256(path: Path) -> str:
+    """sha256 read from the file itself, never from the (size, mtime) memo."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_bytes(weight: ResolvedWeight) -> bytes:
+    """The bytes of a file whose loader can run code, returned only if their sha256 is pinned.
+
+    Pinned: the manifest's sha256, a digest the user recorded with ``pin``, or the file's own
+    ``random-init`` lock entry; the digest seen at download (``upstream-unpinned``) is not
+    enough. The digest is taken of the returned bytes, so what gets loaded is what was checked.
+    """
+    entry = manifest_entry(weight.name)
+    locked = _read_json(_root_of(weight, entry) / LOCK_NAME).get(weight.name) or {}
+    pins = {entry.sha256} if entry.sha256 else set()
+    if locked.get("origin") in _PINNING_ORIGINS:
+        pins.add(locked["sha256"])
+    if not pins:
+        raise WeightsError(f"{weight.path} ({weight.name}) is not loaded: it is a {entry.format} file, which can run "
+                           f"code, and its sha256 is not pinned (the manifest publishes none; the lock holds only the "
+                           f"digest seen at download, {locked.get('sha256', 'none')}); check the file's sha256 against "
+                           f"a source you trust, then pin it with {_pin_hint(weight.name)}")
+    data = Path(weight.path).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if sha not in pins:
+        raise WeightsError(f"{weight.path} ({weight.name}) is not loaded: it has sha256 {sha}, not the pinned "
+                           f"{' or '.join(sorted(pins))}, and a {entry.format} file can run code; delete it and "
+                           f"fetch it again with {_prefetch_hint(weight.name)}")
+    return data
+
+
+def pin(name: str, sha256: str, root: Path | None = None, log: Callable[[str], None] = print) -> ResolvedWeight:
+    """Record the user's own verified sha256 of ``name`` in the lock (origin ``user-pinned``).
+
+    For files the manifest cannot pin (no published checksum) but whose loader can run code:
+    the file in the cache must have exactly this digest.
+    """
+    root = root or cache_root()
+    entry = manifest_entry(name)
+    want = sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise WeightsError(f"--sha256 {sha256!r} is not a sha256 (64 hex digits); compute it with "
+                           f"`sha256sum {Path(entry.path).name}` on a copy you trust")
+    if entry.sha256 and want != entry.sha256:
+        raise WeightsError(f"{name}: the manifest pins sha256 {entry.sha256}; a different digest cannot be pinned")
+    path = root / entry.path
+    if not path.is_file():
+        raise WeightsError(f"{name}: {path} is missing; fetch it first with {_prefetch_hint(name)}, then pin it")
+    got = _fresh_sha256(path)
+    if got != want:
+        raise WeightsError(f"{name}: {path} has sha256 {got}, not the {want} given: not pinned "
+                           f"(fetch the file you checked, or check this one)")
+    locked = _read_json(root / LOCK_NAME).get(name) or {}
+    if locked.get("origin") == "random-init" and locked.get("sha256") == got:
+        raise WeightsError(f"{name}: {path} is a random-init file; only real weights are pinned")
+    if entry.sha256:
+        log(f"{name}: the manifest already pins {got}")
+        return resolve(name, root)
+    _lock(root, name, got, "user-pinned")
+    log(f"{name}: pinned sha256 {got} (user-pinned) for {path}")
+    return resolve(name, root)
+
+
 def status(root: Path | None = None) -> list[dict[str, str]]:
     """One row per manifest entry: present/missing/corrupt and the file's origin."""
     root = root or cache_root()
@@ -192,6 +289,9 @@ def status(root: Path | None = None) -> list[dict[str, str]]:
         try:
             r = resolve(name, root)
             row.update(state="ok", origin=r.origin, sha256=r.sha256[:12])
+            if r.origin == "upstream-unpinned" and entry.format in EXECUTABLE_FORMATS:
+                row["detail"] = (f"a {entry.format} file can run code: it is not loaded until you check its sha256 "
+                                 f"{r.sha256} and pin it with {_pin_hint(name)}")
         except WeightsError as exc:
             missing = not (root / entry.path).is_file()
             row.update(state="missing" if missing else "corrupt", origin="", sha256="",
@@ -204,6 +304,34 @@ def _lock(root: Path, name: str, sha: str, origin: str) -> None:
     lock = _read_json(root / LOCK_NAME)
     lock[name] = {"sha256": sha, "origin": origin}
     _write_json(root / LOCK_NAME, lock)
+
+
+def _missing_dirs(folder: Path) -> list[Path]:
+    """The folders that creating ``folder`` would make, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _download(name: str, entry: WeightFile, target: Path) -> None:
+    """``entry.source`` into ``target``; a network failure is one WeightsError naming the file, host and fix."""
+    host = urllib.parse.urlsplit(entry.source).hostname or entry.source
+    fix = (f"fetch {Path(entry.path).name} on a machine with network access and install it with "
+           f"`harness weights prefetch {name} --from DIR`")
+    try:
+        with urllib.request.urlopen(entry.source, timeout=60) as response, target.open("wb") as f:  # noqa: S310
+            shutil.copyfileobj(response, f, length=1 << 22)
+    except urllib.error.HTTPError as exc:
+        raise WeightsError(f"{name}: cannot download {entry.path}: {host} answered HTTP {exc.code} {exc.reason}; "
+                           f"{fix}") from exc
+    except urllib.error.URLError as exc:
+        raise WeightsError(f"{name}: cannot download {entry.path}: {host} is unreachable ({exc.reason}); "
+                           f"{fix}") from exc
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise WeightsError(f"{name}: the download of {entry.path} from {host} broke off "
+                           f"({type(exc).__name__}: {exc}); {fix}") from exc
 
 
 def prefetch(names: Iterable[str] | None = None, root: Path | None = None, source_dir: Path | None = None,
@@ -227,25 +355,34 @@ def prefetch(names: Iterable[str] | None = None, root: Path | None = None, sourc
                 continue
             except WeightsError:
                 pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
         if source_dir is not None:
             src = Path(source_dir) / Path(entry.path).name
             if not src.is_file():
                 raise WeightsError(f"{name}: {src} not found (--from looks for the upstream file name)")
-            log(f"{name}: copying {src}")
-            shutil.copyfile(src, tmp)
-        else:
-            log(f"{name}: downloading {entry.source}")
-            with urllib.request.urlopen(entry.source) as response, tmp.open("wb") as f:  # noqa: S310
-                shutil.copyfileobj(response, f, length=1 << 22)
-        sha = file_sha256(tmp, root)
-        if entry.sha256 and sha != entry.sha256:
-            tmp.unlink()
-            raise WeightsError(f"{name}: the fetched file has sha256 {sha}, the manifest pins {entry.sha256}; "
-                               "not installed (the source changed or the transfer was corrupted)")
-        os.replace(tmp, path)
-        _lock(root, name, sha, "upstream" if entry.sha256 else "upstream-unpinned")
+        made = _missing_dirs(path.parent)
+        tmp = path.with_name(path.name + ".partial")
+        try:  # into a temp file next to the target; on any failure remove it and the folders made for it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if source_dir is not None:
+                log(f"{name}: copying {src}")
+                shutil.copyfile(src, tmp)
+            else:
+                log(f"{name}: downloading {entry.source}")
+                _download(name, entry, tmp)
+            sha = _fresh_sha256(tmp)
+            if entry.sha256 and sha != entry.sha256:
+                raise WeightsError(f"{name}: the fetched file has sha256 {sha}, the manifest pins {entry.sha256}; "
+                                   "not installed (the source changed or the transfer was corrupted)")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            for folder in reversed(made):  # innermost first; rmdir leaves a folder that is not empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
+        locked = _read_json(root / LOCK_NAME).get(name) or {}
+        kept_pin = locked.get("origin") == "user-pinned" and locked.get("sha256") == sha  # the same file again
+        _lock(root, name, sha, "upstream" if entry.sha256 else "user-pinned" if kept_pin else "upstream-unpinned")
         done.append(resolve(name, root))
     return done
 

@@ -143,7 +143,8 @@ def test_i3d_torchscript_is_called_like_stylegan_v(tmp_path, monkeypatch):
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
     (tmp_path / "src").mkdir()
     torch.jit.save(torch.jit.script(_FakeStyleGANVI3D()), str(tmp_path / "src" / "i3d_torchscript.pt"))
-    weights.prefetch(["i3d_torchscript"], source_dir=tmp_path / "src", **QUIET)
+    (fetched,) = weights.prefetch(["i3d_torchscript"], source_dir=tmp_path / "src", **QUIET)
+    weights.pin("i3d_torchscript", fetched.sha256, **QUIET)  # TorchScript runs code: loaded only once pinned
     ext = i3d_mod.I3DExtractor("i3d_torchscript")
     assert ext.identity == "i3d-k400(stylegan-v-torchscript)/logits" and ext.dim == 400
     clips = torch.linspace(-1, 1, 2 * 5 * 3 * 8 * 8).reshape(2, 5, 3, 8, 8)

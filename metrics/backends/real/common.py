@@ -8,17 +8,49 @@ published file into the weight cache unchanged. Where our module comes from a li
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 
 import torch
 
-from harness.weights import ResolvedWeight, WeightsError
+from harness.weights import EXECUTABLE_FORMATS, ResolvedWeight, WeightsError, verified_bytes, weight_format
 
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_state", "params")
 
 
+def load_torchscript(weight: ResolvedWeight, map_location="cpu") -> torch.jit.ScriptModule:
+    """A TorchScript archive, loaded (it can run code) only from bytes whose sha256 is pinned."""
+    data = verified_bytes(weight)  # refuses an unpinned or changed file before torch sees it
+    try:
+        return torch.jit.load(io.BytesIO(data), map_location=map_location)
+    except Exception as exc:  # noqa: BLE001 - any reason the archive does not load
+        raise WeightsError(f"{weight.path} ({weight.name}) is not a TorchScript archive ({_first_line(exc)}); "
+                           f"fetch it again with `harness weights prefetch {weight.name}`") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _safe_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch says it in a page)."""
+    text = str(exc)
+    if "TorchScript archive" in text:
+        return "it is a TorchScript archive"
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:  # e.g. "Unsupported global: GLOBAL foo.Bar was not an allowed global"
+            return line.split("WeightsUnpickler error:", 1)[1].split(" by default")[0].strip()[:200]
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
 def read_state_dict(weight: ResolvedWeight, strip_prefixes: tuple[str, ...] = ("module.",)) -> dict[str, torch.Tensor]:
-    """Tensors of a torch pickle, TorchScript archive or safetensors file, unwrapped and de-prefixed."""
+    """Tensors of a torch pickle, TorchScript archive or safetensors file, unwrapped and de-prefixed.
+
+    A pickle is read with ``weights_only=True`` (no code runs). Only an entry whose manifest
+    format is ``torchscript`` may then be opened with ``torch.jit.load``, and only with a
+    pinned digest (``load_torchscript``); any other file that the safe loader refuses is an error.
+    """
     path = weight.path
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -28,12 +60,13 @@ def read_state_dict(weight: ResolvedWeight, strip_prefixes: tuple[str, ...] = ("
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as pickle_error:  # noqa: BLE001 - a TorchScript archive is the other upstream format
-            try:
-                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-            except Exception:  # noqa: BLE001
-                raise WeightsError(f"{path} ({weight.name}) is neither a torch state dict nor a TorchScript "
-                                   f"archive ({pickle_error}); fetch it again with "
+            fmt = weight_format(weight.name)
+            if fmt not in EXECUTABLE_FORMATS:
+                raise WeightsError(f"{path} ({weight.name}) is not a torch state dict that loads without running "
+                                   f"code ({_safe_load_reason(pickle_error)}); its manifest format is {fmt}, so it "
+                                   f"is not opened any other way; fetch it again with "
                                    f"`harness weights prefetch {weight.name}`") from pickle_error
+            sd = load_torchscript(weight).state_dict()
     while isinstance(sd, Mapping) and len(sd) == 1 and next(iter(sd)) in WRAPPER_KEYS:
         sd = next(iter(sd.values()))
     if isinstance(sd, Mapping):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.weights import manifest_entry, random_initialiser, resolve
-from metrics.backends.real.common import load_strict, read_state_dict, save_random
+from metrics.backends.real.common import load_strict, load_torchscript, read_state_dict, save_random
 
 # (in_channels, [b0, b1a, b1b, b2a, b2b, b3b]) of each Inception block, as in the TF graph
 MIXED = {
@@ -157,7 +157,7 @@ class I3DExtractor:
             if output != "logits":
                 raise ValueError(f"{weight} is a compiled TorchScript detector: it gives only the 400-d logits")
             # compiled artefact: run it as shipped, in float32
-            self.model = torch.jit.load(str(resolved.path), map_location=self.device).eval()
+            self.model = load_torchscript(resolved, self.device).eval()  # only with a pinned sha256
             self.dtype, source = torch.float32, "stylegan-v-torchscript"
         else:
             self.model = InceptionI3d()
