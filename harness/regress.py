@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.store import ResultStore
+from harness.store import open_readonly
 
 SCHEMA = "harness-leaderboard"
 SCHEMA_VERSION = 1
@@ -66,7 +66,7 @@ def run_entries(run_dir: Path) -> pd.DataFrame:
     db = Path(run_dir) / "results.sqlite"
     if not db.exists():
         raise LeaderboardError(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
-    with ResultStore(db) as store:
+    with open_readonly(db) as store:  # a reader: never give a 0-byte or foreign file a schema
         agg = store.aggregates()
     if agg.empty:
         raise LeaderboardError(f"{run_dir} has no evaluated checkpoint yet")
