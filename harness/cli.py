@@ -426,7 +426,14 @@ def regress(
     try:
         path = leaderboard or Path("leaderboards") / f"{_run_preset(run_dir)}.json"
         if update:
-            old = rg.read_leaderboard(path) if path.exists() else None
+            try:
+                old = rg.read_leaderboard(path) if path.exists() else None
+            except rg.LeaderboardError as exc:
+                if not exc.replaceable:  # not a leaderboard of ours: never overwrite it
+                    raise
+                typer.secho(f"warning: not comparing with the old leaderboard: {exc}; replacing it",
+                            fg=typer.colors.YELLOW, err=True)
+                old = None
             if old is not None:
                 typer.echo(rg.format_comparison(rg.compare(old, run_dir, z), show_all))
             rg.write_leaderboard(rg.build_leaderboard(run_dir, note), path)
@@ -444,10 +451,12 @@ def regress(
 
 
 def _run_preset(run_dir: Path) -> str:
-    manifest = run_dir / "run.json"
-    if not manifest.exists():
+    from harness.regress import run_manifest
+
+    if not (run_dir / "run.json").exists():
         _fail(f"{run_dir} has no run.json; pass --leaderboard explicitly")
-    return json.loads(manifest.read_text()).get("preset", {}).get("name", "tiny")
+    preset = run_manifest(run_dir).get("preset")
+    return (preset.get("name") if isinstance(preset, dict) else preset) or "tiny"
 
 
 @app.command()

@@ -61,7 +61,58 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-# -- results stores that are not one ----------------------------------------------------------------------
+# -- leaderboards ------------------------------------------------------------------------------------------
+BAD_BOARDS = {
+    "a JSON list": ("[1, 2]", "not a leaderboard"),
+    "an empty object": ("{}", "not a leaderboard"),
+    "no entries key": (json.dumps({"schema": rg.SCHEMA, "schema_version": rg.SCHEMA_VERSION}), "no entries"),
+    "entries []": (json.dumps({"schema": rg.SCHEMA, "schema_version": rg.SCHEMA_VERSION, "entries": []}),
+                   "no entries"),
+    "entries not a list": (json.dumps({"schema": rg.SCHEMA, "schema_version": rg.SCHEMA_VERSION, "entries": {}}),
+                           "no entries"),
+    "an entry without values": (json.dumps({"schema": rg.SCHEMA, "schema_version": rg.SCHEMA_VERSION,
+                                            "entries": [{"method": "sft", "step": 6, "metric": "m"}]}),
+                                "entry 0"),
+    "not JSON": ("{not json", "not valid JSON"),
+}
+
+
+def test_bad_leaderboards_exit_2_with_one_line_naming_the_file(run_dir: Path, tmp_path: Path) -> None:
+    for what, (text, phrase) in BAD_BOARDS.items():
+        path = tmp_path / "board.json"
+        path.write_text(text)
+        result = invoke("regress", run_dir, "--leaderboard", path)
+        line = assert_one_line_error(result, 2, str(path), phrase)
+        assert "--update" in line, (what, line)  # the fix
+        assert path.read_text() == text
+    missing = invoke("regress", run_dir, "--leaderboard", tmp_path / "nowhere.json")
+    assert_one_line_error(missing, 2, str(tmp_path / "nowhere.json"), "--update")
+
+
+def test_update_replaces_a_broken_leaderboard_but_not_a_foreign_file(run_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "board.json"
+    for text in ("[]", '{"results": [1, 2]}', "{oops"):  # not a leaderboard (a wrong path?): left as it is
+        path.write_text(text)
+        result = invoke("regress", run_dir, "--leaderboard", path, "--update")
+        assert_one_line_error(result, 2, str(path), "delete it and rebuild it with --update")
+        assert path.read_text() == text
+    for board in ({"entries": []}, {"entries": [{"method": "sft"}]}, {"schema_version": 0}):  # ours, unusable
+        path.write_text(json.dumps({"schema": rg.SCHEMA, "schema_version": rg.SCHEMA_VERSION, **board}))
+        result = invoke("regress", run_dir, "--leaderboard", path, "--update")
+        assert result.exit_code == 0, result.output
+        assert "Traceback" not in result.output and "replacing it" in result.output
+        assert len(rg.read_leaderboard(path)["entries"]) == 4  # 2 methods x 2 metrics (one step each)
+        assert invoke("regress", run_dir, "--leaderboard", path).exit_code == 0
+
+
+def test_regress_with_an_unreadable_run_json(run_dir: Path, tmp_path: Path) -> None:
+    board = rg.write_leaderboard(rg.build_leaderboard(run_dir), tmp_path / "board.json")
+    for text, phrase in (("{oops", "not valid JSON"), ("[]", "not a run manifest")):
+        (run_dir / "run.json").write_text(text)
+        for args in ((), ("--leaderboard", board)):  # the preset's leaderboard is looked up; settings compared
+            assert_one_line_error(invoke("regress", run_dir, *args), 2, str(run_dir / "run.json"), phrase)
+
+
 def test_regress_on_a_directory_that_is_not_a_run(run_dir: Path, tmp_path: Path) -> None:
     board = rg.write_leaderboard(rg.build_leaderboard(run_dir), tmp_path / "board.json")
     empty = tmp_path / "empty"
@@ -77,6 +128,7 @@ def test_regress_on_a_directory_that_is_not_a_run(run_dir: Path, tmp_path: Path)
     assert not (tmp_path / "new.json").exists()
 
 
+# -- damaged results.sqlite ----------------------------------------------------------------------------------
 def _damage(run_dir: Path, kind: str) -> None:
     db = run_dir / "results.sqlite"
     if kind == "random bytes":
