@@ -383,13 +383,13 @@ def export(
     out: Annotated[Path | None, typer.Option(help="output directory (default: <results>/export)")] = None,
 ) -> None:
     """Export every table of a results store to CSV or Parquet files."""
-    from harness.store import ResultStore
+    from harness.store import open_readonly
 
     db = results / "results.sqlite"
     if not db.is_file():
         _fail(f"no results store at {db}")
     try:
-        with ResultStore(db) as store:
+        with open_readonly(db) as store:  # StoreError is a ValueError: a bad file, like a bad --format
             paths = store.export(out or results / "export", fmt)
     except ValueError as exc:
         _fail(str(exc))
@@ -402,11 +402,16 @@ def report_cmd(
     ci: Annotated[bool, typer.Option("--ci", help="show 95% confidence intervals in tables")] = False,
 ) -> None:
     """Render tables (Markdown, LaTeX), plots and the HTML page of a run."""
+    from harness.store import StoreError
     from reports.render import render_report
 
     if not (run_dir / "results.sqlite").is_file():
         _fail(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
-    typer.echo(f"report: {render_report(run_dir, show_ci=ci)}")
+    try:
+        index = render_report(run_dir, show_ci=ci)
+    except StoreError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {index}")
 
 
 @app.command()
@@ -429,18 +434,26 @@ def regress(
     regression; metrics without a direction that move are reported, not failed.
     """
     from harness import regress as rg
+    from harness.store import StoreError
 
     try:
         path = leaderboard or Path("leaderboards") / f"{_run_preset(run_dir)}.json"
         if update:
-            old = rg.read_leaderboard(path) if path.exists() else None
+            try:
+                old = rg.read_leaderboard(path) if path.exists() else None
+            except rg.LeaderboardError as exc:
+                if not exc.replaceable:  # not a leaderboard of ours: never overwrite it
+                    raise
+                typer.secho(f"warning: not comparing with the old leaderboard: {exc}; replacing it",
+                            fg=typer.colors.YELLOW, err=True)
+                old = None
             if old is not None:
                 typer.echo(rg.format_comparison(rg.compare(old, run_dir, z), show_all))
             rg.write_leaderboard(rg.build_leaderboard(run_dir, note), path)
             typer.echo(f"leaderboard written: {path}")
             return
         cmp = rg.compare(rg.read_leaderboard(path), run_dir, z)
-    except rg.LeaderboardError as exc:
+    except (rg.LeaderboardError, StoreError) as exc:  # bad input: exit 2, never 1 (a regression)
         _fail(str(exc))
     typer.echo(f"{run_dir} against {path} (z = {z:g})")
     typer.echo(rg.format_comparison(cmp, show_all))
@@ -451,10 +464,12 @@ def regress(
 
 
 def _run_preset(run_dir: Path) -> str:
-    manifest = run_dir / "run.json"
-    if not manifest.exists():
+    from harness.regress import run_manifest
+
+    if not (run_dir / "run.json").exists():
         _fail(f"{run_dir} has no run.json; pass --leaderboard explicitly")
-    return json.loads(manifest.read_text()).get("preset", {}).get("name", "tiny")
+    preset = run_manifest(run_dir).get("preset")
+    return (preset.get("name") if isinstance(preset, dict) else preset) or "tiny"
 
 
 @app.command()

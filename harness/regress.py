@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.store import ResultStore
+from harness.store import open_readonly
 
 SCHEMA = "harness-leaderboard"
 SCHEMA_VERSION = 1
@@ -41,7 +41,14 @@ KEY = ["method", "step", "metric"]
 
 
 class LeaderboardError(ValueError):
-    """A leaderboard file is missing, unreadable or of another schema; the message says what to do."""
+    """A leaderboard file is missing, unreadable or of another schema; the message says what to do.
+
+    ``replaceable``: the file is a harness leaderboard, only of another version or with unusable entries,
+    so ``--update`` may overwrite it; anything else (not JSON, not a leaderboard) it must not."""
+
+    def __init__(self, message: str, replaceable: bool = False) -> None:
+        super().__init__(message)
+        self.replaceable = replaceable
 
 
 @dataclass
@@ -66,7 +73,7 @@ def run_entries(run_dir: Path) -> pd.DataFrame:
     db = Path(run_dir) / "results.sqlite"
     if not db.exists():
         raise LeaderboardError(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
-    with ResultStore(db) as store:
+    with open_readonly(db) as store:  # a reader: never give a 0-byte or foreign file a schema
         agg = store.aggregates()
     if agg.empty:
         raise LeaderboardError(f"{run_dir} has no evaluated checkpoint yet")
@@ -93,15 +100,26 @@ def _num(v: Any) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
-def _manifest(run_dir: Path) -> dict:
+def run_manifest(run_dir: Path) -> dict:
+    """The run's run.json ({} when there is none)."""
     path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LeaderboardError(f"{path} is not valid JSON ({exc}); it is the run's manifest, written by "
+                               "`harness run`: restore it, or move it away to compare without it") from exc
+    if not isinstance(manifest, dict):
+        raise LeaderboardError(f"{path} is not a run manifest (a JSON {_json_kind(manifest)}, not an object); "
+                               "restore it, or move it away to compare without it")
+    return manifest
 
 
 # -- leaderboard files ---------------------------------------------------------------------------
 def build_leaderboard(run_dir: Path, note: str = "") -> dict:
     entries = run_entries(run_dir)
-    manifest = _manifest(run_dir)
+    manifest = run_manifest(run_dir)
     records = []
     for r in entries.to_dict("records"):
         values = [v for v in r["values"] if v is not None]
@@ -138,15 +156,60 @@ def read_leaderboard(path: Path) -> dict:
     if not path.exists():
         raise LeaderboardError(f"no leaderboard at {path}; create it from a reference run with "
                                f"`harness regress RUN_DIR --leaderboard {path} --update`")
+    # Not a leaderboard at all: --update must not overwrite it, so the fix says to delete it first.
+    rebuild = "restore it with git, or delete it and rebuild it with --update"
     try:
         board = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise LeaderboardError(f"{path} is not valid JSON ({exc}); restore it with git or rebuild it with "
-                               f"--update") from exc
-    if board.get("schema") != SCHEMA or board.get("schema_version") != SCHEMA_VERSION:
-        raise LeaderboardError(f"{path} has schema {board.get('schema')!r} version {board.get('schema_version')!r};"
-                               f" this harness reads {SCHEMA!r} version {SCHEMA_VERSION}: rebuild it with --update")
+        raise LeaderboardError(f"{path} is not valid JSON ({exc}); {rebuild}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LeaderboardError(f"{path} cannot be read ({exc}); {rebuild}") from exc
+    if not isinstance(board, dict):
+        raise LeaderboardError(f"{path} is not a leaderboard: it holds a JSON {_json_kind(board)}, not an object "
+                               f"with 'schema' and 'entries'; {rebuild}")
+    if board.get("schema") != SCHEMA:
+        raise LeaderboardError(f"{path} is not a leaderboard (schema {board.get('schema')!r}, expected {SCHEMA!r}); "
+                               f"{rebuild}")
+    # A harness leaderboard that cannot be compared with: --update may replace it.
+    if board.get("schema_version") != SCHEMA_VERSION:
+        raise LeaderboardError(f"{path} has schema {SCHEMA!r} version {board.get('schema_version')!r}; this harness "
+                               f"reads version {SCHEMA_VERSION}: rebuild it with --update", replaceable=True)
+    entries = board.get("entries")
+    if not isinstance(entries, list) or not entries:
+        found = "empty" if isinstance(entries, list) else "missing" if entries is None else \
+            f"a JSON {_json_kind(entries)}"
+        raise LeaderboardError(f"{path} has no entries ('entries' is {found}); nothing to compare with: restore it "
+                               f"with git or rebuild it from a reference run with --update", replaceable=True)
+    for i, entry in enumerate(entries):
+        problem = _entry_problem(entry)
+        if problem:
+            raise LeaderboardError(f"{path}: entry {i} {problem}; restore it with git or rebuild it with --update",
+                                   replaceable=True)
     return board
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "array", dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _entry_problem(e: Any) -> str | None:
+    """What makes one leaderboard entry unusable, or None."""
+    if not isinstance(e, dict):
+        return f"is a JSON {_json_kind(e)}, not an object"
+    lists = ("values", "ci_low", "ci_high")
+    missing = [k for k in (*KEY, *lists) if k not in e]
+    if missing:
+        return f"lacks {', '.join(repr(k) for k in missing)}"
+    where = f"({e['method']}, {e['step']}, {e['metric']})"
+    if not all(isinstance(e[k], list) for k in lists) or not e["values"] \
+            or not len(e["values"]) == len(e["ci_low"]) == len(e["ci_high"]):
+        return f"{where} needs 'values', 'ci_low' and 'ci_high' as lists of one number per seed"
+    if not all(v is None or isinstance(v, int | float) and not isinstance(v, bool) for k in lists for v in e[k]):
+        return f"{where} has a value that is not a number or null"
+    if e.get("direction") not in (None, "higher", "lower"):
+        return f"{where} has direction {e['direction']!r} (allowed: 'higher', 'lower', null)"
+    return None
 
 
 def _board_entries(board: dict) -> pd.DataFrame:
@@ -204,7 +267,7 @@ def compare_entry(ref: dict, new: dict, z: float = Z_DEFAULT) -> dict:
 
 def config_changes(board: dict, run_dir: Path) -> list[str]:
     """Settings of the run that differ from the reference run's (preset and shared method sections)."""
-    manifest = _manifest(run_dir)
+    manifest = run_manifest(run_dir)
     ref = board.get("run") or {}
     changes: list[str] = []
     _diff(ref.get("preset") or {}, manifest.get("preset") or {}, "preset", changes, skip={"methods"})

@@ -17,7 +17,7 @@ import pandas as pd
 
 from harness.config import PresetConfig
 from harness.runner import RunError, RunOptions, run
-from harness.store import ResultStore
+from harness.store import StoreError, open_readonly
 
 TIMING_KEYS = ("seconds",)  # wall-clock measurements: never expected to repeat
 
@@ -49,6 +49,11 @@ def load_manifest(run_dir: Path) -> dict:
 
 def reproduce(run_dir: Path, out: Path, show_progress: bool = False, atol: float = 0.0) -> RunDiff:
     manifest = load_manifest(run_dir)
+    try:  # the numbers to compare with must be readable before the (long) re-run, not after it
+        with open_readonly(Path(run_dir) / "results.sqlite"):
+            pass
+    except StoreError as exc:
+        raise RunError(f"nothing to reproduce against: {exc}") from exc
     if (Path(out) / "results.sqlite").exists():
         raise RunError(f"{out} already holds a run; choose an empty --out for the re-run")
     try:
@@ -62,7 +67,7 @@ def reproduce(run_dir: Path, out: Path, show_progress: bool = False, atol: float
 
 
 def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    with ResultStore(Path(run_dir) / "results.sqlite") as store:
+    with open_readonly(Path(run_dir) / "results.sqlite") as store:  # a reader: never writes either run
         agg, rec, logs = store.aggregates(), store.records(), store.train_logs()
     logs = logs[~logs["key"].isin(TIMING_KEYS)] if not logs.empty else logs
     return agg, rec, logs

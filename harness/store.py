@@ -277,6 +277,55 @@ class ResultStore:
         return paths
 
 
+class StoreError(ValueError):
+    """A results file a reader cannot use: missing, not SQLite, damaged, or holding no results."""
+
+
+_RESTORE = "restore it from a backup, or rerun into a new directory with `harness run --out NEW_DIR`"
+
+
+@contextmanager
+def open_readonly(path: str | Path) -> Iterator[ResultStore]:
+    """A store for readers (reports, regress, export): never creates, migrates or writes the file.
+
+    The connection is SQLite's ``mode=ro``, so a 0-byte or foreign file stays as it is and committed rows
+    of a live writer (still in its ``-wal``) are seen. A WAL file with no writer attached gets SQLite's
+    own ``-wal``/``-shm`` companions created next to it (empty; a later writer reuses them). Every fault,
+    at open or while reading inside the ``with``, becomes a one-line :class:`StoreError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist; point at the results.sqlite a run wrote "
+                         "(`harness run --out DIR` writes DIR/results.sqlite)")
+    store = ResultStore.__new__(ResultStore)  # not __init__: that creates the schema
+    store.path, store._lock = path, threading.RLock()
+    try:
+        store.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                     check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} cannot be opened (sqlite: {exc}); check its permissions") from exc
+    try:
+        try:
+            tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "runs" not in tables:
+                what = "an empty file" if path.stat().st_size == 0 else "no 'runs' table"
+                raise StoreError(f"{path} holds no results ({what}): it is not a store written by `harness run` "
+                                 "or `harness eval`; point at the right run directory, or move the file away "
+                                 "and rerun the run")
+            try:
+                store._check_version()
+            except RuntimeError as exc:
+                raise StoreError(str(exc)) from exc
+            yield store
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, I/O error, ...: the file may be fine
+                raise StoreError(f"{path} could not be read (sqlite: {exc}); retry, or check the disk and "
+                                 "the file's permissions") from exc
+            raise StoreError(f"{path} is not a readable results database (sqlite: {exc}); {_RESTORE}") from exc
+    finally:
+        store.conn.close()
+
+
 def bootstrap_ci(values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray | None = None,
                  n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
     """Percentile bootstrap of the (weighted) mean over videos; seeded so reports are reproducible."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.store import ResultStore
+from harness.store import open_readonly
 from reports.claims import RunData, check_claims, claims_markdown
 from reports.distortion import distortion_markdown, distortion_table
 from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table
@@ -45,7 +45,7 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     db = run_dir / "results.sqlite"
     if not db.is_file():
         raise FileNotFoundError(f"no results store in the run directory: {db} does not exist")
-    with ResultStore(db) as store:
+    with open_readonly(db) as store:  # never creates tables; a bad file raises StoreError
         info = load_run_info(run_dir, store)
         agg = store.aggregates(info.run_id)
         logs = store.train_logs(info.run_id)
