@@ -56,6 +56,10 @@ class Evaluator:
                 self.metrics.append(metric)
             except WeightsError as exc:  # name every missing file at once, before any work
                 missing.append(f"{name}: {exc}")
+        twice = _duplicates([m.identity for m in self.metrics if m.spec.name in ROLLUP_DIMENSIONS])
+        if twice:
+            raise ValueError("a roll-up dimension is asked for twice, with two backends ("
+                             + "; ".join(twice) + "); keep one in --metrics / eval.metrics")
         for metric in self.metrics:  # metrics whose reference is the preset's own real footage (FVD)
             if hasattr(metric, "use_source"):
                 metric.use_source(preset)
@@ -200,14 +204,29 @@ class Evaluator:
         identities = [m for m in agg["metric"] if m.split("[")[0] in ROLLUP_DIMENSIONS]
         by_name = {m.split("[")[0]: v for m, v in zip(agg["metric"], agg["value"], strict=True)
                    if not m.startswith("rollup:")}
+        twice = _duplicates(identities)
+        if twice:  # which one would count is arbitrary: no roll-up rather than a silent pick
+            log.warning("checkpoint %d: no roll-ups, two identities of one dimension are stored (%s)",
+                        checkpoint_id, "; ".join(twice))
+            return by_name
         label = _rollup_label(identities)
         for prefix, fn in (("vbench_i2v", vbench_i2v_rollup), ("shift", shift_rollup)):
             result = fn(by_name)
+            if prefix == "vbench_i2v" and not result["complete"]:
+                prefix = "vbench_i2v_partial"  # never under the name of upstream's score
             for key, value in result.items():
                 if isinstance(value, float) and not _isnan(value):
                     store.add_aggregate(checkpoint_id, f"rollup:{prefix}_{key}[{label}]", value, 1, None, None,
                                         {"missing": result.get("missing", []), "inputs": identities})
         return by_name
+
+
+def _duplicates(identities: Sequence[str]) -> list[str]:
+    """'dim: id1, id2' for each base dimension with more than one identity."""
+    by_base: dict[str, list[str]] = {}
+    for i in identities:
+        by_base.setdefault(i.split("[", 1)[0], []).append(i)
+    return [f"{b}: {', '.join(ids)}" for b, ids in sorted(by_base.items()) if len(ids) > 1]
 
 
 def bind_inputs(store: ResultStore, checkpoint_id: int, key: dict, what: str) -> None:
@@ -237,7 +256,7 @@ def _rollup_label(identities: list[str]) -> str:
     if any("random-weights" in i for i in identities):
         return "random-weights"
     # A substitute anywhere wins: flow_chain(flow=raft) is a weights-free tracker even on RAFT's flow.
-    substitutes = ("tiny", "flow_chain", "flowinterp", "=dis", "farneback", "oracle")
+    substitutes = ("tiny", "flow_chain", "flowinterp", "=dis", "farneback", "oracle", "sea-raft", "sea_raft")
     upstream = ("dino-vitb16", "clip-vit", "dreamsim", "amt-s", "raft", "musiq", "cotracker", "i3d", "videomae")
     if not identities or any(any(t in i for t in substitutes) for i in identities):
         return "tiny"

@@ -4,9 +4,14 @@
 dimension is normalised (x - min)/(max - min) with VBench's ranges, then
 quality = weighted mean of subject, background, motion_smoothness, aesthetic,
 imaging (1) and dynamic_degree (0.5); i2v = weighted mean of camera_motion (0.1),
-i2v_subject (1), i2v_background (1); total = mean of the two. Unlike upstream,
-which fills a missing dimension with 0, missing (or NaN) dimensions are left out
-of the weighted means and listed under ``missing``.
+i2v_subject (1), i2v_background (1); total = mean of the two (weights 1 : 1), as
+VBench's ``scripts/cal_i2v_final_score.py`` and ``scripts/constant.py`` (read at
+Vchitect/VBench 45e79ec). With every dimension present the result is upstream's
+number; ``complete`` says so. With dimensions missing (or NaN) upstream fills them
+with 0 (``vbench_i2v_upstream`` does the same, e.g. to check an export); the harness
+instead leaves them out of the weighted means, lists them under ``missing`` and stores
+the result under another name (``vbench_i2v_partial_*``), so a partial roll-up is
+never presented as the VBench score.
 
 ``shift_rollup`` is the SHIFT paper's grouping of the raw (unnormalised) scores:
 appearance, motion, the overall mean of all available dimensions (Tables 1-2: overall =
@@ -78,14 +83,23 @@ def _mean(values: list[float]) -> float:
 
 
 def vbench_i2v_rollup(values: Mapping[str, Any]) -> dict[str, Any]:
-    """{"quality", "i2v", "total"} (NaN when a group has no dimension), "normalised", "missing"."""
+    """{"quality", "i2v", "total"} (NaN when a group has no dimension), "normalised", "missing" and
+    "complete" (every dimension present: the numbers are upstream's)."""
     raw = _base_values(values)
     norm = {k: normalise(k, v) for k, v in raw.items() if k in VBENCH_I2V_RANGES}
     quality = _weighted_mean(norm, I2V_QUALITY_WEIGHTS)
     i2v = _weighted_mean(norm, I2V_WEIGHTS)
     total = _mean([s for s in (quality, i2v) if not math.isnan(s)])
     missing = sorted(k for k in (*I2V_QUALITY_WEIGHTS, *I2V_WEIGHTS) if k not in norm)
-    return {"quality": quality, "i2v": i2v, "total": total, "normalised": norm, "missing": missing}
+    return {"quality": quality, "i2v": i2v, "total": total, "normalised": norm, "missing": missing,
+            "complete": not missing}
+
+
+def vbench_i2v_upstream(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Upstream's score script exactly: a missing (or NaN) dimension counts as a raw score of 0."""
+    raw = _base_values(values)
+    out = vbench_i2v_rollup({k: raw.get(k, 0.0) for k in VBENCH_I2V_RANGES})
+    return {**out, "missing": sorted(k for k in VBENCH_I2V_RANGES if k not in raw)}
 
 
 def shift_rollup(values: Mapping[str, Any]) -> dict[str, Any]:

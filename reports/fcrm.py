@@ -18,7 +18,7 @@ from reports.tables import clean_aggregates, markdown_grid
 
 COLUMNS = [  # (label, metric name prefix, higher is better)
     ("Latent Reward", "latent_reward[", True),
-    ("VBench-I2V avg (tiny)", "rollup:vbench_i2v_total", True),
+    ("VBench-I2V avg, partial (tiny)", "rollup:vbench_i2v_partial_total", True),
     ("distortion rate", "distortion_rate[", False),
     ("motion adherence", "motion_adherence[", True),
     ("FVD (tiny)", "fvd[", False),

@@ -61,3 +61,62 @@ def test_registered_ranges_agree_with_the_rollup_table():
     for spec in list_metrics():
         if spec.name in VBENCH_I2V_RANGES:
             assert spec.vbench_range == pytest.approx(VBENCH_I2V_RANGES[spec.name]), spec.name
+
+
+def test_upstream_score_script_fills_a_missing_dimension_with_zero():
+    """VBench's cal_i2v_final_score.py sets a missing dimension's raw score to 0 before normalising."""
+    from metrics.rollups import vbench_i2v_upstream
+
+    full = vbench_i2v_upstream(VALUES)
+    assert full["total"] == vbench_i2v_rollup(VALUES)["total"] and vbench_i2v_rollup(VALUES)["complete"]
+    values = {k: v for k, v in VALUES.items() if k not in ("subject_consistency", "camera_motion")}
+    out = vbench_i2v_upstream(values)
+    n_subj0 = (0.0 - 0.1462) / (1 - 0.1462)  # negative: upstream's own arithmetic
+    quality = (n_subj0 + N_BG + N_MS + 0.6 + 0.7 + 0.5 * 0.4) / 5.5
+    i2v = (0.1 * 0.0 + N_I2V_SUBJ + N_I2V_BG) / 2.1
+    assert out["quality"] == pytest.approx(quality, rel=1e-12)
+    assert out["total"] == pytest.approx((quality + i2v) / 2, rel=1e-12)
+    assert out["missing"] == ["camera_motion", "subject_consistency"]
+    assert not vbench_i2v_rollup(values)["complete"]
+
+
+def _store_with(tmp_path, metrics: dict):
+    from harness.store import ResultStore
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.add_run("r", "tiny", {}, [0], {})
+    ckpt = store.checkpoint("r", "base", 0, 0, None, {})
+    for name, value in metrics.items():
+        store.add_aggregate(ckpt, name, value, 1)
+    return store, ckpt
+
+
+def _rollups(store, ckpt):
+    from harness.evaluate import Evaluator
+
+    Evaluator._rollups(None, store, ckpt)
+    agg = store.aggregates()
+    return {m: v for m, v in zip(agg["metric"], agg["value"], strict=True) if m.startswith("rollup:")}
+
+
+def test_a_partial_rollup_is_stored_under_another_name(tmp_path):
+    """Before: a roll-up of whatever dimensions were present was stored as rollup:vbench_i2v_total."""
+    some = {"subject_consistency[tiny]": 0.9, "motion_smoothness[tiny]": 0.95}
+    store, ckpt = _store_with(tmp_path, some)
+    names = _rollups(store, ckpt)
+    assert "rollup:vbench_i2v_partial_total[tiny]" in names
+    assert not any(n.startswith("rollup:vbench_i2v_total") for n in names)
+    full = {f"{k}[dino-vitb16]": v for k, v in VALUES.items()}
+    store2, ckpt2 = _store_with(tmp_path / "full", full)
+    names = _rollups(store2, ckpt2)
+    assert names["rollup:vbench_i2v_total[upstream]"] == pytest.approx(vbench_i2v_rollup(VALUES)["total"])
+
+
+def test_two_stored_identities_of_a_dimension_give_no_rollup_and_sea_raft_is_no_upstream_raft(tmp_path):
+    """Before: the last identity silently won, and 'sea-raft' was labelled upstream because it contains 'raft'."""
+    from harness.evaluate import _rollup_label
+
+    store, ckpt = _store_with(tmp_path, {"dynamic_degree[flow=dis]": 0.5, "dynamic_degree[flow=raft]": 0.6})
+    assert _rollups(store, ckpt) == {}
+    assert _rollup_label(["dynamic_degree[flow=sea-raft]"]) == "tiny"
+    assert _rollup_label(["dynamic_degree[flow=raft]"]) == "upstream"
