@@ -345,6 +345,7 @@ def eval_cmd(
 
     Metric groups expand to their members with upstream backends, e.g. ``--metrics vbench-i2v,fvd``."""
     from harness.evaluate import evaluate_checkpoint, evaluate_run, evaluate_videos
+    from harness.rundir import RunDirError
 
     chosen = [x for x in (checkpoint, run_dir, videos) if x is not None]
     if len(chosen) != 1:
@@ -372,7 +373,7 @@ def eval_cmd(
                 typer.secho(f"skipped {len(skipped)} unreadable video(s): {', '.join(skipped)}",
                             fg=typer.colors.YELLOW, err=True)
             typer.echo(f"results: {db}")
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RunDirError) as exc:
         _fail(str(exc))
 
 

@@ -339,7 +339,7 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
     info = run.read_manifest() or {}
     preset = Preset(**info["preset"])
     evaluator = Evaluator(preset, metric_names)
-    with ResultStore(run.results) as store:
+    with run.lock(), ResultStore(run.results) as store:  # never beside a `harness run` writing the same run
         for row in store.checkpoints().itertuples():
             path = run.resolve(row.path)
             # Re-sample with the settings the checkpoint was evaluated with (a method may have its own).

@@ -289,3 +289,10 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         with pytest.raises(RunError, match=f"in use by another harness process \\(pid {os.getpid()}"):
             run(_preset(), out, _opts())
     assert not (out / "results.sqlite").exists()
+
+
+def test_eval_run_waits_for_no_one_it_refuses_beside_a_writer(trained):
+    """`harness eval --run` writes into the run's store: refused while another process holds the run."""
+    with RunDir(trained).lock():
+        r = _cli("eval", "--run", trained, "--metrics", "motion_score")
+    assert r.exit_code == 2 and "in use by another harness process" in r.output
