@@ -84,7 +84,9 @@ METRIC_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
         "i2v_subject": {"features": "dino-vitb16-i2v"},
         "i2v_background": {"features": "dreamsim"},
         "camera_motion": {"tracker": "cotracker2"},
-        "temporal_flickering": {"flow": "raft"},
+        # VBench-I2V scores temporal flickering on every video (vbench/temporal_flickering.py, no filter); the
+        # static filter belongs to VBench's text-to-video prompt suite, whose "static" prompts it checks.
+        "temporal_flickering": {"static_filter": False},
     },
 }
 

@@ -1,9 +1,11 @@
 """temporal_flickering (VBench): how little a *static* video's pixels change between frames.
 
 Per video: (255 - mean over consecutive pairs of the MAE between frames)/255,
-with the MAE over all pixels and channels. VBench scores only static videos; its
-static filter (``static_filter`` below) is applied here with a weights-free flow
-backend instead of RAFT. Non-static videos get a record with value None and
+with the MAE over all pixels and channels. VBench's text-to-video suite scores only
+static videos; its static filter (``static_filter`` below) is applied here with a
+weights-free flow backend instead of RAFT. VBench-I2V applies no filter (its
+``temporal_flickering`` scores every video), and the ``vbench-i2v`` metric group asks
+for ``static_filter=False`` accordingly. Non-static videos get a record with value None and
 ``extras["static"] = False`` and are left out of the mean; with no static video
 the aggregate is NaN (with a warning), never a made-up number.
 """
@@ -62,7 +64,7 @@ def flicker_score(frames: np.ndarray) -> float:
     description="VBench temporal flickering: 1 - mean inter-frame MAE / 255, static videos only",
     departures="static filter uses a weights-free flow backend (OpenCV DIS by default, auto-upscaled for "
                "tiny frames) instead of RAFT-things; MAE in float64 rather than float32; "
-               "static_filter=False (not upstream) scores every video",
+               "static_filter=False scores every video, as VBench-I2V does (the vbench-i2v group's setting)",
 ))
 class TemporalFlickering(PerVideoMetric):
     def __init__(self, flow: str | FlowBackend = "dis", flow_options: dict[str, Any] | None = None,

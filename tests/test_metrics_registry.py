@@ -110,3 +110,22 @@ def test_records_are_plain_json(name):
     assert set(record) == {"video_id", "value", "weight", "extras"}
     json.dumps(record)
     json.dumps(metric.state())
+
+
+def test_vbench_i2v_group_scores_flickering_on_every_video_as_upstream():
+    """VBench-I2V's temporal_flickering has no static filter (before: the group applied the T2V suite's filter,
+    which leaves moving I2V videos unscored)."""
+    import numpy as np
+
+    from metrics.base import VideoSample
+    from metrics.registry import expand_metrics, get_metric
+
+    opts = dict(expand_metrics(["vbench-i2v"]))["temporal_flickering"]
+    metric = get_metric("temporal_flickering", **opts)
+    assert metric.identity == "temporal_flickering[static_filter=off]"
+    frames = np.zeros((6, 32, 32, 3), np.uint8)
+    for t in range(6):  # a square that moves 4 px a frame: never static
+        frames[t, 8:16, 4 * t:4 * t + 8] = 255
+    metric.reset()
+    row = metric.update(VideoSample("v", frames, 8, first_frame=frames[0]))
+    assert row["value"] is not None and 0 < row["value"] < 1
