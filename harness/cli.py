@@ -333,6 +333,9 @@ def eval_cmd(
     checkpoint: Annotated[Path | None, typer.Option(help="a model directory or a run checkpoint")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run", help="a run directory: fill in missing metrics")] = None,
     videos: Annotated[Path | None, typer.Option(help="a folder of .mp4 files")] = None,
+    conditions: Annotated[Path | None, typer.Option(help="with --videos: CSV or JSONL mapping each video to its "
+                                                         "conditioning image and prompt (video, image, prompt); "
+                                                         "needed by i2v_subject and i2v_background")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the preset's)")] = None,
     out: Annotated[Path | None, typer.Option(help="results directory (not used with --run)")] = None,
     preset: PresetOpt = "tiny",
@@ -350,6 +353,8 @@ def eval_cmd(
     chosen = [x for x in (checkpoint, run_dir, videos) if x is not None]
     if len(chosen) != 1:
         _fail("give exactly one of --checkpoint, --run, --videos")
+    if conditions is not None and videos is None:
+        _fail("--conditions maps the videos of --videos to their images; give --videos too")
     names = _csv(metrics)
     if names:
         from metrics.registry import METRIC_GROUPS, list_metrics
@@ -368,7 +373,8 @@ def eval_cmd(
         elif checkpoint is not None:
             typer.echo(f"results: {evaluate_checkpoint(cfg, checkpoint, out or checkpoint / 'eval', names)}")
         else:
-            db, skipped = evaluate_videos(cfg, videos, out or Path("runs/eval-videos"), names, fps)
+            db, skipped = evaluate_videos(cfg, videos, out or Path("runs/eval-videos"), names, fps,
+                                          conditions=conditions)
             if skipped:
                 typer.secho(f"skipped {len(skipped)} unreadable video(s): {', '.join(skipped)}",
                             fg=typer.colors.YELLOW, err=True)

@@ -412,10 +412,14 @@ MIN_FRAMES = 2  # every video metric compares consecutive frames
 
 
 def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names: Sequence[str] | None,
-                    fps: float | None = None, show_progress: bool = True) -> tuple[Path, list[str]]:
-    """Score a folder of mp4 files; unreadable or too short ones are reported, recorded as skips, and
-    left out. Results are tied to the files' content (a sha256 per video): when the folder changes
-    (a video replaced, added or removed), the stored results are dropped and the folder is scored again."""
+                    fps: float | None = None, show_progress: bool = True,
+                    conditions: Path | None = None) -> tuple[Path, list[str]]:
+    """Score a folder of mp4 files; unreadable or too short ones, and ones without a usable conditioning
+    image, are reported, recorded as skips, and left out. Results are tied to the files' content (a sha256
+    per video and per image): when the folder or the conditions change (a video replaced, added or removed),
+    the stored results are dropped and the folder is scored again. Metrics that compare a video with its
+    conditioning image (i2v_subject, i2v_background) need ``conditions`` (harness/data/conditions.py)."""
+    from harness.data.conditions import ConditionsError, conditioning_image, read_conditions
     from harness.data.video_io import VideoReadError, read_video
     from harness.rundir import file_digest
 
@@ -427,13 +431,22 @@ def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names:
     if needs_condition:
         raise ValueError(f"metrics {', '.join(needs_condition)} need tiny-world conditions, which a folder of "
                          "videos does not have; pass --metrics with others")
+    needs_image = [m.identity for m in evaluator.metrics if "first_frame" in m.spec.inputs]
+    if needs_image and conditions is None:
+        raise ValueError(f"metrics {', '.join(needs_image)} compare each video with the image it was conditioned "
+                         "on; pass --conditions FILE (CSV or JSONL: video, image, prompt), or leave them out of "
+                         "--metrics (they are never computed on a video's own first frame)")
+    mapping = read_conditions(conditions) if conditions is not None else None
     files = sorted(folder.glob("*.mp4"))
     if not files:
         raise FileNotFoundError(f"no .mp4 files in {folder}")
     run_id = f"videos-{folder.resolve().name}"
     skipped: list[str] = []
     fps = fps or preset.world.fps
-    key = {"videos": {f.name: file_digest(f) for f in files}, "fps": fps}
+    key: dict = {"videos": {f.name: file_digest(f) for f in files}, "fps": fps}
+    if mapping is not None:
+        key["conditions"] = {name: [file_digest(c.image) if c.image.is_file() else None, c.prompt]
+                             for name, c in sorted(mapping.items())}
     with _new_store(out, run_id, preset, {"videos": str(folder)}) as store:
         ckpt = store.checkpoint(run_id, "videos", 0, 0, str(folder), {"source": "files"})
         bind_inputs(store, ckpt, key, f"--videos {folder}")
@@ -443,13 +456,19 @@ def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names:
                 frames = read_video(f)
                 if len(frames) < MIN_FRAMES:
                     raise VideoReadError(f"{f}: {len(frames)} frame(s); the metrics need at least {MIN_FRAMES}")
-            except VideoReadError as exc:
+                image, prompt = None, None
+                if mapping is not None:
+                    if f.name not in mapping:
+                        raise ConditionsError(f"{f.name} has no row in {conditions}")
+                    image = conditioning_image(mapping[f.name], frames.shape[1], frames.shape[2])
+                    prompt = mapping[f.name].prompt
+            except (VideoReadError, ConditionsError) as exc:
                 log.warning("skipping %s", exc)
                 store.add_skip(ckpt, f.name, str(exc))
                 skipped.append(f.name)
                 continue
-            videos.append(VideoSample(video_id=f.name, frames=frames, fps=fps, first_frame=frames[0]))
+            videos.append(VideoSample(video_id=f.name, frames=frames, fps=fps, first_frame=image, caption=prompt))
         if not videos:
-            raise ValueError(f"none of the {len(files)} videos in {folder} could be read; see the skips above")
+            raise ValueError(f"none of the {len(files)} videos in {folder} could be scored; see the skips above")
         evaluator.score(store, ckpt, videos, show_progress)
     return out / "results.sqlite", skipped

@@ -296,3 +296,36 @@ def test_eval_run_waits_for_no_one_it_refuses_beside_a_writer(trained):
     with RunDir(trained).lock():
         r = _cli("eval", "--run", trained, "--metrics", "motion_score")
     assert r.exit_code == 2 and "in use by another harness process" in r.output
+
+
+# -- eval --videos: the conditioning image, never the video's own first frame ---------------------------------
+
+def test_i2v_dimensions_need_the_conditioning_images(tmp_path, world):
+    """Before: i2v_subject and i2v_background compared each video with its own first frame."""
+    import csv
+
+    from PIL import Image
+
+    from harness.data.world import make_clip
+
+    folder = tmp_path / "videos"
+    _clips(world, folder, [("a.mp4", 0), ("b.mp4", 1), ("c.mp4", 2), ("d.mp4", 3)])
+    r = _cli("eval", "--videos", folder, "--out", tmp_path / "o1", "--metrics", "i2v_subject")
+    assert r.exit_code == 2 and "--conditions" in r.output and not (tmp_path / "o1").exists()
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, i in (("a", 0), ("b", 1)):
+        Image.fromarray(make_clip(world, "eval", i).frames[0]).save(images / f"{name}.png")
+    Image.fromarray(make_clip(world, "eval", 2).frames[0][:, :10]).save(images / "c.png")  # another aspect ratio
+    table = tmp_path / "conditions.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "image", "prompt"])
+        w.writerows([["a.mp4", "images/a.png", "a red square"], ["b.mp4", "images/b.png", ""],
+                     ["c.mp4", "images/c.png", ""]])  # d.mp4 has no row
+    r = _cli("eval", "--videos", folder, "--conditions", table, "--out", tmp_path / "o2", "--metrics", "i2v_subject")
+    assert r.exit_code == 0, r.output
+    with ResultStore(tmp_path / "o2" / "results.sqlite") as s:
+        assert sorted(s.records()["video_id"]) == ["a.mp4", "b.mp4"]
+        reasons = dict(zip(s.skips()["video_id"], s.skips()["reason"], strict=True))
+    assert "aspect ratio" in reasons["c.mp4"] and "no row" in reasons["d.mp4"]
