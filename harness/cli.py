@@ -379,21 +379,39 @@ def eval_cmd(
 @app.command()
 def export(
     results: Annotated[Path, typer.Option(help="a run or results directory holding results.sqlite")],
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or vbench (VBench-I2V's eval_results.json, "
+                                                      "one per checkpoint, under <out>/vbench)")] = "csv",
     out: Annotated[Path | None, typer.Option(help="output directory (default: <results>/export)")] = None,
+    identity: Annotated[list[str] | None, typer.Option(
+        "--identity", help="with --format vbench: the stored identity to export where a checkpoint holds "
+                           "several for one dimension, e.g. 'dynamic_degree[flow=raft]' (repeatable)")] = None,
 ) -> None:
-    """Export every table of a results store to CSV or Parquet files."""
-    from harness.store import open_readonly
+    """Export every table of a results store to CSV or Parquet files, or its VBench dimensions as VBench JSON."""
+    from harness.store import EXPORT_FORMATS, open_readonly
 
+    formats = (*EXPORT_FORMATS, "vbench")
+    if fmt not in formats:
+        _fail(f"unknown export format {fmt!r}; allowed: {', '.join(formats)}")
+    if identity and fmt != "vbench":
+        _fail(f"--identity chooses what --format vbench exports; {fmt} exports every table whole, drop --identity")
     db = results / "results.sqlite"
     if not db.is_file():
         _fail(f"no results store at {db}")
+    left_out: list[str] = []
     try:
         with open_readonly(db) as store:  # StoreError is a ValueError: a bad file, like a bad --format
-            paths = store.export(out or results / "export", fmt)
+            if fmt == "vbench":
+                from harness.vbench_export import export_vbench
+
+                done = export_vbench(store, (out or results / "export") / "vbench", identity or ())
+                paths, left_out = done.paths, done.left_out
+            else:
+                paths = store.export(out or results / "export", fmt)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo("\n".join(str(p) for p in paths))
+    if left_out:
+        typer.echo(f"not exported ({len(left_out)}):\n" + "\n".join(f"  {x}" for x in left_out))
 
 
 @app.command("report")
