@@ -312,11 +312,13 @@ def run(
             log.info("--smoke kept your values of %s", ", ".join(k.split("=")[0] for k in kept))
     from harness.data.folder import VideoDataError
     from harness.distributed import DistributedConfigError, init_from_env
+    from harness.extras import MissingExtraError
 
     try:
         main = init_from_env().is_main  # launched by accelerate / torchrun: join the group
         run_loop(cfg, out, opts)
-    except (RunError, KeyError, FileNotFoundError, DistributedConfigError, VideoDataError) as exc:
+    except (RunError, KeyError, FileNotFoundError, DistributedConfigError, VideoDataError,
+            MissingExtraError) as exc:
         _fail(str(exc).strip("'\""))
     if not main:
         return
@@ -498,6 +500,7 @@ def reproduce(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
 ) -> None:
     """Re-run a run from its manifest (run.json) and diff every stored number; exit 1 if any differs."""
+    from harness.extras import MissingExtraError
     from harness.reproduce import format_diff
     from harness.reproduce import reproduce as rerun
     from harness.runner import RunError
@@ -505,7 +508,7 @@ def reproduce(
     target = out or run_dir.with_name(run_dir.name + "-reproduced")
     try:
         diff = rerun(run_dir, target, progress, atol)
-    except (RunError, KeyError, FileNotFoundError) as exc:
+    except (RunError, KeyError, FileNotFoundError, MissingExtraError) as exc:
         _fail(str(exc).strip("'\""))
     typer.echo(f"re-ran {run_dir} into {target}")
     typer.echo(format_diff(diff))
