@@ -312,11 +312,13 @@ def run(
             log.info("--smoke kept your values of %s", ", ".join(k.split("=")[0] for k in kept))
     from harness.data.folder import VideoDataError
     from harness.distributed import DistributedConfigError, init_from_env
+    from harness.extras import MissingExtraError
 
     try:
         main = init_from_env().is_main  # launched by accelerate / torchrun: join the group
         run_loop(cfg, out, opts)
-    except (RunError, KeyError, FileNotFoundError, DistributedConfigError, VideoDataError) as exc:
+    except (RunError, KeyError, FileNotFoundError, DistributedConfigError, VideoDataError,
+            MissingExtraError) as exc:
         _fail(str(exc).strip("'\""))
     if not main:
         return
@@ -386,21 +388,39 @@ def eval_cmd(
 @app.command()
 def export(
     results: Annotated[Path, typer.Option(help="a run or results directory holding results.sqlite")],
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or vbench (VBench-I2V's eval_results.json, "
+                                                      "one per checkpoint, under <out>/vbench)")] = "csv",
     out: Annotated[Path | None, typer.Option(help="output directory (default: <results>/export)")] = None,
+    identity: Annotated[list[str] | None, typer.Option(
+        "--identity", help="with --format vbench: the stored identity to export where a checkpoint holds "
+                           "several for one dimension, e.g. 'dynamic_degree[flow=raft]' (repeatable)")] = None,
 ) -> None:
-    """Export every table of a results store to CSV or Parquet files."""
-    from harness.store import open_readonly
+    """Export every table of a results store to CSV or Parquet files, or its VBench dimensions as VBench JSON."""
+    from harness.store import EXPORT_FORMATS, open_readonly
 
+    formats = (*EXPORT_FORMATS, "vbench")
+    if fmt not in formats:
+        _fail(f"unknown export format {fmt!r}; allowed: {', '.join(formats)}")
+    if identity and fmt != "vbench":
+        _fail(f"--identity chooses what --format vbench exports; {fmt} exports every table whole, drop --identity")
     db = results / "results.sqlite"
     if not db.is_file():
         _fail(f"no results store at {db}")
+    left_out: list[str] = []
     try:
         with open_readonly(db) as store:  # StoreError is a ValueError: a bad file, like a bad --format
-            paths = store.export(out or results / "export", fmt)
+            if fmt == "vbench":
+                from harness.vbench_export import export_vbench
+
+                done = export_vbench(store, (out or results / "export") / "vbench", identity or ())
+                paths, left_out = done.paths, done.left_out
+            else:
+                paths = store.export(out or results / "export", fmt)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo("\n".join(str(p) for p in paths))
+    if left_out:
+        typer.echo(f"not exported ({len(left_out)}):\n" + "\n".join(f"  {x}" for x in left_out))
 
 
 @app.command("report")
@@ -487,6 +507,7 @@ def reproduce(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
 ) -> None:
     """Re-run a run from its manifest (run.json) and diff every stored number; exit 1 if any differs."""
+    from harness.extras import MissingExtraError
     from harness.reproduce import format_diff
     from harness.reproduce import reproduce as rerun
     from harness.runner import RunError
@@ -494,7 +515,7 @@ def reproduce(
     target = out or run_dir.with_name(run_dir.name + "-reproduced")
     try:
         diff = rerun(run_dir, target, progress, atol)
-    except (RunError, KeyError, FileNotFoundError) as exc:
+    except (RunError, KeyError, FileNotFoundError, MissingExtraError) as exc:
         _fail(str(exc).strip("'\""))
     typer.echo(f"re-ran {run_dir} into {target}")
     typer.echo(format_diff(diff))

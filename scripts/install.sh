@@ -3,7 +3,8 @@
 #   - no NVIDIA GPU: the CPU build of torch (a local CPU wheel if pip's find-links
 #     has one, else the index in HARNESS_TORCH_CPU_INDEX if set);
 #   - an NVIDIA GPU (nvidia-smi works): the registry's CUDA build, plus the `full`
-#     extra (torchvision, timm, open-clip-torch), which needs a CUDA torch next to it.
+#     extra (torchvision, for the VLM ranker's Qwen-VL processors), which needs a CUDA
+#     torch next to it.
 # Both get the `deepspeed` extra (ZeRO-2; on CPU its engine runs over gloo, which the
 # tests use; its ops compile just in time, so nothing is built at install).
 # Extras to add: HARNESS_EXTRAS (default "dev"). Re-running is cheap: a stamp file

@@ -178,7 +178,8 @@ def test_export_csv_and_parquet(tmp_path):
     store.add_records(cid, METRIC, _rows(["a", "b", "c"]))
     store.add_aggregate(cid, METRIC, 1.0, 3)
     store.log_train("r1", "dpo", 0, [(s, "loss", 1.0 / s) for s in range(1, 6)])
-    expected = {"runs": 1, "checkpoints": 1, "records": 3, "aggregates": 1, "skips": 0, "train_logs": 5}
+    expected = {"runs": 1, "checkpoints": 1, "records": 3, "aggregates": 1, "skips": 0, "train_logs": 5,
+                "inputs": 0}
     for fmt, read in (("csv", pd.read_csv), ("parquet", pd.read_parquet)):
         paths = store.export(tmp_path / fmt, fmt=fmt)
         assert {p.stem: len(read(p)) for p in paths} == expected

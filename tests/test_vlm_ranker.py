@@ -117,3 +117,35 @@ def test_prefer_maps_labels(tiny_ranker, monkeypatch):
         assert tiny_ranker.prefer(frames, frames, None) == pref
         assert tiny_ranker.last_output == answer
     assert tiny_ranker.last_label == 4 and tiny_ranker.unparsed == unparsed + 1
+
+
+def _save_processor_needing_torchvision(path):
+    """A Qwen2-VL processor directory (tokenizer and processor configs, no weights): its video processor
+    is what transformers cannot build without torchvision."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(path)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"processor_class": "Qwen2VLProcessor", "image_processor_type": "Qwen2VLImageProcessor"}))
+    (path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"processor_class": "Qwen2VLProcessor", "video_processor_type": "Qwen2VLVideoProcessor"}))
+
+
+def test_missing_torchvision_names_the_full_extra(tmp_path, monkeypatch):
+    import sys
+
+    from harness.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as on the CPU install
+    _save_processor_needing_torchvision(tmp_path)
+    with pytest.raises(MissingExtraError) as err:
+        VLMRanker(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "needs torchvision" in message and "'full' extra" in message and ".[full]" in message

@@ -19,6 +19,7 @@ import numpy as np
 
 from harness.data.preferences import PairSet, oracle_score
 from harness.data.world import WorldConfig
+from harness.extras import has_module, missing_extra
 
 
 class Ranker(ABC):
@@ -124,7 +125,8 @@ class VLMRanker(Ranker):
     sampled frames given as images, in order "Video 1:", the frames of ``a``, "Video 2:",
     the frames of ``b``, then the instruction. A model whose processor class itself has a
     video processor (Qwen2/2.5/3-VL and others) still cannot be loaded by ``AutoProcessor``
-    without torchvision; that fails with an ImportError saying so.
+    without torchvision; that fails with a one-line :class:`~harness.extras.MissingExtraError`
+    naming the ``full`` extra, which provides it.
     """
 
     name = "vlm"
@@ -154,7 +156,9 @@ class VLMRanker(Ranker):
         try:
             self.processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
         except ImportError as e:
-            raise ImportError(f"cannot load the processor of {str(model_dir)!r}: {e}".strip()) from e
+            if not has_module("torchvision"):  # transformers' video processors import it
+                raise missing_extra("torchvision", "full", f"the processor of {str(model_dir)!r}") from e
+            raise ImportError(f"cannot load the processor of {str(model_dir)!r}: {' '.join(str(e).split())}") from e
         self.model = AutoModelForImageTextToText.from_pretrained(
             model_dir, local_files_only=True, dtype=dtype
         ).to(device).eval()
