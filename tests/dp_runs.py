@@ -38,12 +38,13 @@ def lora(run: Path, method: str, step: int) -> dict:
     return load_file(run / "checkpoints" / method / "seed0" / f"step{step:06d}" / "lora.safetensors")
 
 
-def run_tiny(out: str | Path, methods: list[str], sets: dict, steps: int, resume: bool = False) -> None:
+def run_tiny(out: str | Path, methods: list[str], sets: dict, steps: int, resume: bool = False,
+             adopt: bool = False) -> None:
     from harness.config import load_preset
     from harness.runner import RunOptions, run
 
     run(load_preset("tiny", [sets]), Path(out),
-        RunOptions(methods, [0], steps=steps, eval_every=2, resume=resume, show_progress=False))
+        RunOptions(methods, [0], steps=steps, eval_every=2, resume=resume, show_progress=False, adopt=adopt))
 
 
 def _worker(rank: int, world: int, port: int, out: str, cache: str, methods: list[str], sets: dict, steps: int,

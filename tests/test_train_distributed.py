@@ -67,6 +67,6 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
     shutil.copytree(two, resumed)
     for method in METHODS:  # drop the last checkpoint: one process recomputes steps 3 and 4 from step 2
         shutil.rmtree(resumed / "checkpoints" / method / "seed0" / "step000004")
-    run_tiny(resumed, METHODS, SETS, steps=4, resume=True)
+    run_tiny(resumed, METHODS, SETS, steps=4, resume=True, adopt=True)  # a copy of the run
     for method in METHODS:
         assert distance(lora(one, method, 4), lora(resumed, method, 4)) <= RTOL
