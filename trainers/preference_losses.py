@@ -38,7 +38,7 @@ listing, and it changes what a given beta means:
     samples (Eq. 7-9 write r_t = log p_theta/p_ref of x_t, one number per sample), i.e. of the
     per-sample z_a above, as Diffusion-DPO does (``dpo_loss`` keeps this placement).
   The default follows the listing because it is the code behind the paper's results, and
-  the paper's beta (its range [100, 2000], App. A.5) was tuned with it. At the same beta
+  the paper's beta (100, Sec. 4; range [100, 2000], App. A.5.3) was tuned with it. At the same beta
   the two are different objectives: averaging first lets per-element differences cancel
   before the sigmoid, averaging after saturates each element on its own. alpha and gamma
   stay per sample in both placements (below).
