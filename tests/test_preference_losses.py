@@ -44,14 +44,18 @@ def test_dpo_sign_conventions():
     assert loss[0] < math.log(2) < loss[1]
 
 
-def _pgdpo_by_hand(beta, K1, K2, eps, ipr):
+def _pgdpo_by_hand(beta, K1, K2, eps, ipr, placement):
     dw, dl = [-0.1, 0.1], [0.2, -0.1]
+    dw_e, dl_e = [[-0.2, -0.1, 0.0], [0.1, 0.1, 0.1]], [[0.2, 0.2, 0.2], [-0.1, -0.1, -0.1]]  # elements
     out = []
     for i in range(2):
         m = (dw[i] - dl[i]) / (dl[i] + eps)
         alpha, gamma = _sig(K1 * m), _sig(-K2 * m)
-        z = -0.5 * beta * (dw[i] - alpha * dl[i])
-        l_dpo = math.log1p(math.exp(-z))
+        if placement == "per_sample":
+            l_dpo = math.log1p(math.exp(0.5 * beta * (dw[i] - alpha * dl[i])))
+        else:  # the listing: -log sigmoid per element, then the mean
+            l_dpo = sum(math.log1p(math.exp(0.5 * beta * (a - alpha * b))) for a, b in zip(dw_e[i], dl_e[i],
+                                                                                            strict=True)) / 3
         if ipr == "equation":
             l_ipr = 0.5 * dw[i]
         else:  # mean (pred_w - ref_pred_w)^2: row 0 (0, 1, 4) / 3, row 1 (0, 0, 9) / 3
@@ -60,10 +64,11 @@ def _pgdpo_by_hand(beta, K1, K2, eps, ipr):
     return out
 
 
+@pytest.mark.parametrize("placement", ["per_element", "per_sample"])
 @pytest.mark.parametrize("ipr", ["listing", "equation"])
-def test_pgdpo_loss_by_hand(ipr):
-    loss, stats = pgdpo_loss(_errors(), beta=2.0, K1=1.0, K2=0.5, ipr=ipr, eps=1e-6)
-    assert loss.tolist() == pytest.approx(_pgdpo_by_hand(2.0, 1.0, 0.5, 1e-6, ipr), abs=1e-5)
+def test_pgdpo_loss_by_hand(ipr, placement):
+    loss, stats = pgdpo_loss(_errors(), beta=2.0, K1=1.0, K2=0.5, ipr=ipr, eps=1e-6, logsigmoid=placement)
+    assert loss.tolist() == pytest.approx(_pgdpo_by_hand(2.0, 1.0, 0.5, 1e-6, ipr, placement), abs=1e-5)
     # m = (-1.5, -2.0): alpha = sigmoid(K1 m), gamma = sigmoid(-K2 m)
     assert stats["alpha_min"] == pytest.approx(_sig(-2.0), abs=1e-5)
     assert stats["alpha_max"] == pytest.approx(_sig(-1.5), abs=1e-5)

@@ -195,3 +195,27 @@ def test_cli_smoke_run_of_shift(tmp_path):
     assert "Table 1" in (tmp_path / "r" / "report" / "shift.md").read_text()
     listed = CliRunner().invoke(app, ["list", "methods"]).output
     assert "shift-a0\tvariant of shift" in listed
+
+
+@pytest.mark.parametrize("kind", [None, "logit_normal"])
+def test_timesteps_are_uniform_as_algorithm_1_unless_asked(preset, monkeypatch, kind):
+    """Algorithm 1, line 7: t ~ U(0, T) by default; logit-normal(0, 1) only as the named option."""
+    from scipy.stats import kstest, norm
+
+    import trainers.shift as shift_mod
+
+    cfg = ShiftConfig() if kind is None else ShiftConfig(timestep_sampling=kind)
+    tr = _trainer(preset, **({} if kind is None else {"timestep_sampling": kind}))
+    kinds, real = [], shift_mod.sample_sigmas
+    monkeypatch.setattr(shift_mod, "sample_sigmas", lambda k, n, g: kinds.append(k) or real(k, n, g))
+    monkeypatch.setattr(shift_mod, "denoising_loss", lambda adapter, x0, cond, sigma, noise: x0.new_zeros(len(x0)))
+    tr.loss_terms(0)
+    assert kinds and set(kinds) == {cfg.timestep_sampling}  # the trainer draws its t with the configured kind
+    draws = real(cfg.timestep_sampling, 20000, torch.Generator().manual_seed(3)).double()
+    uniform_p = kstest(draws.numpy(), "uniform").pvalue
+    z = torch.log(draws / (1 - draws)).numpy()  # logit of a logit-normal(0, 1) draw is N(0, 1)
+    normal_p = kstest(z, norm.cdf).pvalue
+    if kind is None:
+        assert uniform_p > 1e-3 and normal_p < 1e-6
+    else:
+        assert normal_p > 1e-3 and uniform_p < 1e-6

@@ -1,7 +1,8 @@
 """`pgdpo`: Policy-Guided DPO (PG-DPO): DPO with Adaptive Rejection Scaling (alpha,
 Eq. 7) and Implicit Preference Regularisation (gamma, Eq. 8), combined as Eq. 9 or as
 the paper's code listing (App. A.5.4); see trainers/preference_losses.py for the
-difference between ``ipr=listing`` (default) and ``ipr=equation``.
+difference between ``ipr=listing`` (default) and ``ipr=equation``, and between
+``logsigmoid=per_element`` (default, the listing) and ``logsigmoid=per_sample`` (Eq. 9).
 
 Defaults from the paper: K1 = K2 = 10, beta = 100, 4 videos per prompt; step counts,
 batch and learning rate scaled for the tiny model as for `dpo` (same pairs, same
@@ -27,6 +28,11 @@ class PGDPOConfig(PreferenceConfig):
     ipr: Literal["listing", "equation"] = "listing"
     eps: float = Field(1e-6, gt=0)
     weight_grad: bool = Field(False, description="let gradients flow through alpha and gamma")
+    logsigmoid: Literal["per_element", "per_sample"] = Field(
+        "per_element", description="where -log sigmoid acts: per_element (default) is the paper's listing "
+        "(App. A.5.4: logsigmoid per element, then the mean), the code its results and beta 100 come from; "
+        "per_sample is Eq. 9 on whole-sample log-likelihood ratios (mean first, as Diffusion-DPO). The same "
+        "beta has a different strength in the two")
 
 
 @register_trainer
@@ -38,4 +44,4 @@ class PGDPOTrainer(PreferenceTrainer):
 
     def objective(self, errors: PairErrors) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        return pgdpo_loss(errors, c.beta, c.T, c.K1, c.K2, c.ipr, c.eps, c.weight_grad)
+        return pgdpo_loss(errors, c.beta, c.T, c.K1, c.K2, c.ipr, c.eps, c.weight_grad, c.logsigmoid)

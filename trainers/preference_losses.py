@@ -29,6 +29,20 @@ The IPR term differs between the paper's Eq. 9 and its code listing (App. A.5.4)
     term that pulls the policy's prediction on the chosen sample back to the reference's.
     It does not raise the chosen likelihood above the reference; it stops it drifting.
 
+Where the log-sigmoid acts (``logsigmoid``) also differs between the equations and the
+listing, and it changes what a given beta means:
+  * ``per_element`` (default): the listing (App. A.5.4, lines 39-41) forms
+    -0.5*beta*(w_diff - alpha*l_diff) on every element and averages -log sigmoid of it
+    over the sample's elements: L_dpo = mean_e -log sigmoid(-0.5*beta*T*(dw_e - alpha*dl_e));
+  * ``per_sample``: Eq. 9 takes log sigma of beta*T times the log-likelihood ratios of whole
+    samples (Eq. 7-9 write r_t = log p_theta/p_ref of x_t, one number per sample), i.e. of the
+    per-sample z_a above, as Diffusion-DPO does (``dpo_loss`` keeps this placement).
+  The default follows the listing because it is the code behind the paper's results, and
+  the paper's beta (100, Sec. 4; range [100, 2000], App. A.5.3) was tuned with it. At the same beta
+  the two are different objectives: averaging first lets per-element differences cancel
+  before the sigmoid, averaging after saturates each element on its own. alpha and gamma
+  stay per sample in both placements (below).
+
 Two readings the harness makes explicit: alpha and gamma are computed per sample from
 per-sample errors (the listing computes them per element but combines them with
 per-sample losses, a shape that only broadcasts for batch size 1), and they are
@@ -96,14 +110,27 @@ def margin_ratio(e: PairErrors, eps: float) -> torch.Tensor:
 
 def pgdpo_loss(e: PairErrors, beta: float, T: float = 1.0, K1: float = 10.0, K2: float = 10.0,
                ipr: Literal["listing", "equation"] = "listing", eps: float = 1e-6,
-               weight_grad: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """PG-DPO (Eq. 7-9): per-pair losses (B,) and logged statistics (alpha, gamma ranges)."""
+               weight_grad: bool = False, logsigmoid: Literal["per_element", "per_sample"] = "per_element",
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """PG-DPO (Eq. 7-9): per-pair losses (B,) and logged statistics (alpha, gamma ranges).
+
+    ``logsigmoid='per_element'`` (default) is the paper's listing (App. A.5.4): -log sigmoid
+    on every element's scaled error difference, then the mean over the sample's elements.
+    ``'per_sample'`` is Eq. 9 read on whole-sample log-likelihood ratios: the mean error
+    difference first, then -log sigmoid (Diffusion-DPO's placement). See the module docstring.
+    """
     m = margin_ratio(e, eps)
     if not weight_grad:
         m = m.detach()
     alpha, gamma = torch.sigmoid(K1 * m), torch.sigmoid(-K2 * m)
-    z_a = -0.5 * beta * T * (e.delta_w - alpha * e.delta_l)
-    loss_dpo = -F.logsigmoid(z_a)
+    if logsigmoid == "per_element":
+        a = alpha.reshape(-1, *[1] * (e.err_w.dim() - 1))
+        dw_e, dl_e = e.err_w - e.ref_err_w, e.err_l - e.ref_err_l
+        loss_dpo = PairErrors.per_sample(-F.logsigmoid(-0.5 * beta * T * (dw_e - a * dl_e)))
+    elif logsigmoid == "per_sample":
+        loss_dpo = -F.logsigmoid(-0.5 * beta * T * (e.delta_w - alpha * e.delta_l))
+    else:
+        raise ValueError(f"unknown logsigmoid placement {logsigmoid!r}; allowed: per_element, per_sample")
     if ipr == "listing":
         if e.pred_w is None or e.ref_pred_w is None:
             raise ValueError("ipr='listing' needs the policy and reference predictions on the chosen samples")

@@ -13,6 +13,8 @@ Every step minimises Eq. 12 on two batches of the same size:
   (or sigmoids, ``reward_form``), scored once per buffer by the EMA discriminators;
 * beta as 1/lambda_awr (App. C: lambda_sft = 1, lambda_awr = 1/beta);
 * ``noise_alignment`` (match_sigmas): both terms share sigma and the noise tensor;
+* ``timestep_sampling``: t ~ U(0, T) as Algorithm 1, line 7 (default); ``logit_normal`` is an
+  option (the pre-training distribution), not the paper's;
 * ``adversarial``: one discriminator step per generator step (D:G 1:1 per buffer pass) on
   Eq. 7's BCE, the buffer's current fakes against real clips of ``real``; an EMA copy
   (decay ``disc_ema``) scores the next buffer. Off: the pre-trained discriminators stay fixed.
@@ -109,7 +111,10 @@ class ShiftConfig(TrainerConfig):
     disc_ema: float = Field(0.99, ge=0, lt=1)
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.01, ge=0)
-    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
+        "uniform", description="t of both terms: uniform (default) as Algorithm 1, line 7 (t ~ U(0, T)); "
+        "logit_normal (SD3's logit-normal(0, 1), what the tiny base was pre-trained with) concentrates t in mid "
+        "noise, an option the paper does not use")
     anchor_split: str = "finetune"
     split: str = Field("prompts", description="world split the rollout conditions come from")
     condition_pool: int = Field(2048, ge=1)

@@ -18,9 +18,15 @@ Readings the paper leaves open, made explicit here:
   (its ``shift``); without RO (``random_offset=False``) t' = t.
 
 The hybrid high/low sliding window (``window``) draws N_H timesteps with t >= 0.8 T and
-N_L below it, each from the sampler above restricted to its regime. The paper's "window
-5, stride 4" is read as: consecutive windows share window - stride timesteps (the last
-ones of the previous window), and stride new ones are drawn to keep the 4 + 1 split.
+N_L below it, each from the sampler above restricted to its regime. The paper aggregates
+N_H = 4 high and N_L = 1 low timesteps "per accumulation step" (Sec. 3.2) and sets
+"window 5, stride 4" (Sec. 4, implementation details) without defining the overlap. Read
+here: consecutive windows share window - stride timesteps, and those are always high-noise
+ones (the most recently drawn, so a carried timestep is a plain draw of the high regime, not
+the smallest of a sorted set); the N_L low timesteps are drawn afresh in every window, so
+the low timestep of every window follows the sampler's low-regime distribution. A stride
+below N_L cannot do that and is refused. ``stride=None`` draws every window afresh (no
+overlap, an option; the default is the paper's stride 4).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 from functools import cached_property
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.sampling import SamplerConfig, sigma_schedule
 
@@ -45,8 +51,16 @@ class TimestepSamplerConfig(BaseModel):
     high_fraction: float = Field(0.8, gt=0, lt=1, description="the high-noise regime is t >= this * T")
     n_high: int = Field(4, ge=0, description="N_H timesteps from the high-noise regime per window")
     n_low: int = Field(1, ge=0, description="N_L timesteps from the rest per window")
-    stride: int | None = Field(None, ge=1, description="new timesteps per window; the rest carry over from the "
-                                                       "previous window (None: the window size, no overlap)")
+    stride: int | None = Field(4, ge=1, description="new timesteps per window (paper: 4 of 5); the rest are the "
+                                                       "previous window's most recent high-noise draws, the low ones "
+                                                       "are always new (None: no overlap)")
+
+    @model_validator(mode="after")
+    def _stride_keeps_low_fresh(self) -> TimestepSamplerConfig:
+        if self.stride is not None and self.stride < self.n_low:
+            raise ValueError(f"stride {self.stride} < n_low {self.n_low}: every window draws its N_L low-noise "
+                             "timesteps afresh (Diffusion-APO Sec. 3.2), so a window needs at least n_low new draws")
+        return self
 
 
 class TrajectoryTimesteps:
@@ -104,23 +118,20 @@ class TrajectoryTimesteps:
         return out
 
     def window(self, generator: torch.Generator, previous: torch.Tensor | None = None) -> torch.Tensor:
-        """One sliding-window set of N_H high-noise and N_L low-noise timesteps (high first).
+        """One sliding-window set of N_H high-noise then N_L low-noise timesteps.
 
-        With a ``stride`` smaller than the window, the last ``window - stride`` timesteps
-        of ``previous`` carry over and ``stride`` new ones are drawn so that the window
-        keeps its N_H / N_L composition (the paper: window 5, stride 4).
+        The high block is in draw order. With a ``stride`` smaller than the window, the
+        last ``window - stride`` high timesteps of ``previous`` (its most recent high
+        draws) carry over and ``stride`` new ones are drawn: the missing high ones and
+        all N_L low ones (the paper: window 5, stride 4, N_L = 1 low per window).
         """
         c = self.cfg
         size = c.n_high + c.n_low
-        keep = 0 if previous is None or c.stride is None else max(0, size - c.stride)
-        kept = previous[len(previous) - keep:] if keep else previous[:0] if previous is not None else None
         cut = c.high_fraction * self.T
-        n_high = c.n_high - (int((kept >= cut).sum()) if kept is not None else 0)
-        n_low = c.n_low - (int((kept < cut).sum()) if kept is not None else 0)
-        if n_high < 0 or n_low < 0:  # the carried-over part cannot keep the composition: start afresh
-            kept, n_high, n_low = None, c.n_high, c.n_low
-        parts = [self.sample(n_high, generator, "high"), self.sample(n_low, generator, "low")]
-        if kept is not None and len(kept):
-            parts.append(kept)
-        w = torch.cat(parts)
-        return torch.cat([w[w >= cut], w[w < cut]])
+        keep = 0 if previous is None or c.stride is None else max(0, size - c.stride)
+        kept = previous[previous >= cut][-keep:] if keep else torch.empty(0, dtype=torch.long)
+        if len(kept) < keep:  # a previous window without enough high timesteps: start afresh
+            kept = torch.empty(0, dtype=torch.long)
+        high = self.sample(c.n_high - len(kept), generator, "high")
+        low = self.sample(c.n_low, generator, "low")
+        return torch.cat([kept.long(), high, low])
