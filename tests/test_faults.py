@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import fast_preset, run_cache, shared_cache  # noqa: F401  (run_cache: autouse fixture)
 
 import harness.rundir as rundir_mod
-from harness.config import load_preset, parse_override
 from harness.probing import ProbeRunner
 from harness.runner import RunOptions, run
 from harness.store import ResultStore
 
-FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2", "probes.pairs=2", "probes.draws=1",
-        "probes.every=2"]
 METRICS = ["motion_score", "subject_consistency", "distortion_rate"]
 
 
@@ -25,14 +23,8 @@ class Crash(BaseException):
     """A kill at this point: not an Exception, so nothing in the harness catches it."""
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _run(out: Path, resume: bool = False) -> None:
-    preset = load_preset("tiny", [parse_override(s) for s in FAST])
-    run(preset, out, RunOptions(methods=["sft"], steps=4, eval_every=2, metrics=METRICS, show_progress=False,
+    run(fast_preset(), out, RunOptions(methods=["sft"], steps=4, eval_every=2, metrics=METRICS, show_progress=False,
                                 resume=resume))
 
 
@@ -59,12 +51,8 @@ def _tables(out: Path) -> dict[str, list[tuple]]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("faults") / "reference"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    try:
+    with shared_cache(tmp_path_factory):
         _run(out)
-    finally:
-        mp.undo()
     return _tables(out)
 
 

@@ -9,27 +9,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_runs import FAST, fast_preset, run_cache, shared_cache  # noqa: F401  (run_cache: autouse fixture)
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.config import load_preset, parse_override
 from harness.rundir import RunDir, RunDirError
 from harness.runner import RunError, RunOptions, run
 from harness.store import ResultStore
 
-FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2", "probes.pairs=2", "probes.draws=1",
-        "probes.every=2"]
 METRICS = ["motion_score", "subject_consistency", "distortion_rate"]
 SETS = [a for s in FAST for a in ("--set", s)]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _preset(*extra):
-    return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
+_preset = fast_preset
 
 
 def _opts(**kw):
@@ -53,12 +45,8 @@ def _agg(db: Path, **where) -> dict:
 def trained(tmp_path_factory) -> Path:
     """A run of sft, checkpoints at steps 1 and 2, each evaluated by the run itself."""
     out = tmp_path_factory.mktemp("rel") / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    try:
+    with shared_cache(tmp_path_factory):
         run(_preset(), out, _opts())
-    finally:
-        mp.undo()
     return out
 
 

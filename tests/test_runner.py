@@ -8,25 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_runs import FAST, fast_preset, run_cache  # noqa: F401  (run_cache: autouse fixture)
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.config import load_preset, parse_override
+from harness.config import load_preset
 from harness.runner import RunError, RunOptions, run
 from harness.store import ResultStore
 
-FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2", "probes.pairs=2", "probes.draws=1",
-        "probes.every=2"]
 METRICS = ["dynamic_degree", "motion_score", "subject_consistency", "distortion_rate", "motion_adherence"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _preset(*extra):
-    return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
+_preset = fast_preset
 
 
 def _opts(**kw):
