@@ -109,6 +109,7 @@ class FeatureStats:
         return stats
 
 
-def frechet_from_stats(a: FeatureStats, b: FeatureStats) -> float:
-    """FD between two feature sets' Gaussians (unbiased covariances)."""
-    return frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+def frechet_from_stats(a: FeatureStats, b: FeatureStats, ddof: int = 1) -> float:
+    """FD between two feature sets' Gaussians: unbiased covariances (N - 1) by default, ``ddof=0`` the biased
+    ones (N) of StyleGAN-V and cd-fvd; the caller's protocol chooses."""
+    return frechet_distance(a.mean(), a.cov(ddof), b.mean(), b.cov(ddof))

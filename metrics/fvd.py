@@ -16,13 +16,28 @@ Extractors (``features``):
   clips of split NAME of the preset's real footage (its `data`: resolution, frame rate and
   clip length as the generated videos), both processed with the same protocol.
 
-Protocol options, all stored with every value: ``clip_len`` frames taken every
-``stride`` frames from ``offset`` (StyleGAN-V ``fvd2048_16f``: 16, 1, 0); ``resize``:
-``resize`` (squash to 224x224, StyleGAN-V) or ``crop`` (shorter side to 224, centre
-crop); ``output``: I3D ``logits`` (400-d, the FVD convention) or ``pooled`` (1024-d).
-A video shorter than the clip is skipped with its reason and counted. Reference
-statistics are cached on disk under a key of the extractor identity, the protocol and
-the reference set, so they are computed once.
+Named protocols (``protocol``; its name, sample counts and offsets are stored with every
+value and in the reference-cache key):
+- ``stylegan-v`` (default for the real extractors): StyleGAN-V's ``fvd2048_16f``
+  (src/metrics/metric_main.py, frechet_video_distance.py, metric_utils.py, training/dataset.py):
+  2048 generated and 2048 real clips of 16 consecutive frames; generated clips from frame 0,
+  each real clip from a random offset drawn uniformly in [0, len - 16] (upstream: Python
+  ``random.randint`` in the data loader, unseeded; here a Generator seeded with ``seed``, drawn
+  in reference order, so the offsets are reproducible); with ``i3d-torchscript`` the raw uint8
+  clip (B, 3, T, H, W) goes to the detector with ``rescale=True, resize=True,
+  return_features=True`` (its own resize); biased covariance (divide by N, as upstream's
+  ``FeatureStats.get_mean_cov``). The other real extractors have no such detector path: they
+  take the harness resize below, recorded as a departure (``exact: false``).
+- ``harness``: the earlier behaviour, options free: ``n_ref`` reference clips (512), ``clip_len``
+  frames every ``stride`` from ``offset`` for real and generated clips alike, ``resize``
+  (``resize``: squash to 224x224, or ``crop``: shorter side to 224, centre crop, both bilinear
+  here), the extractor with its own resize and rescale off, unbiased covariance (N - 1).
+- ``tiny``: the tiny features' only protocol (all frames, native size, unbiased covariance).
+Fewer clips than a protocol's sample count (``n_gen``, ``n_ref``) are computed but flagged in
+the value's extras (``incomplete``) with a warning. ``output``: I3D ``logits`` (400-d, the FVD
+convention) or ``pooled`` (1024-d). A video shorter than the clip is skipped with its reason
+and counted. Reference statistics are cached on disk under a key of the extractor identity,
+the protocol and the reference set, so they are computed once.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +62,14 @@ from metrics.registry import register
 TINY_PROTOCOL = {"clip": "all frames, stride 1", "resize": "none (native resolution)", "features": "pooled 32-d"}
 SPLIT_REF = "split:"  # ref=split:NAME: the preset's own real clips of split NAME
 REAL_EXTRACTORS = ("i3d", "i3d-torchscript", "videomae-v2", "videomae-v2-k710")
+# Fixed settings of each named protocol; ``harness`` fixes none (its options keep their defaults).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "stylegan-v": {"n_gen": 2048, "n_ref": 2048, "clip_len": 16, "stride": 1, "offset": 0, "real_offset": "random",
+                   "ddof": 0},
+    "harness": {"n_gen": None, "real_offset": "fixed", "ddof": 1},
+    "tiny": {"n_gen": None, "real_offset": "fixed", "ddof": 1},
+}
+HARNESS_DEFAULTS = {"n_ref": 512, "clip_len": 16, "stride": 1, "offset": 0, "resize": "resize"}
 
 
 def cache_dir() -> Path:
@@ -57,6 +81,18 @@ def take_clip(frames: np.ndarray, clip_len: int, stride: int, offset: int) -> np
     """``clip_len`` frames every ``stride`` from ``offset``, or None when the video is too short."""
     idx = offset + stride * np.arange(clip_len)
     return None if idx[-1] >= len(frames) else frames[idx]
+
+
+def draw_offset(rng: np.random.Generator, length: int, span: int) -> int | None:
+    """A start uniform in [0, length - span] (StyleGAN-V's ``random.randint(0, L - n*s + s - 1)``), or None
+    for a video shorter than ``span`` (upstream discards those before drawing, so no draw is used)."""
+    return int(rng.integers(0, length - span + 1)) if length >= span else None
+
+
+def random_offsets(lengths: list[int], span: int, seed: int) -> list[int | None]:
+    """The offsets of videos of ``lengths`` frames, drawn in order from a Generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [draw_offset(rng, n, span) for n in lengths]
 
 
 def preprocess_clip(clip: np.ndarray, size: int, resize: str) -> torch.Tensor:
@@ -93,16 +129,39 @@ def _real_extractor(features: str, output: str):
                "tiny world only); the real extractors follow the protocol recorded with each value",
 ))
 class FVD(Metric):
-    def __init__(self, features: str = "tiny", n_ref: int = 512, ref: str | None = None, clip_len: int = 16,
-                 stride: int = 1, offset: int = 0, resize: str = "resize", output: str | None = None) -> None:
+    def __init__(self, features: str = "tiny", n_ref: int | None = None, ref: str | None = None,
+                 clip_len: int | None = None, stride: int | None = None, offset: int | None = None,
+                 resize: str | None = None, output: str | None = None, protocol: str | None = None,
+                 seed: int = 0) -> None:
         if features != "tiny" and features not in REAL_EXTRACTORS:
             raise ValueError(f"fvd: features must be tiny or one of {REAL_EXTRACTORS}, got {features!r}")
+        protocol = protocol or ("tiny" if features == "tiny" else "stylegan-v")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"fvd: protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        if (protocol == "tiny") != (features == "tiny"):
+            raise ValueError(f"fvd: protocol {protocol!r} does not apply to features={features}; the tiny features "
+                             "take protocol=tiny, the real extractors stylegan-v or harness")
+        given = {"n_ref": n_ref, "clip_len": clip_len, "stride": stride, "offset": offset, "resize": resize}
+        fixed = PROTOCOLS[protocol]
+        clash = {k: v for k, v in given.items() if v is not None and k in fixed and v != fixed[k]}
+        if protocol == "stylegan-v" and resize is not None:
+            clash["resize"] = resize  # the detector resizes (or, for the other extractors, the harness default)
+        if clash:
+            raise ValueError(f"fvd: protocol={protocol} fixes {sorted(clash)} ({ {k: fixed.get(k) for k in clash} }); "
+                             f"got {clash}. Use protocol=harness to choose them freely")
+        opts = {k: given[k] if given[k] is not None else fixed.get(k, HARNESS_DEFAULTS[k]) for k in given}
+        n_ref, clip_len, stride, offset, resize = (opts[k] for k in ("n_ref", "clip_len", "stride", "offset",
+                                                                      "resize"))
+        self.protocol_name, self.seed = protocol, int(seed)
+        self.n_gen, self.ddof, self.real_offset = fixed["n_gen"], fixed["ddof"], fixed["real_offset"]
         if resize not in ("resize", "crop"):
             raise ValueError(f"fvd: resize must be 'resize' or 'crop', got {resize!r}")
         if clip_len < 1 or stride < 1 or offset < 0:
             raise ValueError(f"fvd: need clip_len >= 1, stride >= 1, offset >= 0 (got {clip_len}, {stride}, {offset})")
         self.features, self.n_ref, self.ref = features, n_ref, ref
         self.clip_len, self.stride, self.offset, self.resize = clip_len, stride, offset, resize
+        # StyleGAN-V's detector path: raw uint8 clips, the TorchScript detector's own rescale and resize
+        self.detector_resize = protocol == "stylegan-v" and features == "i3d-torchscript"
         if features.startswith("i3d") and clip_len < 9:
             raise ValueError(f"fvd[features={features}]: I3D downsamples time by 8 and pools over 2 steps, so it "
                              f"needs clip_len >= 9 (got {clip_len}; the reference protocol uses 16)")
@@ -158,15 +217,38 @@ class FVD(Metric):
         if self.extractor is None:
             return {"features": f"{self.features}-clip", "n_ref": self.n_ref}
         ref = self.ref if self.ref_split is not None else Path(self.ref).name
-        return {"features": self.extractor.identity, "ref": ref, **({"n_ref": self.n_ref} if self.ref_split else {}),
+        if self.protocol_name == "stylegan-v":
+            return {"features": self.extractor.identity, "protocol": "stylegan-v", "ref": ref, "seed": self.seed}
+        return {"features": self.extractor.identity, "protocol": self.protocol_name, "ref": ref,
+                **({"n_ref": self.n_ref} if self.ref_split else {}),
                 "clip": f"{self.clip_len}f-s{self.stride}-o{self.offset}", "resize": self.resize}
+
+    @property
+    def span(self) -> int:
+        return self.stride * (self.clip_len - 1) + 1
 
     def protocol(self) -> dict[str, Any]:
         if self.extractor is None:
-            return dict(TINY_PROTOCOL)
-        return {"extractor": self.extractor.identity, "clip_len": self.clip_len, "stride": self.stride,
-                "offset": self.offset, "resize": f"{self.resize} to 224 (bilinear, antialias off)",
-                "features": f"{self.extractor.dim}-d", "covariance": "unbiased (N - 1)"}
+            return {"name": "tiny", **TINY_PROTOCOL}
+        if self.detector_resize:
+            prep = "raw uint8 (B, 3, T, H, W) to the detector with rescale=True, resize=True, return_features=True"
+        else:
+            prep = f"{self.resize} to 224 (bilinear, antialias off), then the extractor with its resize off"
+        out = {"name": self.protocol_name, "extractor": self.extractor.identity, "n_gen": self.n_gen,
+               "n_ref": self.n_ref if (self.ref_split or self.protocol_name == "stylegan-v") else "all",
+               "clip_len": self.clip_len, "stride": self.stride, "offset": self.offset,
+               "real_offset": (f"random, uniform in [0, len - {self.span}], seed {self.seed}"
+                               if self.real_offset == "random" else self.offset),
+               "preprocess": prep, "features": f"{self.extractor.dim}-d",
+               "covariance": "biased (N)" if self.ddof == 0 else "unbiased (N - 1)"}
+        if self.protocol_name == "stylegan-v":
+            out["exact"] = self.detector_resize
+            if not self.detector_resize:
+                out["departure"] = (f"{self.features} has no detector resize path: StyleGAN-V's counts, offsets "
+                                    "and covariance with the harness resize; only i3d-torchscript is exact")
+        else:
+            out["resize"] = f"{self.resize} to 224 (bilinear, antialias off)"
+        return out
 
     # -- per-video features --------------------------------------------------------------------
     def reset(self) -> None:
@@ -175,10 +257,12 @@ class FVD(Metric):
         self.world = None
         self._last: dict[str, Any] = {}
 
-    def _clip_features(self, frames: np.ndarray) -> np.ndarray | None:
-        clip = take_clip(frames, self.clip_len, self.stride, self.offset)
+    def _clip_features(self, frames: np.ndarray, offset: int | None = None) -> np.ndarray | None:
+        clip = take_clip(frames, self.clip_len, self.stride, self.offset if offset is None else offset)
         if clip is None:
             return None
+        if self.detector_resize:  # StyleGAN-V: the uint8 clip as decoded, the detector resizes and rescales
+            return self.extractor.detector_call(torch.from_numpy(np.ascontiguousarray(clip))[None])[0].double().numpy()
         x = preprocess_clip(clip, 224, self.resize)[None]  # (1, T, 3, 224, 224) in [0, 1]
         if self.features.startswith("i3d"):
             x = x * 2.0 - 1.0  # I3D (TF-hub and its ports) reads [-1, 1]
@@ -222,28 +306,44 @@ class FVD(Metric):
                              "(use_source); run it through `harness run` / `harness eval` with a real-footage preset")
         return self._source
 
+    def _real_features(self, videos) -> tuple[list[np.ndarray], list[int]]:
+        """Features of real videos (an iterable of frame arrays, in reference order) and each clip's start:
+        ``offset``, or StyleGAN-V's seeded random start; short videos are skipped; stylegan-v stops at n_ref."""
+        rng = np.random.default_rng(self.seed)
+        feats: list[np.ndarray] = []
+        offsets: list[int] = []
+        for frames in videos:
+            off = draw_offset(rng, len(frames), self.span) if self.real_offset == "random" else self.offset
+            feat = None if off is None else self._clip_features(frames, off)
+            if feat is not None:
+                feats.append(feat)
+                offsets.append(off)
+            if self.protocol_name == "stylegan-v" and len(feats) >= self.n_ref:
+                break
+        return feats, offsets
+
     def reference(self) -> FeatureStats:
         key = hashlib.sha256(json.dumps(self._reference_key(), sort_keys=True).encode()).hexdigest()[:20]
         path = cache_dir() / f"{key}.npz"
+        self.ref_offsets: list[int] = []
         if path.is_file():
             with np.load(path) as z:
-                return FeatureStats.from_state({k: z[k] for k in z.files})
+                self.ref_offsets = z["offsets"].tolist() if "offsets" in z.files else []
+                return FeatureStats.from_state({k: z[k] for k in z.files if k != "offsets"})
         feats = []
+        offsets: list[int] = []
         if self.extractor is None:
             feats = [self.backend.clip_features(make_clip(self.world, "eval", i).frames) for i in range(self.n_ref)]
         elif self.ref_split is not None:
             data, clips = self._bound_source()
-            feats = [f for f in (self._clip_features(data.clip(c)) for c in clips) if f is not None]
+            feats, offsets = self._real_features(data.clip(c) for c in clips)
             if len(feats) < 2:
                 raise ValueError(f"fvd: ref={self.ref} has {len(feats)} clips of >= {self.clip_len} frames; need at "
                                  "least 2 (lower clip_len, or raise data.num_frames)")
         else:
             from harness.data.video_io import read_video
 
-            for f in sorted(Path(self.ref).glob("*.mp4")):
-                feat = self._clip_features(read_video(f))
-                if feat is not None:
-                    feats.append(feat)
+            feats, offsets = self._real_features(read_video(f) for f in sorted(Path(self.ref).glob("*.mp4")))
             if len(feats) < 2:
                 raise ValueError(f"fvd: the reference folder {self.ref} has {len(feats)} usable videos "
                                  f"(of >= {self.clip_len} frames); need at least 2")
@@ -251,8 +351,9 @@ class FVD(Metric):
         stats.update(np.stack(feats))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial.npz")
-        np.savez(tmp, **stats.state())
+        np.savez(tmp, **stats.state(), **({"offsets": np.asarray(offsets, np.int64)} if offsets else {}))
         os.replace(tmp, path)
+        self.ref_offsets = offsets
         return stats
 
     def compute(self) -> float:
@@ -262,9 +363,18 @@ class FVD(Metric):
         stats = FeatureStats(len(next(iter(self.feats.values()))))
         stats.update(np.stack([self.feats[k] for k in sorted(self.feats)]))
         ref = self.reference()
+        incomplete = {}
+        if self.n_gen is not None and stats.n < self.n_gen:
+            incomplete["n"] = f"{stats.n} generated clips < {self.n_gen} of protocol {self.protocol_name}"
+        if (self.protocol_name == "stylegan-v" or self.ref_split is not None) and ref.n < self.n_ref:
+            incomplete["n_ref"] = f"{ref.n} reference clips < {self.n_ref} of protocol {self.protocol_name}"
+        if incomplete:
+            warnings.warn(f"{self.identity}: fewer clips than the protocol asks; the value is flagged "
+                          f"incomplete ({'; '.join(incomplete.values())})", stacklevel=2)
         self._last = {"n": stats.n, "n_ref": ref.n, "dim": stats.dim, "protocol": self.protocol(),
+                      "incomplete": incomplete, "ref_offsets": list(self.ref_offsets),
                       "n_skipped": len(self.skipped), "skipped": dict(self.skipped)}
-        return frechet_from_stats(stats, ref)
+        return frechet_from_stats(stats, ref, ddof=self.ddof)
 
     @property
     def compute_extras(self) -> dict[str, Any]:

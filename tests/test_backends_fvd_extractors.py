@@ -150,7 +150,9 @@ def test_i3d_torchscript_is_called_like_stylegan_v(tmp_path, monkeypatch):
     clips = torch.linspace(-1, 1, 2 * 5 * 3 * 8 * 8).reshape(2, 5, 3, 8, 8)
     out = ext(clips)
     assert out.shape == (2, 400) and out.dtype == torch.float32
-    # rescale=False, resize=False, return_features=True on (B, 3, T, H, W), values passed through in [-1, 1]
+    # The plain call (protocol=harness: clips already resized here): rescale=False, resize=False,
+    # return_features=True on (B, 3, T, H, W), values passed through in [-1, 1]. StyleGAN-V's own call
+    # (rescale=True, resize=True on raw uint8) is detector_call, tested with the stylegan-v protocol.
     assert out[0, :6].tolist() == [0.0, 0.0, 1.0, 3.0, 5.0, 8.0]
     assert out[:, 6].min() == -1 and out[:, 7].max() == 1
     with pytest.raises(ValueError, match="TorchScript"):
@@ -327,7 +329,7 @@ def test_fvd_reference_is_the_presets_real_split(i3d_cache, tmp_path, monkeypatc
                            width=32, splits={"eval": 1.0}, disk_cache=False)
     preset = SimpleNamespace(name="real", data=data)
 
-    fvd = FVD(features="i3d", ref="split:eval", clip_len=9, n_ref=3)
+    fvd = FVD(features="i3d", ref="split:eval", clip_len=9, n_ref=3, protocol="harness")
     assert "ref=split:eval" in fvd.identity and "n_ref=3" in fvd.identity
     with pytest.raises(ValueError, match="no preset was bound"):
         fvd.reference()
@@ -343,12 +345,14 @@ def test_fvd_reference_is_the_presets_real_split(i3d_cache, tmp_path, monkeypatc
         fvd.update(VideoSample(video_id=f"g{i}", frames=frames, fps=8))
     assert np.isfinite(fvd.compute()) and fvd.compute_extras["n_ref"] == 3
 
-    wider = FVD(features="i3d", ref="split:eval", clip_len=9, n_ref=4)  # other clips: another cache entry
+    # other clips: another cache entry
+    wider = FVD(features="i3d", ref="split:eval", clip_len=9, n_ref=4, protocol="harness")
     wider.use_source(preset)
     assert wider.reference().n == 4 and len(list(cache_dir().glob("*.npz"))) == 2
     with pytest.raises(ValueError, match="has no `data`"):
-        FVD(features="i3d", ref="split:eval", clip_len=9).use_source(SimpleNamespace(name="tiny", data=None))
+        FVD(features="i3d", ref="split:eval", clip_len=9, protocol="harness").use_source(
+            SimpleNamespace(name="tiny", data=None))
     with pytest.raises(ValueError, match="unknown split 'train'"):
-        FVD(features="i3d", ref="split:train", clip_len=9).use_source(preset)
+        FVD(features="i3d", ref="split:train", clip_len=9, protocol="harness").use_source(preset)
     with pytest.raises(ValueError, match="names no split"):
-        FVD(features="i3d", ref="split:", clip_len=9)
+        FVD(features="i3d", ref="split:", clip_len=9, protocol="harness")

@@ -55,7 +55,8 @@ def test_end_to_end_on_random_init_weights(folders, tmp_path, monkeypatch):
         "--metrics", "dynamic_degree,motion_smoothness,fvd", "--fvd-ref", str(folders / "real"),
         "--set", "eval.backends.dynamic_degree.flow=raft",
         "--set", "eval.backends.dynamic_degree.flow_options={iters: 4}",  # fewer RAFT iterations: a fast test
-        "--set", "eval.backends.motion_smoothness.interp=amt-s", "--set", "eval.backends.fvd.clip_len=9"])
+        "--set", "eval.backends.motion_smoothness.interp=amt-s", "--set", "eval.backends.fvd.clip_len=9",
+        "--set", "eval.backends.fvd.protocol=harness"])  # 9-frame clips: not StyleGAN-V's fixed 16
     assert result.exit_code == 0, result.output
     with ResultStore(tmp_path / "out" / "results.sqlite") as store:
         agg = store.aggregates().set_index("metric")

@@ -180,3 +180,16 @@ class I3DExtractor:
             pooled, logits = self.model(x)
             out = logits if self.output == "logits" else pooled
         return out.float().reshape(len(clips), self.dim)
+
+    @torch.no_grad()
+    def detector_call(self, clips: torch.Tensor) -> torch.Tensor:
+        """StyleGAN-V's fvd2048_16f call: raw uint8 clips (B, T, H, W, 3) of any size go to the TorchScript
+        detector as (B, 3, T, H, W) uint8 with rescale=True, resize=True, return_features=True."""
+        if not self.torchscript:
+            raise ValueError(f"{self.identity}: only the TorchScript detector has its own rescale and resize")
+        if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != torch.uint8:
+            raise ValueError(f"the detector call takes uint8 clips (B, T, H, W, 3), got {tuple(clips.shape)} "
+                             f"{clips.dtype}")
+        x = clips.permute(0, 4, 1, 2, 3).contiguous().to(self.device)  # (B, 3, T, H, W), as upstream's loader
+        out = self.model(x, rescale=True, resize=True, return_features=True)
+        return out.float().reshape(len(clips), self.dim)
