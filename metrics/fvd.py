@@ -147,8 +147,9 @@ class FVD(Metric):
         if protocol == "stylegan-v" and resize is not None:
             clash["resize"] = resize  # the detector resizes (or, for the other extractors, the harness default)
         if clash:
-            raise ValueError(f"fvd: protocol={protocol} fixes {sorted(clash)} ({ {k: fixed.get(k) for k in clash} }); "
-                             f"got {clash}. Use protocol=harness to choose them freely")
+            want = {k: fixed.get(k, "the detector's (or the harness default)") for k in clash}
+            raise ValueError(f"fvd: protocol={protocol} fixes {sorted(clash)} ({want}); got {clash}. "
+                             "Use protocol=harness to choose them freely")
         opts = {k: given[k] if given[k] is not None else fixed.get(k, HARNESS_DEFAULTS[k]) for k in given}
         n_ref, clip_len, stride, offset, resize = (opts[k] for k in ("n_ref", "clip_len", "stride", "offset",
                                                                       "resize"))
@@ -181,6 +182,7 @@ class FVD(Metric):
             self.extractor = _real_extractor(features, output or ("logits" if features.startswith("i3d")
                                                                   else "fc_norm"))
         self._source: tuple[Any, list[Any]] | None = None  # ref=split:NAME: (the preset's dataset, clips)
+        self.ref_offsets: list[int] = []  # the real clips' starts, set by reference()
         self.reset()
 
     @property
@@ -325,7 +327,7 @@ class FVD(Metric):
     def reference(self) -> FeatureStats:
         key = hashlib.sha256(json.dumps(self._reference_key(), sort_keys=True).encode()).hexdigest()[:20]
         path = cache_dir() / f"{key}.npz"
-        self.ref_offsets: list[int] = []
+        self.ref_offsets = []
         if path.is_file():
             with np.load(path) as z:
                 self.ref_offsets = z["offsets"].tolist() if "offsets" in z.files else []
