@@ -133,3 +133,15 @@ def test_gamma_has_one_identity_for_every_method(monkeypatch):
     trainer = SimpleNamespace(adapter=None, config=method_config(other, "dpo", RunOptions(["dpo"])))
     (gamma,) = [p for p in ProbeRunner(other, trainer, None).probes if p.spec.name == "gamma"]
     assert gamma.beta == 10 and "beta=10," in gamma.identity  # the probes' beta, not dpo's 100
+
+
+def test_the_report_says_which_probe_set_the_probes_were_measured_on():
+    from reports.probes import probe_caption
+
+    new = ["fvd[k=1]", "gamma[beta=100,pairs=16,set=heldout-eval-100000,stat=positive_share]",
+           "likelihood_displacement[draws=4,pairs=16,set=heldout-eval-100000]"]
+    caption = probe_caption(new)
+    assert caption.startswith("Training probes on the held-out probe set") and "`gamma[beta=100," in caption
+    assert "fvd" not in caption and probe_caption(["fvd[k=1]"]) == ""
+    old = probe_caption(["gamma[beta=1,pairs=16,stat=positive_share]", new[1]])
+    assert old.startswith("Training probes recorded without a held-out probe set")
