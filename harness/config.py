@@ -66,12 +66,18 @@ class ProbesConfig(BaseModel):
 
     names: list[str] = Field(default_factory=lambda: ["likelihood_displacement", "gamma"])
     every: int = Field(25, ge=1, description="probe every this many steps (and at step 0 and each checkpoint)")
-    pairs: int = Field(16, ge=1, description="probe pairs: rollout pairs of the first conditions of `split`")
+    pairs: int = Field(16, ge=1, description="probe pairs: rollout pairs of conditions start.. of `split`")
     per_condition: int = Field(4, ge=2)
-    split: str = "prompts"
+    # The held-out probe set: the same for every method and disjoint from every method's training
+    # conditions (harness.probing.probe_set_problems refuses a run otherwise). No trainer draws from
+    # `eval`, and the evaluator's videos are its first eval.num_videos clips, so in the tiny world 100000..
+    # is apart from both; on real footage indices wrap around the split (the probes may share eval clips).
+    split: str = Field("eval", description="split of the held-out probe conditions (no method may train on them)")
+    start: int = Field(100_000, ge=0, description="first clip index of the probe conditions in `split`")
     draws: int = Field(4, ge=1, description="fixed (t, noise) draws per pair for the likelihood probe")
     seed: int = 12345
-    beta: float = Field(100.0, gt=0, description="beta of Gamma's DPO loss (a method's own beta wins)")
+    beta: float = Field(100.0, gt=0, description="beta of the DPO step Gamma compares every method's step with "
+                                                 "(the same for every method)")
 
 
 class PresetConfig(BaseModel):

@@ -3,10 +3,17 @@
 Probe values go to the train logs as ``probe/<name>/<key>`` at step 0, every
 ``probes.every`` steps and at each checkpoint; at a checkpoint each probe's summary
 is stored as an aggregate under the probe's identity, next to the video metrics.
+
+The probes measure every method on one held-out probe set: pairs built from clips
+``probes.start`` .. ``probes.start + probes.pairs - 1`` of ``probes.split``, which no method trains
+on (``probe_set_problems`` refuses a run whose methods draw from them), with Gamma's DPO step at
+``probes.beta`` for every method. Both are in the probes' identity (``set=heldout-<split>-<start>``,
+``beta=``). See docs/metrics-probes.md.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import PresetConfig
@@ -30,9 +37,9 @@ class ProbeRunner:
         # The tiny world's oracle judges rollout pairs; real footage has none: a real clip against a sample.
         source = "rollouts" if preset.data is None else "footage"
         pairs = load_pairs(trainer.adapter, preset, PairsConfig(source=source, split=cfg.split, conditions=cfg.pairs,
-                                                                 per_condition=cfg.per_condition), workdir)
-        beta = getattr(trainer.config, "beta", cfg.beta)  # a DPO-family method is compared at its own beta
-        self.probes = [PROBES[n](pairs, draws=cfg.draws, seed=cfg.seed, beta=beta) for n in cfg.names]
+                                                                 per_condition=cfg.per_condition), workdir,
+                           start=cfg.start)
+        self.probes = make_probes(preset, pairs)
         self.series = {p.spec.name: {} for p in self.probes}
 
     def __bool__(self) -> bool:
@@ -67,3 +74,87 @@ class ProbeRunner:
             if n:
                 store.add_aggregate(checkpoint_id, probe.identity, probe.checkpoint_value(series), n,
                                     extras={"kind": "training-probe", "probed_steps": n})
+
+
+def probe_set_label(preset: PresetConfig) -> str:
+    """The probe set in the probes' identity: held out, and where its conditions start."""
+    return f"heldout-{preset.probes.split}-{preset.probes.start}"
+
+
+def make_probes(preset: PresetConfig, pairs) -> list[TrainingProbe]:
+    """The preset's probes on ``pairs``: the method plays no part, so every method is measured with the
+    same yardstick (Gamma against a DPO step at ``probes.beta``, whatever the method's own beta is)."""
+    cfg = preset.probes
+    return [PROBES[n](pairs, draws=cfg.draws, seed=cfg.seed, beta=cfg.beta, probe_set=probe_set_label(preset))
+            for n in cfg.names]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Clips ``start`` .. ``stop - 1`` of ``split`` that a method trains on (``stop`` None: no end)."""
+
+    what: str
+    split: str
+    start: int
+    stop: int | None
+
+    def span(self) -> str:
+        return f"{self.split} clips {self.start}..{'' if self.stop is None else self.stop - 1}"
+
+
+def training_draws(method: str, cfg) -> list[Draw]:
+    """Every range of clips the method's config trains on (its pairs' conditions, rollout conditions,
+    offline or real clips, SFT-style clip walks); read from the config alone, before any work."""
+    from trainers.apo import APOConfig
+    from trainers.fcrm import FCRMConfig
+    from trainers.sft import SFTConfig
+    from trainers.shift import ShiftConfig
+
+    where = f"methods.{method}"
+    walk = "clips seed * 1000000 + step * batch_size, for every seed"
+    out: list[Draw] = []
+
+    def pairs(p: PairsConfig | None, at: str) -> None:
+        if p is not None and p.source != "file":  # a pairs file holds no clip indices of a split
+            out.append(Draw(f"{at}.pairs", p.split, 0, p.conditions))
+
+    pairs(getattr(cfg, "pairs", None), where)
+    if isinstance(cfg, APOConfig):
+        for i, stage in enumerate(cfg.stages):
+            pairs(stage.pairs, f"{where}.stages[{i}]")
+            if stage.kind in ("online", "distill"):
+                out.append(Draw(f"{where}.stages[{i}] ({stage.kind} conditions)", stage.split, 0, stage.conditions))
+    elif isinstance(cfg, FCRMConfig):
+        if cfg.behaviour != "none":
+            out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
+        if cfg.offline is not None and cfg.offline.source == "world":
+            o = cfg.offline
+            out.append(Draw(f"{where}.offline", o.split, o.start, o.start + o.count))
+    elif isinstance(cfg, ShiftConfig):
+        out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
+        out.append(Draw(f"{where}.real", cfg.real.split, cfg.real.start, cfg.real.start + cfg.real.count))
+        out.append(Draw(f"{where}.anchor_split ({walk})", cfg.anchor_split, 0, None))
+    elif isinstance(cfg, SFTConfig) or (not out and isinstance(getattr(cfg, "split", None), str)):
+        out.append(Draw(f"{where}.split ({walk})", cfg.split, 0, None))  # an unknown method: all of its split
+    return out
+
+
+def probe_set_problems(configs: dict, preset: PresetConfig) -> list[str]:
+    """Why the held-out probe set overlaps a method's training clips (empty: it is held out from all).
+    On real footage an index wraps around its split, so any draw from the probes' split overlaps."""
+    cfg = preset.probes
+    if not cfg.names:
+        return []
+    probe = Draw("probes", cfg.split, cfg.start, cfg.start + cfg.pairs)
+    problems = []
+    for method, mcfg in configs.items():
+        for d in training_draws(method, mcfg):
+            if d.split != probe.split:
+                continue
+            if preset.data is None and not (d.start < probe.stop and (d.stop is None or probe.start < d.stop)):
+                continue
+            why = "" if preset.data is None else " (on footage every index wraps around the split)"
+            problems.append(f"the held-out probe set (probes.split={cfg.split!r}, {probe.span()}) overlaps {d.what}: "
+                            f"{d.span()}{why}; move the probes to clips no method trains on (probes.split, "
+                            "probes.start) or change the method's clips")
+    return problems

@@ -29,7 +29,7 @@ from harness.evaluate import Evaluator, checkpoint_weights
 from harness.models.base import ModelAdapter
 from harness.models.registry import base_identity, check_adapter_dir, load_adapter
 from harness.models.tiny_wan import TinyWanAdapter
-from harness.probing import ProbeRunner
+from harness.probing import ProbeRunner, probe_set_problems
 from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
@@ -124,7 +124,7 @@ def check_methods(configs: dict[str, TrainerConfig], preset: PresetConfig) -> No
     problems = [p for method, cfg in configs.items() for p in cfg.preset_problems(preset, f"methods.{method}")]
     if preset.probes.names:  # probes pair real clips with samples on footage, else rollouts judged by the oracle
         probe_pairs = PairsConfig(source="rollouts" if preset.data is None else "footage", split=preset.probes.split)
-        problems += pairs_problems(probe_pairs, preset, "probes")
+        problems += pairs_problems(probe_pairs, preset, "probes") + probe_set_problems(configs, preset)
     if problems:
         raise RunError(f"the methods' settings do not fit preset {preset.name!r}:\n  " + "\n  ".join(problems))
 

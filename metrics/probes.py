@@ -1,14 +1,26 @@
 """Training probes: metrics measured on the model while it trains, usable by every trainer.
 
+Both are measured on one held-out probe set, the same for every method: preference pairs of
+clips no method trains on (``probes.split`` from ``probes.start``; harness/probing.py refuses a
+run whose methods draw from them), named in the identity as ``set=heldout-<split>-<start>``.
+The paper measures them in training, on DPO's own training pairs; here they are a
+cross-method yardstick on held-out pairs (docs/metrics-probes.md).
+
 * ``likelihood_displacement`` (PG-DPO Fig. 2, App. A.5.2): on a fixed probe set of
   preference pairs and fixed (t, noise) draws, the ELBO proxy
   log p(x) ~ -E_{t,eps} ||target - pred(x_t)||^2 of the chosen and rejected samples under
   the policy and the reference. The checkpoint value is the chosen sample's change
   from the reference (the start of training): negative = displaced.
 * ``gamma`` (PG-DPO Eq. 10 / 35): Gamma = -lr * grad log p(x_w) . (grad L_method - grad L_dpo)
-  over the trainable parameters, on the probe pairs with one fixed draw each. L_method is
+  over the trainable parameters, on the probe pairs with one fixed draw each. L_dpo is DPO at
+  the probes' own beta (``probes.beta``, in the identity), never the method's: one definition
+  for every method (a method's ``beta`` means different things: FCRM's is a reward temperature).
+  For a method whose loss is not a pairwise preference loss, the sign of Gamma says whether its
+  actual update raises the held-out chosen samples' likelihood more than a DPO update at
+  ``probes.beta`` on the held-out pairs would. L_method is
   the trainer's own objective on the same pairs when it has one (``pair_loss``: dpo,
-  pgdpo at the same draws; apo over its own fixed window of timesteps), else its loss for
+  pgdpo at the same draws; apo over its own fixed window of timesteps; fcrm and shift with
+  the pair read as a group of two with advantages +1 and -1), else its loss for
   the coming step, on its own batch (SFT: then Gamma compares updates computed on different
   data and mostly says how much a DPO step on the probe pairs themselves would raise
   their likelihood). The checkpoint value is the share of
@@ -49,11 +61,16 @@ def register_probe(spec: MetricSpec) -> Callable[[type[TrainingProbe]], type[Tra
 class TrainingProbe(ABC):
     spec: ClassVar[MetricSpec]
 
-    def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0):
-        self.pairs, self.draws, self.seed, self.beta = pairs, draws, seed, beta
+    def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0,
+                 probe_set: str | None = None):
+        self.pairs, self.draws, self.seed, self.beta, self.probe_set = pairs, draws, seed, beta, probe_set
 
     def identity_options(self) -> dict[str, object]:
-        return {"pairs": len(self.pairs), "draws": self.draws}
+        return {"pairs": len(self.pairs), "draws": self.draws, **self._set()}
+
+    def _set(self) -> dict[str, object]:
+        """The probe set in the identity (``heldout-<split>-<start>``), when the caller named it."""
+        return {} if self.probe_set is None else {"set": self.probe_set}
 
     @property
     def identity(self) -> str:
@@ -90,8 +107,9 @@ def _logp(err: torch.Tensor, draws: int) -> torch.Tensor:
                 "and draws (negative = likelihood displacement)",
 ))
 class LikelihoodDisplacement(TrainingProbe):
-    def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0):
-        super().__init__(pairs, draws, seed, beta)
+    def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0,
+                 probe_set: str | None = None):
+        super().__init__(pairs, draws, seed, beta, probe_set)
         self._ref: tuple[float, float] | None = None
 
     @torch.no_grad()
@@ -126,7 +144,7 @@ def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], retain_grap
 ))
 class Gamma(TrainingProbe):
     def identity_options(self) -> dict[str, object]:
-        return {"pairs": len(self.pairs), "beta": self.beta, "stat": "positive_share"}
+        return {"pairs": len(self.pairs), "beta": self.beta, "stat": "positive_share", **self._set()}
 
     def measure(self, trainer, step: int) -> dict[str, float]:
         adapter, params = trainer.adapter, trainer.params

@@ -131,14 +131,17 @@ def _markdown_section(title: str, text: str) -> list[str]:
     return parts
 
 
-def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None) -> list[str]:
+def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None, caption: str = "") -> list[str]:
     if not plots and (table is None or table.empty):
         return []
     parts = ["<h2>Training probes</h2>",
-             '<p class="note">Likelihood displacement: the ELBO-proxy log-likelihood of fixed probe pairs '
-             "relative to the reference (the start of training); below zero, the chosen sample became less "
-             "likely. Gamma (PG-DPO Eq. 10): the method's first-order gain in log p(chosen) over a DPO step "
-             "on the same pairs; a DPO run has Gamma = 0 by definition.</p>"]
+             '<p class="note">Likelihood displacement: the ELBO-proxy log-likelihood of the held-out probe '
+             "pairs (the same for every method; no method trains on them) relative to the reference (the start "
+             "of training); below zero, the chosen sample became less likely. Gamma (PG-DPO Eq. 10): the "
+             "method's first-order gain in log p(chosen) over a DPO step at the probes' beta on the same pairs; "
+             "a DPO run at that beta has Gamma = 0 by definition.</p>"]
+    if caption:
+        parts.append(f'<p class="note">{html.escape(caption)}</p>')
     if table is not None and not table.empty:
         parts.append('<div class="scroll">' + table.to_html(index=False, float_format=lambda v: f"{v:.3g}",
                                                             na_rep="–", border=0) + "</div>")
@@ -150,7 +153,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
                tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None,
                distortion: pd.DataFrame | None = None, fcrm_md: str = "", shift_md: str = "",
-               hacking_md: str = "", claims_md: str = "") -> str:
+               hacking_md: str = "", claims_md: str = "", probe_caption: str = "") -> str:
     """The whole report page as one string."""
     title = f"Alignment report: {info.run_id}"
     sections = [
@@ -162,7 +165,7 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         "</details>",
         "<h2>Metrics over training</h2>", _plots_html(metric_plots),
         "<h2>Training curves</h2>", _plots_html(train_plots),
-        *_probes_html(probe_plots, probe_table),
+        *_probes_html(probe_plots, probe_table, probe_caption),
         *_distortion_html(distortion),
         *_markdown_section("FCRM ablation (Table 3 layout)", fcrm_md),
         *_markdown_section("Paper claims", claims_md),

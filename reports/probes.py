@@ -3,7 +3,7 @@ and the Gamma series with its share of positive steps."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +66,19 @@ def gamma_plot(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return [save_figure(fig, out_dir, "probe_gamma", set())]
+
+
+def probe_caption(metrics: Iterable[str]) -> str:
+    """The line above the probe table: which probe set the stored probes were measured on."""
+    ids = sorted({m for m in metrics if m.startswith(("likelihood_displacement[", "gamma["))})
+    if not ids:
+        return ""
+    names = ", ".join(f"`{i}`" for i in ids)
+    if all("set=heldout-" in i for i in ids):
+        return ("Training probes on the held-out probe set: pairs of clips no method trains on, the same for every "
+                "method, with Gamma against DPO at one beta for every method (docs/metrics-probes.md): " + names)
+    return ("Training probes recorded without a held-out probe set (before issue #25): their pairs may be training "
+            "pairs and Gamma's DPO beta may differ per method: " + names)
 
 
 def probe_summary(logs: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from reports.hacking import hacking_markdown, hacking_table
 from reports.html import build_page
 from reports.identity import directions_for
 from reports.plots import metric_curves, training_curves
-from reports.probes import displacement_plot, gamma_plot, probe_logs, probe_summary
+from reports.probes import displacement_plot, gamma_plot, probe_caption, probe_logs, probe_summary
 from reports.run_info import load_run_info
 from reports.shift import shift_checks, shift_markdown, shift_methods, shift_table
 from reports.tables import (
@@ -75,10 +75,12 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     probe_plots = (displacement_plot(probes, out / "plots", info.methods)
                    + gamma_plot(probes, out / "plots", info.methods))
     summary = probe_summary(probes, info.methods)
+    caption = probe_caption(agg["metric"] if not agg.empty else [])
     if not summary.empty:
         cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row]
                  for row in summary.itertuples(index=False)]
-        (out / "probes.md").write_text(markdown_grid(list(summary.columns), cells), encoding="utf-8")
+        (out / "probes.md").write_text((caption + "\n\n" if caption else "")
+                                       + markdown_grid(list(summary.columns), cells), encoding="utf-8")
     distortion = distortion_table(agg, info.method_configs, info.methods)
     if not distortion.empty:
         (out / "distortion.md").write_text(distortion_markdown(distortion, info.num_videos), encoding="utf-8")
@@ -103,7 +105,7 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
                       metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
                       probe_plots=probe_plots, probe_table=summary, distortion=distortion, fcrm_md=fcrm_text,
-                      shift_md=shift_text, hacking_md=hacking_text, claims_md=claims_text,
+                      shift_md=shift_text, hacking_md=hacking_text, claims_md=claims_text, probe_caption=caption,
                       tiny=is_tiny(info.preset_name, table.metrics))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -85,13 +85,22 @@ def test_probes_at_the_start_and_gamma_of_dpo_is_zero(tmp_path):
     probes = ProbeRunner(preset, dpo, tmp_path / "cache")
     ld, gamma = probes.probes
     assert isinstance(ld, LikelihoodDisplacement) and isinstance(gamma, Gamma)
+    # the held-out probe set: clips probes.start.. of probes.split, none of them a training condition
+    first = preset.probes.start
+    assert ld.pairs.provenance["split"] == "eval" and ld.pairs.provenance["start"] == first == 100_000
+    assert ld.pairs.sources and all(first <= int(s.removeprefix("eval:")) < first + 3 for s in ld.pairs.sources)
     g = gamma.measure(dpo, 1)
     # DPO against DPO at the same beta: the two updates coincide.
     assert g["gamma"] == pytest.approx(0.0, abs=1e-12) and g["dlogp_dpo"] != 0.0
     fresh = _trainer("sft", preset, tmp_path)
     start = LikelihoodDisplacement(ld.pairs, draws=2).measure(fresh, 0)
     assert start["chosen_displacement"] == 0.0 and start["logp_chosen"] == start["ref_logp_chosen"]
-    assert start["logp_chosen"] > start["logp_rejected"]  # chosen rollouts fit the base model better
+    # chosen rollouts fit the base model better on the pairs of prompts conditions 0-2 (the probe set before
+    # it was held out; a property of these pairs, which the held-out set's three pairs do not share)
+    prompts = build_rollout_pairs(fresh.adapter, preset.world, preset.sampler, conditions=3, per_condition=2,
+                                  show_progress=False)
+    on_prompts = LikelihoodDisplacement(prompts, draws=2).measure(fresh, 0)
+    assert on_prompts["logp_chosen"] > on_prompts["logp_rejected"]
 
 
 def test_gamma_matches_the_first_order_change_of_the_chosen_likelihood(tmp_path):

@@ -169,7 +169,7 @@ def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_p
                  "splits": {"finetune": 0.5, "eval": 0.5}, "cache_dir": str(tmp_path / "clips")},
         "sampler": {"num_steps": 2}, "eval": {"num_videos": 3, "batch_size": 2, "metrics": ["dynamic_degree"],
                                               "backends": {"dynamic_degree": {"flow": "dis"}}},
-        "probes": {"pairs": 2, "draws": 1, "split": "finetune"},  # on footage: real clip vs reference sample
+        "probes": {"pairs": 2, "draws": 1, "split": "eval"},  # on footage: real clip vs reference sample
     }])
     out = run(preset, tmp_path / "run", RunOptions(["sft"], [0], steps=2, eval_every=2, show_progress=False))
     with ResultStore(out / "results.sqlite") as store:

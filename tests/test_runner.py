@@ -42,6 +42,9 @@ def test_run_stores_base_and_every_checkpoint(tmp_path):
         agg = store.aggregates()
         probes = {m for m in agg["metric"] if m.startswith(("gamma[", "likelihood_displacement["))}
         assert len(probes) == 2 and set(agg[agg["metric"].isin(probes)]["step"]) == {2, 4}
+        assert all("set=heldout-eval-100000" in m for m in probes)  # the held-out probe set, named
+        assert {m for m in probes if m.startswith("gamma[")} == {"gamma[beta=100,pairs=2,set=heldout-eval-100000,"
+                                                                 "stat=positive_share]"}
         metrics = {m for m in agg["metric"] if not m.startswith("rollup:")} - probes
         assert len(metrics) == len(METRICS)
         assert len(agg[~agg["metric"].str.startswith("rollup:") & ~agg["metric"].isin(probes)]) == 3 * len(METRICS)

@@ -96,8 +96,10 @@ def weights_digest(adapter: ModelAdapter) -> str:
 
 
 def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | None,
-               show_progress: bool = False) -> PairSet:
-    """The pair set ``cfg`` describes, from the run's cache when it was built before."""
+               show_progress: bool = False, start: int = 0) -> PairSet:
+    """The pair set ``cfg`` describes, from the run's cache when it was built before. Its conditions
+    are clips ``start`` .. ``start + cfg.conditions - 1`` of ``cfg.split`` (the probes' held-out
+    set starts past every trainer's conditions; a trainer's own pairs start at 0)."""
     if cfg.source == "file":
         if not cfg.path:
             raise ValueError("pairs.source=file needs pairs.path (a JSONL or CSV pairs file)")
@@ -111,10 +113,10 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
             raise PairsError("pairs.source=footage pairs real clips with samples; the tiny world's presets use "
                              "source=rollouts (judged by its oracle)")
         key = footage_key(weights_digest(adapter), preset.data.model_dump(mode="json"), cfg.split, cfg.conditions,
-                          preset.sampler, cfg.seed)
+                          preset.sampler, cfg.seed, start)
     else:
         key = rollout_key(weights_digest(adapter), preset.world, cfg.split, cfg.conditions, cfg.per_condition,
-                          preset.sampler, cfg.seed, "oracle")
+                          preset.sampler, cfg.seed, "oracle", start)
     path = workdir / "pairs" / f"rollouts-{key}.npz" if workdir else None
     d = current()
     # Rank 0's cache decides (building is collective, so every rank must take the same branch), and
@@ -126,13 +128,13 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
         log.info("building %d preference pairs: real clips against reference samples", cfg.conditions)
         pairs = build_footage_pairs(adapter, preset, preset.sampler, split=cfg.split, conditions=cfg.conditions,
                                     seed=cfg.seed, batch_size=preset.eval.batch_size or 8,
-                                    show_progress=show_progress)
+                                    show_progress=show_progress, start=start)
     else:
         log.info("building %d preference pairs from %d rollouts", cfg.conditions,
                  cfg.conditions * cfg.per_condition)
         pairs = build_rollout_pairs(adapter, preset.world, preset.sampler, split=cfg.split,
                                     conditions=cfg.conditions, per_condition=cfg.per_condition, seed=cfg.seed,
-                                    show_progress=show_progress)
+                                    show_progress=show_progress, start=start)
     pairs.provenance["cache_key"] = key
     if path and d.is_main:  # one writer: the ranks hold the same pairs (sampled in shards, gathered)
         pairs.save(path)

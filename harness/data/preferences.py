@@ -135,30 +135,32 @@ def oracle_score(world: WorldConfig) -> Judge:
 
 
 def rollout_key(weights_digest: str, world: WorldConfig, split: str, conditions: int, per_condition: int,
-                sampler: SamplerConfig, seed: int, judge_name: str) -> str:
-    blob = json.dumps({"weights": weights_digest, "world": world.model_dump(mode="json"), "split": split,
-                       "conditions": conditions, "per_condition": per_condition,
-                       "sampler": sampler.model_dump(mode="json"), "seed": seed, "judge": judge_name,
-                       "format": PAIRS_FORMAT}, sort_keys=True)
+                sampler: SamplerConfig, seed: int, judge_name: str, start: int = 0) -> str:
+    fields = {"weights": weights_digest, "world": world.model_dump(mode="json"), "split": split,
+              "conditions": conditions, "per_condition": per_condition, "sampler": sampler.model_dump(mode="json"),
+              "seed": seed, "judge": judge_name, "format": PAIRS_FORMAT}
+    if start:  # conditions start..start+conditions-1; keyed only when set, so earlier caches stay valid
+        fields["start"] = start
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: SamplerConfig, *,
                         split: str = "prompts", conditions: int = 64, per_condition: int = 4, seed: int = 0,
                         judge_fn: Judge | None = None, batch_size: int = 32,
-                        show_progress: bool = True) -> PairSet:
+                        show_progress: bool = True, start: int = 0) -> PairSet:
     """Sample ``per_condition`` videos per condition; best = chosen, worst = rejected.
 
-    Conditions whose best and worst scores tie carry no preference and are dropped
-    (counted in the provenance).
+    The conditions are clips ``start`` .. ``start + conditions - 1`` of ``split``. Conditions
+    whose best and worst scores tie carry no preference and are dropped (counted in the provenance).
     """
     if per_condition < 2:
         raise PairsError(f"per_condition must be at least 2 to form a pair, got {per_condition}")
     judge_fn = judge_fn or oracle_score(world)
-    batch = clip_batch(world, split, range(conditions))
-    # Video k of condition i gets seed (seed, i, k): independent of batching.
+    batch = clip_batch(world, split, range(start, start + conditions))
+    # Video k of condition i (clip start + i) gets seed (seed, start + i, k): independent of batching.
     flat = [(i, k) for i in range(conditions) for k in range(per_condition)]
-    seeds = [int(np.random.SeedSequence([seed, i, k]).generate_state(1)[0] & 0x7FFFFFFF) for i, k in flat]
+    seeds = [int(np.random.SeedSequence([seed, start + i, k]).generate_state(1)[0] & 0x7FFFFFFF) for i, k in flat]
     def cond_for(rows: list[int]):
         cond_idx = [flat[r][0] for r in rows]
         return adapter.encode_condition(batch.first_frames[cond_idx], [batch.captions[i] for i in cond_idx])
@@ -181,32 +183,37 @@ def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: Samp
         rejected.append(i * per_condition + int(np.nanargmin(s)))
     if not keep:
         raise PairsError(f"no condition of {conditions} gave distinct best and worst scores")
-    provenance = {"source": "rollouts", "split": split, "conditions": conditions, "per_condition": per_condition,
+    provenance = {"source": "rollouts", "split": split, "start": start, "conditions": conditions,
+                  "per_condition": per_condition,
                   "seed": seed, "sampler": sampler.model_dump(mode="json"), "dropped_ties": conditions - len(keep),
                   "score_mean": float(np.nanmean(scores)), "pairs": len(keep)}
     return PairSet(
         first_frames=batch.frames[keep, 0], captions=[batch.captions[i] for i in keep],
         chosen=frames[chosen], rejected=frames[rejected],
         chosen_score=scores.reshape(-1)[chosen], rejected_score=scores.reshape(-1)[rejected],
-        sources=[f"{split}:{i}" for i in keep], provenance=provenance,
+        sources=[f"{split}:{start + i}" for i in keep], provenance=provenance,
     )
 
 
 def footage_key(weights_digest: str, data: dict, split: str, conditions: int, sampler: SamplerConfig,
-                seed: int) -> str:
-    blob = json.dumps({"weights": weights_digest, "data": data, "split": split, "conditions": conditions,
-                       "sampler": sampler.model_dump(mode="json"), "seed": seed, "source": "footage",
-                       "format": PAIRS_FORMAT}, sort_keys=True)
+                seed: int, start: int = 0) -> str:
+    fields = {"weights": weights_digest, "data": data, "split": split, "conditions": conditions,
+              "sampler": sampler.model_dump(mode="json"), "seed": seed, "source": "footage", "format": PAIRS_FORMAT}
+    if start:  # keyed only when set, so earlier caches stay valid
+        fields["start"] = start
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_footage_pairs(adapter: ModelAdapter, preset, sampler: SamplerConfig, *, split: str, conditions: int,
-                        seed: int = 0, batch_size: int = 8, show_progress: bool = True) -> PairSet:
+                        seed: int = 0, batch_size: int = 8, show_progress: bool = True, start: int = 0) -> PairSet:
     """Pairs without a judge, for real footage (which has no oracle): the real clip is chosen and
     one sample of the reference model from its first frame and caption is rejected (real data
-    preferred to the model's own, as in SHIFT's discriminators). Scores are NaN."""
-    batch = clip_batch(preset, split, range(conditions))
-    seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0] & 0x7FFFFFFF) for i in range(conditions)]
+    preferred to the model's own, as in SHIFT's discriminators). Scores are NaN. The clips are
+    ``start`` .. ``start + conditions - 1`` of ``split`` (wrapping around the split, as every index does)."""
+    batch = clip_batch(preset, split, range(start, start + conditions))
+    seeds = [int(np.random.SeedSequence([seed, start + i]).generate_state(1)[0] & 0x7FFFFFFF)
+             for i in range(conditions)]
 
     def cond_for(rows: list[int]):
         return adapter.encode_condition(batch.first_frames[rows], [batch.captions[i] for i in rows])
@@ -219,8 +226,8 @@ def build_footage_pairs(adapter: ModelAdapter, preset, sampler: SamplerConfig, *
     return PairSet(
         first_frames=batch.frames[:, 0], captions=list(batch.captions), chosen=batch.frames,
         rejected=np.stack([tensor_to_frames(v) for v in videos]), chosen_score=nan, rejected_score=nan.copy(),
-        sources=[f"{split}:{i}" for i in range(conditions)],
-        provenance={"source": "footage", "split": split, "conditions": conditions, "seed": seed,
+        sources=[f"{split}:{start + i}" for i in range(conditions)],
+        provenance={"source": "footage", "split": split, "start": start, "conditions": conditions, "seed": seed,
                     "sampler": sampler.model_dump(mode="json"), "pairs": conditions,
                     "chosen": "the real clip", "rejected": "a reference-model sample from its first frame"},
     )
