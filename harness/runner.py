@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def _base_weights(preset: PresetConfig, checkpoint: str | None = None) -> str:
 
 
 def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed: int, steps: list[int],
-             sampler: dict, probes: ProbeRunner) -> None:
+             sampler: Callable[[int], dict], probes: ProbeRunner) -> None:
     """After an interruption: store the training logs that complete checkpoints carry (a crash after a
     checkpoint was written but before its logs reached the store), then each checkpoint's probe
     aggregates from the logs up to its step. Both are upserts: storing twice changes nothing."""
@@ -252,7 +253,7 @@ def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed:
     logs = logs.query("method == @method and seed == @seed") if not logs.empty else logs
     for step in steps:
         ckpt = store.checkpoint(run_id, method, seed, step, rundir.relative(rundir.checkpoint(method, seed, step)),
-                                sampler)
+                                sampler(step))
         probes.reset()
         probes.restore(logs, step)
         probes.store_checkpoint(store, ckpt)
@@ -272,19 +273,20 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         probes = ProbeRunner(preset, trainer, rundir.cache)
     except (PairsError, ValueError) as exc:  # unusable pairs, replay/offline sources, rewards
         raise RunError(f"{method} seed {seed}: {exc}") from exc
-    sampler_cfg = trainer.sampler
-    sampler = sampler_cfg.model_dump()
     d = current()
 
+    def sampler(step: int) -> dict:  # each checkpoint is evaluated, and recorded, with the trainer's sampler for it
+        return trainer.eval_sampler(step).model_dump()
+
     def record(path: Path, step: int) -> int:
-        return store.checkpoint(run_id, method, seed, step, rundir.relative(path), sampler)
+        return store.checkpoint(run_id, method, seed, step, rundir.relative(path), sampler(step))
 
     if cfg.base_checkpoint or cfg.sampler:  # its own starting model or sampler: its own step 0
         path = rundir.checkpoint(method, seed, 0)
         path.mkdir(parents=True, exist_ok=True)
         adapter.model.eval()
         log.info("%s seed %d: evaluating step 0 (its own base model or sampler)", method, seed)
-        evaluator.evaluate(store, record(path, 0), adapter, path / SAMPLES, show_progress, sampler_cfg,
+        evaluator.evaluate(store, record(path, 0), adapter, path / SAMPLES, show_progress, trainer.eval_sampler(0),
                            weights=_base_weights(preset, cfg.base_checkpoint))
     done_steps = d.broadcast(rundir.complete_steps(method, seed, cfg.steps))  # rank 0's view of the disk
     start = done_steps[-1] if done_steps else 0
@@ -306,7 +308,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             load(step)
             return _eval_mode(trainer.adapter)
 
-        evaluator.evaluate(store, record(path, step), at, path / SAMPLES, show_progress, sampler_cfg,
+        evaluator.evaluate(store, record(path, step), at, path / SAMPLES, show_progress, trainer.eval_sampler(step),
                            weights=checkpoint_weights(preset, path, cfg.base_checkpoint))
     if start:  # the loaded state is the latest checkpoint again
         load(start)
@@ -358,7 +360,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             probes.store_checkpoint(store, ckpt)
             adapter.model.eval()
             log.info("%s seed %d: evaluating step %d", method, seed, done)
-            evaluator.evaluate(store, ckpt, adapter, path / SAMPLES, show_progress, sampler_cfg,
+            evaluator.evaluate(store, ckpt, adapter, path / SAMPLES, show_progress, trainer.eval_sampler(done),
                                weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "")
 
 

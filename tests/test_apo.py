@@ -168,3 +168,43 @@ def test_gamma_of_apo_uses_its_window_objective_on_the_probe_pairs(tmp_path):
     first, again = probe.measure(trainer, 1), probe.measure(trainer, 1)
     assert first == again  # fixed draws and a fixed window: a probe is deterministic
     assert first["dlogp_method"] != first["dlogp_dpo"] and all(abs(v) < 1 for v in first.values())
+
+
+def test_method_sampler_sets_the_anchors_and_the_rollouts(tmp_path, monkeypatch):
+    """A method-level sampler, not the preset's, gives the trajectory anchors and samples the rollouts."""
+    import trainers.apo as apo
+    from harness.sampling import SamplerConfig, sigma_schedule
+
+    own = SamplerConfig(num_steps=5, shift=3.0)
+    stages = [{"kind": "online", "steps": 1, "conditions": 4}, {"kind": "half_online", "steps": 1, "pairs": PAIRS}]
+    trainer = _trainer(tmp_path, stages, sampler=own.model_dump())
+    assert trainer.timesteps.sampler == own != trainer.preset.sampler
+    want = torch.round(sigma_schedule(own.model_copy(update={"shift": 4.0}))[:-1] * 1000).long()
+    assert torch.equal(trainer.timesteps.anchors(4.0), want) and len(want) == 5
+    seen = []
+    real = apo.sample
+
+    def spy(adapter, cond, seeds, cfg, *a, **kw):
+        seen.append(cfg)
+        return real(adapter, cond, seeds, cfg, *a, **kw)
+
+    monkeypatch.setattr(apo, "sample", spy)
+    trainer.train_step(0)  # online: two rollouts per condition
+    trainer.train_step(1)  # half-online: one rollout per anchor
+    assert len(seen) == 3 and all(cfg == own for cfg in seen)
+
+
+def test_after_distillation_rollouts_and_evaluation_drop_guidance(tmp_path):
+    from harness.sampling import SamplerConfig
+
+    guided = SamplerConfig(num_steps=2, guidance_scale=4.0, stg_scale=0.5, stg_blocks=[1])
+    preset = load_preset("tiny", [parse_override(s) for s in FAST])
+    preset = preset.model_copy(update={"sampler": guided})
+    cfg = APOConfig(**{**preset.methods["apo"], "batch_size": 2,
+                       "stages": [{"kind": "offline", "steps": 1, "pairs": PAIRS},
+                                  {"kind": "distill", "steps": 1, "conditions": 4},
+                                  {"kind": "half_online", "steps": 1, "pairs": PAIRS}]})
+    trainer = APOTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0, workdir=tmp_path / "c")
+    plain = guided.model_copy(update={"guidance_scale": 1.0, "stg_scale": 0.0})
+    assert [trainer.eval_sampler(s) for s in (0, 1, 2, 3)] == [guided, guided, plain, plain]
+    assert trainer._sampler_after(0) == guided and trainer._sampler_after(2) == plain  # rollouts of stage 2

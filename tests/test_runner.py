@@ -12,7 +12,7 @@ from tiny_runs import FAST, fast_preset, run_cache  # noqa: F401  (run_cache: au
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.config import load_preset
+from harness.config import load_preset, parse_override
 from harness.runner import RunError, RunOptions, run
 from harness.store import ResultStore
 
@@ -133,3 +133,51 @@ def test_methods_that_cannot_work_on_the_preset_are_refused_before_any_training(
     assert "probes.split='eval' is not a split of the footage; use one of finetune" in msg
     assert f"methods.fcrm-b.reward: latent reward model file missing: {tmp_path / 'no-rm'}" in msg
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _apo_preset(tmp_path, apo: dict, *extra: str, **top):
+    return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)] + [{"methods": {"apo": apo}, **top}])
+
+
+def test_checkpoints_after_a_distill_stage_are_evaluated_and_recorded_without_guidance(tmp_path, monkeypatch):
+    from harness.evaluate import Evaluator
+
+    seen = {}
+    real = Evaluator.evaluate
+
+    def spy(self, store, checkpoint_id, adapter, samples_path, show_progress=True, sampler=None, **kw):
+        seen[samples_path.parent.parent.parent.name, samples_path.parent.name] = sampler
+        return real(self, store, checkpoint_id, adapter, samples_path, show_progress, sampler, **kw)
+
+    monkeypatch.setattr(Evaluator, "evaluate", spy)
+    pairs = {"conditions": 4, "per_condition": 2}
+    preset = _apo_preset(tmp_path, {"batch_size": 2, "stages": [{"kind": "offline", "steps": 1, "pairs": pairs},
+                                                                {"kind": "distill", "steps": 1, "conditions": 4},
+                                                                {"kind": "distill_dpo", "steps": 1, "pairs": pairs}]},
+                         "sampler.guidance_scale=3.0")
+    out = tmp_path / "run"
+    run(preset, out, RunOptions(["apo"], [0], eval_every=100, metrics=["dynamic_degree"], show_progress=False))
+    with ResultStore(out / "results.sqlite") as store:
+        ckpts = store.checkpoints().query("method == 'apo'")
+        scales = {int(r.step): r.sampler["guidance_scale"] for r in ckpts.itertuples()}
+    assert scales == {1: 3.0, 2: 1.0, 3: 1.0}  # stored: guided before the distill stage ends, then not
+    assert {k[1]: v.guidance_scale for k, v in seen.items() if k[0] == "apo"} == \
+        {"step000001": 3.0, "step000002": 1.0, "step000003": 1.0}
+
+
+@pytest.mark.parametrize("apo, extra, top, message", [
+    ({"sampler": {"num_steps": 2, "guidance_scale": 5.0}, "stages": [{"kind": "distill", "steps": 2}]}, (), {},
+     "methods.apo.sampler guides (guidance_scale 5.0, stg_scale 0.0) but stage 0 (distill) distils the guidance "
+     "into the model"),
+    ({"stages": [{"kind": "distill", "steps": 2, "teacher_stg_scale": 1.0, "stg_blocks": [4]}]}, (), {},
+     "methods.apo.stages[0] (distill): stg_blocks [4] are not blocks of the tiny model (4 blocks: 0-3)"),
+    ({"stages": [{"kind": "distill", "steps": 2, "split": "finetune"}]}, ("probes.split=finetune",),
+     {"data": {"kind": "davis", "root": "DAVIS", "num_frames": 8, "fps": 8, "height": 16, "width": 16}},
+     "methods.apo.stages[0] (distill): the teacher's CFG (teacher_guidance_scale 3.0) needs captions to guide by, "
+     "and preset 'tiny' has none (data.captions is unset, so tiny would see sequence names); give data.captions"),
+])
+def test_apo_distill_that_cannot_be_guided_is_refused_before_any_work(tmp_path, apo, extra, top, message):
+    out = tmp_path / "run"
+    with pytest.raises(RunError) as err:
+        run(_apo_preset(tmp_path, apo, *extra, **top), out, RunOptions(["apo"], [0], show_progress=False))
+    assert message in str(err.value) and not out.exists()

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
-from harness.sampling import guided_velocity, sample
+from harness.sampling import SamplerConfig, guided_velocity, sample
 from trainers.base import Trainer
 from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors, pairs_problems
 from trainers.preference_losses import dpo_loss
@@ -83,6 +83,32 @@ class StageConfig(BaseModel):
         return self
 
 
+def _distill_problems(stage: StageConfig, preset, where: str) -> list[str]:
+    """What of a distill stage's guided teacher (Eq. 3) the preset cannot provide, as far as the configs
+    show. CFG contrasts the caption with the empty one (Wan; the tiny model learnt the empty caption
+    from caption dropout), except on SVD, whose unconditional branch zeroes the image condition and
+    always exists: on real footage without a captions file the captions are sequence names (DAVIS) or
+    one default caption, which carry no text to guide by. STG's blocks are checked against the tiny
+    model's depth; a real model's depth is known only once it loads (the stage then fails at step 0).
+    Not checked: whether a checkpoint's unconditional branch was trained at all."""
+    problems = []
+    family = preset.adapter.family if preset.adapter is not None else "tiny"
+    if stage.teacher_guidance_scale > 1.0 and family != "svd" and preset.data is not None \
+            and preset.data.captions is None:
+        problems.append(f"{where} (distill): the teacher's CFG (teacher_guidance_scale "
+                        f"{stage.teacher_guidance_scale}) needs captions to guide by, and preset {preset.name!r} "
+                        f"has none (data.captions is unset, so {family} would see "
+                        f"{'sequence names' if preset.data.kind == 'davis' else 'one default caption'}); give "
+                        "data.captions a captions file, or set teacher_guidance_scale: 1")
+    if stage.teacher_stg_scale > 0 and preset.adapter is None:
+        bad = [b for b in stage.stg_blocks if not 0 <= b < preset.model.num_layers]
+        if bad:
+            problems.append(f"{where} (distill): stg_blocks {bad} are not blocks of the tiny model "
+                            f"({preset.model.num_layers} blocks: 0-{preset.model.num_layers - 1}); choose blocks "
+                            "in that range, or set teacher_stg_scale: 0")
+    return problems
+
+
 class APOConfig(DPOObjectiveConfig):
     lr: float = Field(5e-5, gt=0)
     timesteps: TimestepSamplerConfig = Field(default_factory=TimestepSamplerConfig)
@@ -107,6 +133,15 @@ class APOConfig(DPOObjectiveConfig):
                 problems.append(f"{where}.stages[{i}] (online) is ranked by the tiny world's oracle, which real "
                                 f"footage (preset {preset.name!r}) does not have; rank with a vision-language "
                                 "model: ranker: vlm, ranker_model: DIR")
+            if stage.kind == "distill":
+                problems += _distill_problems(stage, preset, f"{where}.stages[{i}]")
+        distill = [i for i, st in enumerate(self.stages) if st.kind == "distill"]
+        if distill and self.sampler is not None and (self.sampler.guidance_scale != 1.0 or self.sampler.stg_scale):
+            problems.append(f"{where}.sampler guides (guidance_scale {self.sampler.guidance_scale}, stg_scale "
+                            f"{self.sampler.stg_scale}) but stage {distill[0]} (distill) distils the guidance into "
+                            "the model, so evaluating it guided would apply guidance twice; set the method's "
+                            "sampler.guidance_scale: 1 and stg_scale: 0 (or drop it: checkpoints after a distill "
+                            "stage are evaluated without guidance)")
         return problems
 
     @model_validator(mode="after")
@@ -142,7 +177,8 @@ class APOTrainer(Trainer):
 
     def __init__(self, adapter, preset, config, seed, workdir=None):
         super().__init__(adapter, preset, config, seed, workdir)
-        self.timesteps = TrajectoryTimesteps(config.timesteps, preset.sampler, adapter.num_train_timesteps)
+        # The anchors are the inference schedule of the sampler this method samples and is evaluated with.
+        self.timesteps = TrajectoryTimesteps(config.timesteps, self.sampler, adapter.num_train_timesteps)
         self.ends = list(np.cumsum([s.steps for s in config.stages]))
         self.stage = 0
         self.folded: list[dict[str, torch.Tensor]] = []  # LoRA state of each finished stage
@@ -159,6 +195,17 @@ class APOTrainer(Trainer):
 
     def stage_at(self, step: int) -> int:
         return int(np.searchsorted(self.ends, step, side="right"))
+
+    def _sampler_after(self, done: int) -> SamplerConfig:
+        """The sampler of the model that the first ``done`` stages made: after a ``distill`` stage the
+        student already produces the guided velocity (Eq. 4), so it samples without CFG and STG (guiding
+        it again would apply guidance twice)."""
+        if any(st.kind == "distill" for st in self.config.stages[:done]):
+            return self.sampler.model_copy(update={"guidance_scale": 1.0, "stg_scale": 0.0})
+        return self.sampler
+
+    def eval_sampler(self, step: int) -> SamplerConfig:
+        return self._sampler_after(self.stage_at(step))
 
     def _advance_to(self, stage: int) -> None:
         while self.stage < stage:
@@ -195,7 +242,7 @@ class APOTrainer(Trainer):
         was_training = self.adapter.model.training
         self.adapter.model.eval()
         try:
-            videos = sample(self.adapter, cond, seeds, self.preset.sampler)
+            videos = sample(self.adapter, cond, seeds, self._sampler_after(self.stage))
         finally:
             self.adapter.model.train(was_training)
         return [tensor_to_frames(v) for v in videos]

@@ -87,6 +87,12 @@ class Trainer(ABC):
         """Steps that must be checkpointed besides every ``eval_every`` (e.g. stage ends)."""
         return set()
 
+    def eval_sampler(self, step: int) -> SamplerConfig:
+        """The sampler the checkpoint at ``step`` is evaluated with, and recorded with (the runner);
+        a trainer whose model changes how it must be sampled (e.g. after guidance distillation)
+        overrides it."""
+        return self.sampler
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
