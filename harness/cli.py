@@ -103,7 +103,11 @@ def train_reward_cmd(
     pairs: Annotated[str | None, typer.Option(
         help="fit to preference pairs (Bradley-Terry), as a real family needs: footage[:SPLIT] (a real clip chosen "
              "over a base sample), rollouts[:SPLIT] (tiny world) or file:PATH (labelled pairs); default: the tiny "
-             "world's oracle scores")] = None,
+             "world's rater labels")] = None,
+    target: Annotated[str, typer.Option(
+        help="tiny world without --pairs: what the head is fitted to: rater (partial, noisy labels; the default "
+             "training judge) or oracle (the evaluation judge's own scores: a judge that is an evaluation metric)")
+    ] = "rater",
     steps: Annotated[int | None, typer.Option(help="head training steps (default: 1500; with --pairs 300)")] = None,
     conditions: Annotated[int, typer.Option(help="conditions to build the data from (with --pairs: pairs)")] = 384,
     force: Annotated[bool, typer.Option("--force", help="replace existing weights in --out")] = False,
@@ -122,11 +126,12 @@ def train_reward_cmd(
               f"--pairs footage (real clips over base samples) or --pairs file:PATH")
     try:
         if pairs is None:
-            record = train_reward_model(cfg, out, conditions=conditions, steps=steps or 1500, show_progress=progress)
+            record = train_reward_model(cfg, out, conditions=conditions, steps=steps or 1500, target=target,
+                                        show_progress=progress)
         else:
             record = train_reward_on_pairs(cfg, pairs, out, conditions=conditions, steps=steps or 300,
                                            show_progress=progress)
-    except (RewardError, PairsError) as e:
+    except (RewardError, PairsError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps({"out": str(out), "data": record["data"], "held_out": record["held_out"]}, indent=2))
 

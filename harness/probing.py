@@ -34,11 +34,12 @@ class ProbeRunner:
         self.series: dict[str, dict[str, list[float]]] = {}
         if not cfg.names:
             return
-        # The tiny world's oracle judges rollout pairs; real footage has none: a real clip against a sample.
+        # The probe is a measurement, so the tiny world's evaluation oracle (not a method's training judge)
+        # ranks its rollout pairs; real footage has none: a real clip against a sample.
         source = "rollouts" if preset.data is None else "footage"
         pairs = load_pairs(trainer.adapter, preset, PairsConfig(source=source, split=cfg.split, conditions=cfg.pairs,
-                                                                 per_condition=cfg.per_condition), workdir,
-                           start=cfg.start)
+                                                                 per_condition=cfg.per_condition, judge="oracle"),
+                           workdir, start=cfg.start)
         self.probes = make_probes(preset, pairs)
         self.series = {p.spec.name: {} for p in self.probes}
 

@@ -34,6 +34,7 @@ from harness.probing import ProbeRunner, probe_set_problems
 from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
+from metrics.judges import evaluation_overlaps
 from trainers.base import TrainerConfig
 from trainers.registry import trainer_for
 
@@ -163,7 +164,10 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
     evaluator = Evaluator(preset, opts.metrics)
     run_config = {"preset": preset.record(),
                   "methods": {m: c.model_dump() for m, c in configs.items()},
-                  "metrics": [m.identity for m in evaluator.metrics]}
+                  "metrics": [m.identity for m in evaluator.metrics],
+                  "training_signals": {m: c.training_signals() for m, c in configs.items()}}
+    for line in evaluation_overlaps(run_config["training_signals"], run_config["metrics"]):
+        log.warning(line)
     d = current()
     rundir = RunDir(out)
     if d.is_main:

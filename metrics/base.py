@@ -65,12 +65,21 @@ class MetricSpec:
     weights: tuple[str, ...]  # weight files needed; empty for weights-free metrics
     description: str
     departures: str = ""  # how this implementation departs from the upstream reference
+    # The judge whose verdict the metric reports, by the name methods declare their training signals by
+    # (TrainerConfig.training_signals): a method trained on it shares a source with the metric, and
+    # every table marks that cell (metrics/judges.py). None: a measurement no method trains on.
+    judge: str | None = None
+    # evaluation: a yardstick; training-judge: a training signal scored on every checkpoint, so that its
+    # gain can be read against the held-out judges' (reported apart from the evaluation metrics).
+    role: Literal["evaluation", "training-judge"] = "evaluation"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"{self.name}: kind {self.kind!r} not in {KINDS}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"{self.name}: aggregation {self.aggregation!r} not in {AGGREGATIONS}")
+        if self.role not in ("evaluation", "training-judge"):
+            raise ValueError(f"{self.name}: role {self.role!r} is not evaluation or training-judge")
         unknown = set(self.inputs) - set(VideoSample.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{self.name}: inputs {sorted(unknown)} are not VideoSample fields")

@@ -3,9 +3,10 @@
 Tables 1 and 3), `luminance` (mean frame luma, the paper's lightness reward), and SHIFT's
 pre-trained pixel-motion discriminators `imr_reward` and `lmr_reward`.
 
-A method trained on one of these rewards is evaluated on it here; the report marks the
-training reward so that its rise is read next to the held-out metrics (a reward that rises
-while distortion and FVD get worse is being hacked).
+These are training judges (``role='training-judge'``), not yardsticks: every checkpoint is
+scored on them so that a method's gain on the judge it trained on can be read against its gain
+on the held-out evaluation judges (a reward that rises while distortion and FVD get worse is
+being hacked); a table marks the cells where a method trained on the metric's judge.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from metrics.registry import register
 @register(MetricSpec(
     name="latent_reward", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=None, inputs=("frames", "first_frame", "caption"), weights=("rewards/latent_rm",),
-    description="the latent reward model's score (frozen base-transformer features + head fitted to oracle scores)",
+    description="the latent reward model's score (frozen base-transformer features + head fitted to rater labels): "
+                "the training judge of FCRM and of the preference methods' pairs",
+    judge="latent_rm", role="training-judge",
     departures="FCRM's reward model reads Wan 2.1 features; on the tiny world it reads the tiny base model's",
 ))
 class LatentReward(PerVideoMetric):
@@ -52,6 +55,7 @@ class LatentReward(PerVideoMetric):
     name="luminance", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=None, inputs=("frames",), weights=(),
     description="mean frame luma (BT.601 on RGB in [0, 1]); FCRM's lightness reward",
+    judge="luminance", role="training-judge",
 ))
 class Luminance(PerVideoMetric):
     def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
@@ -93,6 +97,7 @@ class _MotionReward(PerVideoMetric):
     name="imr_reward", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=None, inputs=("frames",), weights=("rewards/imr",),
     description="SHIFT's instantaneous motion reward: pre-trained ViT on transport-residual + flow-confidence maps",
+    judge="imr", role="training-judge",
     departures="weights-free flow (OpenCV DIS, forward-backward confidence) instead of SEA-RAFT; a 2-layer ViT",
 ))
 class IMRReward(_MotionReward):
@@ -103,6 +108,7 @@ class IMRReward(_MotionReward):
     name="lmr_reward", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=None, inputs=("frames",), weights=("rewards/lmr",),
     description="SHIFT's long-term motion reward: pre-trained trajectory transformer on tracked random points",
+    judge="lmr", role="training-judge",
     departures="flow-chaining tracker (OpenCV DIS) instead of CoTracker3; 64 queries instead of 1024",
 ))
 class LMRReward(_MotionReward):

@@ -50,6 +50,16 @@ SHIFT_APPEARANCE = ("subject_consistency", "background_consistency", "aesthetic_
 SHIFT_MOTION = ("temporal_flickering", "motion_smoothness", "dynamic_degree")
 
 
+def rollup_constituents(identity: str) -> tuple[str, ...]:
+    """The dimensions a stored roll-up (``rollup:<prefix>_<key>[...]``) is computed from."""
+    name = identity.removeprefix("rollup:").split("[", 1)[0]
+    if name.startswith("vbench_i2v"):
+        return tuple(VBENCH_I2V_RANGES)
+    if name.startswith("shift_"):
+        return (*SHIFT_APPEARANCE, *SHIFT_MOTION)
+    return ()
+
+
 def _base_values(values: Mapping[str, Any]) -> dict[str, float]:
     """Base name -> finite float; identities are reduced to base names (twice is an error)."""
     out: dict[str, float] = {}

@@ -26,6 +26,7 @@ def _judge(sample: VideoSample, metric: str):
     name="distortion_rate", version="1", higher_is_better=False, kind="per-video", aggregation="fraction",
     vbench_range=None, inputs=("frames", "condition"), weights=(),
     description=f"share of videos with a sprite whose shape/colour integrity is below {DISTORTED_BELOW}",
+    judge="oracle",
     departures="Diffusion-APO judges distortion with humans or a VLM; on the tiny world the oracle judge "
                "from ground truth does it",
 ))
@@ -43,6 +44,7 @@ class DistortionRate(PerVideoMetric):
     name="motion_adherence", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=None, inputs=("frames", "condition"), weights=(),
     description="how closely sprites follow the trajectory their caption asks for (oracle, 0..1)",
+    judge="oracle",
 ))
 class MotionAdherence(PerVideoMetric):
     def identity_options(self) -> dict[str, object]:

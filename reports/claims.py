@@ -15,13 +15,14 @@ methods are not in the run is listed as *not measured*, never guessed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from metrics.judges import MARK, metric_judges
 from reports.tables import markdown_grid
 
 HOLDS, FAILS, UNSURE, ABSENT = "holds", "does not hold", "inconclusive", "not measured"
@@ -50,6 +51,7 @@ class Claim:
     text: str
     methods: tuple[str, ...]
     test: Callable[[RunData], Finding]
+    metric: str | None = None  # the metric (by name) the claim compares methods on, when it is one
 
 
 def _final_values(data: RunData, method: str, metric: str) -> pd.DataFrame:
@@ -171,13 +173,13 @@ def _time_ratio(paper_ratio: float, tolerance: float = 0.2):
 
 CLAIMS: list[Claim] = [
     Claim("SHIFT", "SFT on appearance-only data loses dynamic degree", ("sft",),
-          _difference("dynamic_degree", "sft", "base", positive=False)),
+          _difference("dynamic_degree", "sft", "base", positive=False), metric="dynamic_degree"),
     Claim("SHIFT", "SFT lowers the motion score", ("sft",),
-          _difference("motion_score", "sft", "base", positive=False)),
+          _difference("motion_score", "sft", "base", positive=False), metric="motion_score"),
     Claim("SHIFT", "SHIFT keeps more dynamic degree than SFT", ("sft", "shift"),
-          _difference("dynamic_degree", "shift", "sft", positive=True)),
+          _difference("dynamic_degree", "shift", "sft", positive=True), metric="dynamic_degree"),
     Claim("SHIFT", "SHIFT keeps a higher motion score than SFT", ("sft", "shift"),
-          _difference("motion_score", "shift", "sft", positive=True)),
+          _difference("motion_score", "shift", "sft", positive=True), metric="motion_score"),
     Claim("SHIFT", "SHIFT trains at about 2.46× SFT's cost per epoch (no more than +20 %)", ("sft", "shift"),
           _time_ratio(2.46)),
     Claim("PG-DPO", "DPO displaces the chosen likelihood (log p of chosen samples falls)", ("dpo",),
@@ -187,21 +189,34 @@ CLAIMS: list[Claim] = [
     Claim("PG-DPO", "Gamma > 0 in most training steps of PG-DPO (paper: 81.7 % and 76.9 %)", ("pgdpo",),
           _gamma_positive("pgdpo")),
     Claim("PG-DPO", "PG-DPO improves motion adherence over DPO", ("dpo", "pgdpo"),
-          _difference("motion_adherence", "pgdpo", "dpo", positive=True)),
+          _difference("motion_adherence", "pgdpo", "dpo", positive=True), metric="motion_adherence"),
     Claim("Diffusion-APO", "APO lowers the distortion rate vs DPO at matched compute", ("dpo", "apo"),
-          _difference("distortion_rate", "apo", "dpo", positive=False)),
+          _difference("distortion_rate", "apo", "dpo", positive=False), metric="distortion_rate"),
     Claim("FCRM", "FCRM raises the latent reward over the base model", ("fcrm",),
-          _difference("latent_reward", "fcrm", "base", positive=True)),
+          _difference("latent_reward", "fcrm", "base", positive=True), metric="latent_reward"),
     Claim("FCRM", "hybrid EMA + offline collection beats fully on-policy", ("fcrm", "fcrm-onpolicy"),
-          _difference("latent_reward", "fcrm", "fcrm-onpolicy", positive=True)),
+          _difference("latent_reward", "fcrm", "fcrm-onpolicy", positive=True), metric="latent_reward"),
     Claim("FCRM", "hybrid EMA + offline collection beats fully offline", ("fcrm", "fcrm-offline"),
-          _difference("latent_reward", "fcrm", "fcrm-offline", positive=True)),
+          _difference("latent_reward", "fcrm", "fcrm-offline", positive=True), metric="latent_reward"),
     Claim("FCRM", "fully on-policy beats fully offline", ("fcrm-onpolicy", "fcrm-offline"),
-          _difference("latent_reward", "fcrm-onpolicy", "fcrm-offline", positive=True)),
+          _difference("latent_reward", "fcrm-onpolicy", "fcrm-offline", positive=True), metric="latent_reward"),
 ]
 
 
-def check_claims(data: RunData, claims: list[Claim] | None = None) -> pd.DataFrame:
+def claim_overlap(claim: Claim, signals: Mapping[str, Iterable[str]] | None) -> str:
+    """Which of the claim's methods trained on the judge of the metric it is decided on ('' none)."""
+    if not claim.metric or not signals:
+        return ""
+    judges = metric_judges(claim.metric)
+    hits = [f"{m} trained on {', '.join(sorted(judges & set(signals.get(m, []))))}"
+            for m in claim.methods if judges & set(signals.get(m, []))]
+    return "; ".join(hits)
+
+
+def check_claims(data: RunData, claims: list[Claim] | None = None,
+                 signals: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+    """One row per claim; ``signals`` (each method's training judges) fills the ``overlap`` column: the
+    claim is decided on a metric whose judge one of its methods trained on."""
     rows = []
     have = data.methods()
     for claim in claims or CLAIMS:
@@ -211,8 +226,8 @@ def check_claims(data: RunData, claims: list[Claim] | None = None) -> pd.DataFra
         else:
             finding = claim.test(data)
         rows.append({"paper": claim.paper, "claim": claim.text, "evidence": finding.evidence,
-                     "verdict": finding.verdict})
-    return pd.DataFrame(rows, columns=["paper", "claim", "evidence", "verdict"])
+                     "verdict": finding.verdict, "overlap": claim_overlap(claim, signals)})
+    return pd.DataFrame(rows, columns=["paper", "claim", "evidence", "verdict", "overlap"])
 
 
 def claims_markdown(table: pd.DataFrame, preset: str) -> str:
@@ -223,5 +238,12 @@ def claims_markdown(table: pd.DataFrame, preset: str) -> str:
             "per eval video at each method's final checkpoint, averaged over seeds, with 95 % intervals that "
             "combine video and seed noise (reports/claims.py). "
             + ", ".join(f"{counts.get(v, 0)} {v}" for v in (HOLDS, FAILS, UNSURE, ABSENT)) + ".\n\n")
-    cells = [[r.paper, r.claim, r.evidence, f"**{r.verdict}**"] for r in table.itertuples()]
-    return head + markdown_grid(["paper", "claim", "evidence", "verdict"], cells)
+    marked = "overlap" in table and table["overlap"].astype(bool).any()
+    cells = [[r.paper, r.claim, r.evidence + (f" {MARK}" if getattr(r, "overlap", "") else ""), f"**{r.verdict}**"]
+             for r in table.itertuples()]
+    foot = ""
+    if marked:
+        foot = (f"\n{MARK} decided on a metric whose judge a compared method trained on, so it reads that method's "
+                "own training signal, not a held-out judge: "
+                + "; ".join(f"{r.claim}: {r.overlap}" for r in table.itertuples() if r.overlap) + ".\n")
+    return head + markdown_grid(["paper", "claim", "evidence", "verdict"], cells) + foot

@@ -10,13 +10,19 @@ Per method and checkpoint:
   its discriminators, FCRM's rollout reward) next to held-out judges that did not train it
   (motion score, distortion rate, the frozen pre-trained IMR/LMR rewards);
 * the SFT-term over advantage-term gradient-norm ratio of hybrid objectives (mean over the
-  steps since the previous checkpoint).
+  steps since the previous checkpoint);
+* the gain on the training judge against the gain on a held-out judge: the change from the base
+  model of the first metric whose judge the method trained on (``train judge``, e.g. latent_reward
+  for FCRM and the preference methods, imr_reward for SHIFT; metrics.judges) next to the change of
+  the evaluation oracle's motion adherence and distortion rate, which no default method trains on.
 
 ``signals`` lists, at the final checkpoint, each pattern the paper calls hacking that the
 numbers show; an empty list means none was seen, not that none happened.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -44,7 +50,20 @@ def _logged_at(logs: pd.DataFrame, method: str, key: str, steps: list[int], how:
     return out
 
 
-def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[str]) -> pd.DataFrame:
+JUDGE_ORDER = ("latent_reward", "imr_reward", "lmr_reward", "aesthetic_quality", "luminance", "motion_adherence",
+               "distortion_rate")
+HELD_OUT = ("motion_adherence", "distortion_rate")  # the evaluation oracle's verdicts
+
+
+def _training_judge(method: str, overlap: Mapping[str, Mapping[str, object]] | None) -> str | None:
+    """The metric (by name) that reads the judge the method trained on, in JUDGE_ORDER's preference."""
+    names = {i.split("[", 1)[0] for i in (overlap or {}).get(method, {})}
+    return next((n for n in JUDGE_ORDER if n in names), None)
+
+
+def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[str],
+                  overlap: Mapping[str, Mapping[str, object]] | None = None) -> pd.DataFrame:
+    """``overlap`` (metrics.judges.overlaps): which metrics read each method's training judges."""
     if agg.empty:
         return pd.DataFrame()
     agg = clean_aggregates(agg)
@@ -66,8 +85,15 @@ def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[st
         ratio = _logged_at(logs, method, "grad_norm/sft_over_awr", steps, how="mean")
         held = {name: _agg_series(agg, method, f"{name}[") for name in
                 ("motion_score", "distortion_rate", "imr_reward", "lmr_reward")}
+        judge = _training_judge(method, overlap)
+        judge_series = _agg_series(agg, method, f"{judge}[") if judge else pd.Series(dtype=float)
+        judge_start = _agg_series(agg, "base", f"{judge}[").get(0, np.nan) if judge else np.nan
+        oracle = {name: (_agg_series(agg, method, f"{name}["), _agg_series(agg, "base", f"{name}[").get(0, np.nan))
+                  for name in HELD_OUT if name != judge}
         for s in steps:
             rows.append({
+                "train judge": judge or "–", "train judge Δ": judge_series.get(s, np.nan) - judge_start,
+                **{f"held-out {name} Δ": series.get(s, np.nan) - start for name, (series, start) in oracle.items()},
                 "method": method, "step": s, "gap": gap.get(s, np.nan), "gap change": gap.get(s, np.nan) - start_gap,
                 "FVD": fvd.get(s, np.nan), "FVD drift": fvd.get(s, np.nan) / start_fvd - 1,
                 "train reward": train_r.get(s, np.nan), **{k: v.get(s, np.nan) for k, v in held.items()},
@@ -96,6 +122,13 @@ def hacking_signals(table: pd.DataFrame) -> dict[str, list[str]]:
                 a, b = first[name], last[name]
                 if np.isfinite(a) and np.isfinite(b) and ((b > a) == worse_if_up) and abs(b - a) > 0.05 * abs(a):
                     signs.append(f"training reward rose while held-out {name} got worse ({a:.3f} -> {b:.3f})")
+        gain = last.get("train judge Δ", np.nan)
+        if np.isfinite(gain) and gain > 0:
+            for name, worse_if_up in (("motion_adherence", False), ("distortion_rate", True)):
+                d = last.get(f"held-out {name} Δ", np.nan)
+                if np.isfinite(d) and ((d > 0) == worse_if_up) and d != 0:
+                    signs.append(f"its training judge {last['train judge']} rose ({gain:+.4f} over the base model) "
+                                 f"while the held-out oracle's {name} got worse ({d:+.4f})")
         out[str(method)] = signs
     return out
 
@@ -104,9 +137,13 @@ def hacking_markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return ""
     cols = ["gap", "gap change", "FVD", "FVD drift", "train reward", "motion_score", "distortion_rate",
-            "imr_reward", "lmr_reward", "sft/awr grad"]
+            "imr_reward", "lmr_reward", "sft/awr grad", "train judge", "train judge Δ",
+            *(f"held-out {n} Δ" for n in HELD_OUT)]
+    cols = [c for c in cols if c in table.columns]
 
-    def fmt(c: str, v: float) -> str:
+    def fmt(c: str, v: object) -> str:
+        if isinstance(v, str):
+            return v
         if not np.isfinite(v):
             return "–"
         if c == "FVD drift":
@@ -114,7 +151,7 @@ def hacking_markdown(table: pd.DataFrame) -> str:
         if c == "distortion_rate":
             return f"{100 * v:.1f}%"
         return f"{v:.1f}" if c == "FVD" else f"{v:.3g}" if c == "sft/awr grad" else f"{v:+.4f}" \
-            if c == "gap change" else f"{v:.4f}"
+            if c == "gap change" or c.endswith("Δ") else f"{v:.4f}"
 
     cells = [[r["method"], str(r["step"]), *[fmt(c, r[c]) for c in cols]] for _, r in table.iterrows()]
     signals = hacking_signals(table)
@@ -122,6 +159,9 @@ def hacking_markdown(table: pd.DataFrame) -> str:
     return ("Reward-hacking diagnostics (every method, every checkpoint). gap: VBench motion minus appearance "
             "(raw scores); FVD drift: relative to the run's starting model; train reward: what the method "
             "optimised, as logged (SHIFT: its buffer's reward under the moving discriminators; FCRM: its rollout "
-            "reward); motion score, distortion rate and the frozen pre-trained IMR/LMR rewards are held out; "
-            "sft/awr grad: the SFT term's gradient norm over the advantage term's.\n\n"
+            "reward); motion score, distortion rate and the frozen pre-trained IMR/LMR rewards are held out "
+            "(except for a method trained on one of them); sft/awr grad: the SFT term's gradient norm over the "
+            "advantage term's; train judge Δ: the change over the base model of the metric that reads the judge "
+            "the method trained on, next to the held-out oracle's changes (a training judge that rises while the "
+            "oracle gets worse is being hacked).\n\n"
             + markdown_grid(["method", "step", *cols], cells) + "\n\nAt the final checkpoint:\n\n" + "\n".join(lines))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.store import open_readonly
+from metrics.judges import overlaps
 from reports.claims import RunData, check_claims, claims_markdown
 from reports.distortion import distortion_markdown, distortion_table
 from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table
@@ -60,8 +61,10 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = final_table(agg, info.methods, info.metrics)
     dirs = directions_for(table.metrics)
-    opts = {"show_ci": show_ci, "directions": dirs, "preset": info.preset_name, "num_videos": info.num_videos}
-    order = {"show_ci": show_ci, "methods": info.methods, "metrics": info.metrics}
+    overlap = overlaps(info.training_signals, agg["metric"].unique() if not agg.empty else [])
+    opts = {"show_ci": show_ci, "directions": dirs, "preset": info.preset_name, "num_videos": info.num_videos,
+            "overlap": overlap}
+    order = {"show_ci": show_ci, "methods": info.methods, "metrics": info.metrics, "overlap": overlap}
     (out / "table.md").write_text(to_markdown(table, **opts), encoding="utf-8")
     (out / "table.tex").write_text(to_latex(table, **opts), encoding="utf-8")
     (out / "steps.md").write_text(steps_to_markdown(agg, **order), encoding="utf-8")
@@ -93,10 +96,11 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     shift_text = shift_markdown(shift, shift_checks(shift_records, shift_methods(info.method_configs)))
     if shift_text:
         (out / "shift.md").write_text(shift_text, encoding="utf-8")
-    claims_text = claims_markdown(check_claims(RunData(all_records, logs)), info.preset_name)
+    claims_text = claims_markdown(check_claims(RunData(all_records, logs), signals=info.training_signals),
+                                  info.preset_name)
     if claims_text:
         (out / "claims.md").write_text(claims_text, encoding="utf-8")
-    hacking_text = hacking_markdown(hacking_table(agg, logs, info.methods))
+    hacking_text = hacking_markdown(hacking_table(agg, logs, info.methods, overlap))
     if hacking_text:
         (out / "hacking.md").write_text(hacking_text, encoding="utf-8")
     gallery = build_gallery(run_dir, out / "gallery", GALLERY_VIDEOS, methods=info.methods,

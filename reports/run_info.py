@@ -29,6 +29,8 @@ class RunInfo:
     hardware: dict[str, Any] = field(default_factory=dict)
     preset_label: str | None = None  # the store's preset column, when the preset dict lacks a name
     method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # trainer settings per method
+    # the judges each method trained on (TrainerConfig.training_signals), as the run recorded them
+    training_signals: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def preset_name(self) -> str | None:
@@ -88,4 +90,22 @@ def load_run_info(run_dir: Path, store: ResultStore) -> RunInfo:
         preset_label=row.get("preset"),
         method_configs={str(k): dict(v) for k, v in (meta.get("methods") or config.get("methods") or {}).items()
                         if isinstance(v, dict)},
+        training_signals=_signals(meta.get("training_signals") or config.get("training_signals"),
+                                  meta.get("methods") or config.get("methods") or {}),
     )
+
+
+def _signals(recorded: Any, method_configs: dict[str, Any]) -> dict[str, list[str]]:
+    """The recorded training signals, or (a run from before they were recorded) the ones its method
+    settings declare; a method whose settings no longer load is left out, with a warning."""
+    if isinstance(recorded, dict):
+        return {str(m): [str(s) for s in v] for m, v in recorded.items()}
+    from trainers.registry import trainer_for
+
+    out = {}
+    for method, cfg in method_configs.items():
+        try:
+            out[str(method)] = trainer_for(method, cfg).config_class(**cfg).training_signals()
+        except Exception as exc:  # an old or foreign config: the table cannot mark this method
+            log.warning("training signals of method %s unknown (%s); its table cells are not marked", method, exc)
+    return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from metrics.judges import MARK
 from reports.identity import (
     arrow,
     backend_summary,
@@ -30,6 +31,8 @@ TINY_DISCLAIMER = ("Numbers from the tiny preset are about the synthetic tiny wo
                    "or FVD of a real model.")
 _KEY = ["method", "seed", "step"]
 Directions = Mapping[str, bool | None] | None  # by identity or bare name; None: ask the metric registry
+# {method: {metric identity: [judges it shares with the method's training]}} (metrics.judges.overlaps)
+Overlap = Mapping[str, Mapping[str, Sequence[str]]] | None
 _NUMERIC = ["value", "ci_low", "ci_high"]
 
 
@@ -156,8 +159,28 @@ def _seed_note(used: int, run: int) -> str:
     return note + (f" ({used} of {run} seeds reached it)" if used < run else "")
 
 
+def overlap_line(overlap: Overlap, methods: Iterable[str], metrics: Iterable[str]) -> str | None:
+    """The footnote of the overlap mark: which methods trained on which metrics' judges."""
+    metrics = set(metrics)
+    parts = []
+    for m in methods:
+        hits = {i: j for i, j in (overlap or {}).get(m, {}).items() if i in metrics}
+        if hits:
+            judges = sorted({x for j in hits.values() for x in j})
+            names = sorted({i.split("[", 1)[0] for i in hits})
+            parts.append(f"{m} trained on the {', '.join(judges)} judge ({', '.join(names)})")
+    if not parts:
+        return None
+    return (f"{MARK}: the method trained on this metric's judge, so the number is not a held-out measurement of "
+            "it: " + "; ".join(parts) + ".")
+
+
+def _marked(overlap: Overlap, method: str, identity: str) -> bool:
+    return bool((overlap or {}).get(method, {}).get(identity))
+
+
 def caption_lines(table: FinalTable, preset: str | None, num_videos: int | None,
-                  show_ci: bool = False) -> list[str]:
+                  show_ci: bool = False, overlap: Overlap = None) -> list[str]:
     """Plain-text caption: what was evaluated, with which backends, what a cell is, and the disclaimer."""
     size = f"{num_videos} videos" if num_videos else "size unknown"
     lines = [f"Preset: {preset or 'unknown'}; eval set: {size}; backends: "
@@ -168,6 +191,8 @@ def caption_lines(table: FinalTable, preset: str | None, num_videos: int | None,
     if show_ci:
         cell += " Several seeds: mean ± std over seeds; one seed: value [95 % bootstrap CI over videos]."
     lines.append(cell + " Bold: best, underlined: second best, in the direction of the arrow.")
+    if note := overlap_line(overlap, table.methods, table.metrics):
+        lines.append(note)
     if is_tiny(preset, table.metrics):
         lines.append(TINY_DISCLAIMER)
     return lines
@@ -183,6 +208,7 @@ class _Style:
     pm: str
     up: str
     down: str
+    mark: str = "†"
 
 
 def _md_escape(text: str) -> str:
@@ -200,12 +226,14 @@ def latex_escape(text: str) -> str:
 
 
 MARKDOWN = _Style(_md_escape, "**{}**", "<u>{}</u>", "±", "↑", "↓")
-LATEX = _Style(latex_escape, r"\textbf{{{}}}", r"\underline{{{}}}", r"$\pm$", r"$\uparrow$", r"$\downarrow$")
-HTML = _Style(html.escape, "<strong>{}</strong>", "<u>{}</u>", "±", "↑", "↓")
+LATEX = _Style(latex_escape, r"\textbf{{{}}}", r"\underline{{{}}}", r"$\pm$", r"$\uparrow$", r"$\downarrow$",
+               r"$^\dagger$")
+HTML = _Style(html.escape, "<strong>{}</strong>", "<u>{}</u>", "±", "↑", "↓",
+              '<sup class="overlap" title="trained on this metric\'s judge">†</sup>')
 
 
 def _styled(table: FinalTable, style: _Style, show_ci: bool,
-            directions: Mapping[str, bool | None] | None) -> tuple[list[str], list[list[str]]]:
+            directions: Mapping[str, bool | None] | None, overlap: Overlap = None) -> tuple[list[str], list[list[str]]]:
     """Escaped header and body cells with arrows and marks applied."""
     dirs = directions_for(table.metrics, directions)
     labels = column_labels(table.metrics)
@@ -220,8 +248,9 @@ def _styled(table: FinalTable, style: _Style, show_ci: bool,
         for c in table.metrics:
             text = style.escape(cells.at[m, c]).replace("\0", style.pm)
             mark = marks.at[m, c]
-            row.append(style.bold.format(text) if mark == "best" else
-                       style.under.format(text) if mark == "second" else text)
+            text = (style.bold.format(text) if mark == "best" else
+                    style.under.format(text) if mark == "second" else text)
+            row.append(text + (style.mark if _marked(overlap, m, c) else ""))
         body.append(row)
     return headers, body
 
@@ -233,19 +262,21 @@ def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def to_markdown(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
-                preset: str | None = None, num_videos: int | None = None) -> str:
-    """Caption paragraphs then a GitHub table (bold best, <u>second</u>, ↑/↓ headers)."""
-    caption = "\n\n".join(_md_escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
+                preset: str | None = None, num_videos: int | None = None, overlap: Overlap = None) -> str:
+    """Caption paragraphs then a GitHub table (bold best, <u>second</u>, ↑/↓ headers, † overlap)."""
+    caption = "\n\n".join(_md_escape(line) for line in caption_lines(table, preset, num_videos, show_ci, overlap))
     if not table.metrics:
         return caption + "\n\n_No results stored for this run._\n"
-    return caption + "\n\n" + markdown_grid(*_styled(table, MARKDOWN, show_ci, directions))
+    return caption + "\n\n" + markdown_grid(*_styled(table, MARKDOWN, show_ci, directions, overlap))
 
 
 def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
-             preset: str | None = None, num_videos: int | None = None, label: str = "tab:results") -> str:
+             preset: str | None = None, num_videos: int | None = None, label: str = "tab:results",
+             overlap: Overlap = None) -> str:
     """A booktabs ``table`` environment (needs only ``\\usepackage{booktabs}``)."""
-    caption = " ".join(latex_escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
-    headers, body = _styled(table, LATEX, show_ci, directions)
+    caption = " ".join(latex_escape(line) for line in caption_lines(table, preset, num_videos, show_ci, overlap))
+    caption = caption.replace(latex_escape(MARK), r"$^\dagger$")
+    headers, body = _styled(table, LATEX, show_ci, directions, overlap)
     lines = ["% requires \\usepackage{booktabs}", r"\begin{table}[t]", r"  \centering",
              f"  \\caption{{{caption}}}", f"  \\label{{{label}}}",
              f"  \\begin{{tabular}}{{l{'r' * len(table.metrics)}}}", r"    \toprule",
@@ -256,12 +287,12 @@ def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions
 
 
 def to_html(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
-            preset: str | None = None, num_videos: int | None = None) -> str:
+            preset: str | None = None, num_videos: int | None = None, overlap: Overlap = None) -> str:
     """A ``<table>`` with the same marks; the caption lines become its ``<caption>``."""
-    caption = "<br>".join(html.escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
+    caption = "<br>".join(html.escape(line) for line in caption_lines(table, preset, num_videos, show_ci, overlap))
     if not table.metrics:
         return f'<p class="caption">{caption}</p><p>No results stored for this run.</p>'
-    headers, body = _styled(table, HTML, show_ci, directions)
+    headers, body = _styled(table, HTML, show_ci, directions, overlap)
     head = "".join(f"<th>{h}</th>" for h in headers)
     rows = "".join("<tr><th>" + row[0] + "</th>" + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
                    for row in body)
@@ -287,7 +318,8 @@ def step_table(agg: pd.DataFrame, methods: Sequence[str] | None = None,
 
 
 def _step_grid(agg: pd.DataFrame, escape: Callable[[str], str], show_ci: bool, methods: Sequence[str] | None,
-               metrics: Sequence[str] | None) -> tuple[list[str], list[list[str]]]:
+               metrics: Sequence[str] | None, overlap: Overlap = None,
+               mark: str = MARK) -> tuple[list[str], list[list[str]]]:
     values = step_table(agg, methods, metrics)
     cols = [c for c in values.columns if c not in _KEY]
     lows, highs = step_table(agg, methods, metrics, "ci_low"), step_table(agg, methods, metrics, "ci_high")
@@ -302,24 +334,28 @@ def _step_grid(agg: pd.DataFrame, escape: Callable[[str], str], show_ci: bool, m
             text = format_number(v, d)
             if show_ci and _finite(v) and _finite(lo) and _finite(hi):
                 text += f" [{format_number(lo, d)}, {format_number(hi, d)}]"
-            cells.append(escape(text))
+            cells.append(escape(text) + (mark if _marked(overlap, str(values.at[i, "method"]), c) else ""))
         body.append(cells)
     return ["Method", "Seed", "Step", *(escape(labels[c]) for c in cols)], body
 
 
 def steps_to_markdown(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence[str] | None = None,
-                      metrics: Sequence[str] | None = None) -> str:
+                      metrics: Sequence[str] | None = None, overlap: Overlap = None) -> str:
     """The appendix table: every evaluated checkpoint, values (and CIs with ``show_ci``) per metric."""
     if agg.empty:
         return "_No results stored for this run._\n"
-    return markdown_grid(*_step_grid(agg, _md_escape, show_ci, methods, metrics))
+    grid = markdown_grid(*_step_grid(agg, _md_escape, show_ci, methods, metrics, overlap))
+    note = overlap_line(overlap, method_order(agg["method"], methods), agg["metric"].unique())
+    return grid + (f"\n{_md_escape(note)}\n" if note else "")
 
 
 def steps_to_html(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence[str] | None = None,
-                  metrics: Sequence[str] | None = None) -> str:
+                  metrics: Sequence[str] | None = None, overlap: Overlap = None) -> str:
     if agg.empty:
         return "<p>No results stored for this run.</p>"
-    headers, body = _step_grid(agg, html.escape, show_ci, methods, metrics)
+    headers, body = _step_grid(agg, html.escape, show_ci, methods, metrics, overlap, HTML.mark)
     head = "".join(f"<th>{h}</th>" for h in headers)
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
-    return f'<table class="steps"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    note = overlap_line(overlap, method_order(agg["method"], methods), agg["metric"].unique())
+    foot = f'<p class="caption">{html.escape(note)}</p>' if note else ""
+    return f'<table class="steps"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{foot}'

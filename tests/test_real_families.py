@@ -225,12 +225,13 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
     from harness.data.preferences import PairsError
     from trainers.preference import PairsConfig, load_pairs
 
-    with pytest.raises(PairsError, match="oracle, which real footage .* does not have; use source=file"):
+    with pytest.raises(PairsError, match="ranks rollouts of the tiny world, which real footage .* is not; "
+                                         "use source=file"):
         load_pairs(load_adapter(preset.adapter), preset, PairsConfig(split="finetune", conditions=2), None)
     online = {"batch_size": 2, "stages": [{"kind": "online", "steps": 1, "split": "finetune"}]}
     apo = trainer_for("apo", online)
     with pytest.raises(ConfigError, match=r"methods.apo.stages\[0\] \(online\) is ranked by the tiny world's "
-                                          r"oracle.*ranker: vlm"):
+                                          r"latent_rm.*ranker: vlm"):
         apo(load_adapter(preset.adapter), preset, apo.config_class(**online), 0)
     with pytest.raises(RewardError, match="unknown split 'prompts'"):
         train_motion_rewards(preset, tmp_path / "rm", ["imr"], clips=6, show_progress=False)

@@ -127,8 +127,8 @@ def test_methods_that_cannot_work_on_the_preset_are_refused_before_any_training(
         run(preset, tmp_path / "run", RunOptions(["sft", "dpo", "apo", "fcrm", "fcrm-b"], [0], steps=2,
                                                  show_progress=False))
     msg = str(err.value)
-    assert "methods.dpo.pairs.source=rollouts judges rollouts with the tiny world's oracle" in msg
-    assert "methods.apo.stages[0] (online) is ranked by the tiny world's oracle" in msg
+    assert "methods.dpo.pairs.source=rollouts ranks rollouts of the tiny world" in msg
+    assert "methods.apo.stages[0] (online) is ranked by the tiny world's latent_rm" in msg
     assert "methods.fcrm.reward.name='nope' is not a registered reward" in msg
     assert "probes.split='eval' is not a split of the footage; use one of finetune" in msg
     assert f"methods.fcrm-b.reward: latent reward model file missing: {tmp_path / 'no-rm'}" in msg

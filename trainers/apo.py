@@ -24,8 +24,9 @@ so "adapters disabled" is the previous stage's model. Stage ends are checkpoints
   * ``distill_dpo``: distillation-aware DPO, an offline stage whose reference is the
     distilled model (refused unless a ``distill`` stage comes before it).
 
-Rankers (trainers/rankers.py): the tiny world's oracle, or a local vision-language model
-with the paper's hierarchical four-way prompt.
+Rankers (trainers/rankers.py): the learned reward model fitted to rater labels (latent_rm, the
+default: a training judge, not the evaluation's), the tiny world's oracle (marked as the evaluation
+judge in reports), or a local vision-language model with the paper's hierarchical four-way prompt.
 
 Defaults scaled for the tiny model: lr 5e-5 and beta 100 as `dpo`, batch 8 pairs, one
 offline stage of 60 steps (= 300 DPO steps of compute), the paper's shifts {3,4,5,6},
@@ -46,9 +47,16 @@ from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
 from harness.sampling import SamplerConfig, guided_velocity, sample
 from trainers.base import Trainer
-from trainers.preference import DPOObjectiveConfig, PairsConfig, load_pairs, pair_errors, pairs_problems
+from trainers.preference import (
+    DPOObjectiveConfig,
+    PairsConfig,
+    load_pairs,
+    pair_errors,
+    pair_signals,
+    pairs_problems,
+)
 from trainers.preference_losses import dpo_loss
-from trainers.rankers import get_ranker
+from trainers.rankers import RankCondition, get_ranker
 from trainers.registry import register_trainer
 from trainers.timesteps import TimestepSamplerConfig, TrajectoryTimesteps
 
@@ -62,8 +70,11 @@ class StageConfig(BaseModel):
     steps: int = Field(ge=1)
     pairs: PairsConfig | None = Field(None, description="offline/distill_dpo: the pair set; "
                                                         "half_online: labelled anchors")
-    ranker: Literal["oracle", "vlm"] = Field("oracle", description="online: who picks chosen and rejected")
-    ranker_model: str | None = Field(None, description="online with ranker vlm: the local model directory")
+    ranker: Literal["latent_rm", "oracle", "vlm"] = Field(
+        "latent_rm", description="online: who picks chosen and rejected (latent_rm: the learned training judge; "
+                                 "oracle: the evaluation's own judge, marked in reports)")
+    ranker_model: str | None = Field(None, description="online with ranker vlm: the local model directory; "
+                                                       "latent_rm: its directory (default: the shipped one)")
     split: str = Field("prompts", description="online: conditions to roll out from; distill: clips to noise")
     conditions: int = Field(96, ge=1, description="online/distill: how many conditions of `split` to draw from")
     # distill: the teacher (the previous stage, frozen) guided by CFG and STG (Eq. 3)
@@ -124,14 +135,24 @@ class APOConfig(DPOObjectiveConfig):
                                  "before it")
         return self
 
+    def training_signals(self) -> list[str]:
+        out: list[str] = []
+        for stage in self.stages:
+            out += pair_signals(stage.pairs)
+            if stage.kind == "online":
+                out.append(stage.ranker)
+            if stage.kind == "distill":
+                out.append("teacher")
+        return list(dict.fromkeys(out))
+
     def preset_problems(self, preset, where: str) -> list[str]:
         problems = []
         for i, stage in enumerate(self.stages):
             if stage.pairs is not None:
                 problems += pairs_problems(stage.pairs, preset, f"{where}.stages[{i}].pairs")
-            if stage.kind == "online" and stage.ranker == "oracle" and preset.data is not None:
-                problems.append(f"{where}.stages[{i}] (online) is ranked by the tiny world's oracle, which real "
-                                f"footage (preset {preset.name!r}) does not have; rank with a vision-language "
+            if stage.kind == "online" and stage.ranker != "vlm" and preset.data is not None:
+                problems.append(f"{where}.stages[{i}] (online) is ranked by the tiny world's {stage.ranker}, which "
+                                f"real footage (preset {preset.name!r}) does not have; rank with a vision-language "
                                 "model: ranker: vlm, ranker_model: DIR")
             if stage.kind == "distill":
                 problems += _distill_problems(stage, preset, f"{where}.stages[{i}]")
@@ -229,7 +250,8 @@ class APOTrainer(Trainer):
 
     def _pairs(self, stage: int):
         if stage not in self._data:
-            self._data[stage] = load_pairs(self.adapter, self.preset, self.config.stages[stage].pairs, self.workdir)
+            self._data[stage] = load_pairs(self.adapter, self.preset, self.config.stages[stage].pairs, self.workdir,
+                                           sampler=self.sampler)
         return self._data[stage]
 
     # -- data of one step --------------------------------------------------------------
@@ -285,7 +307,8 @@ class APOTrainer(Trainer):
             c = self._policy_frames(cond, [seeds_c[i] for i in mine])
             ranker = self._ranker(stage)
             for j, i in enumerate(mine):
-                pref = ranker.prefer(a[j], c[j], batch.specs[j])
+                pref = ranker.prefer(a[j], c[j], RankCondition(batch.specs[j], batch.frames[j, 0],
+                                                               batch.captions[j]))
                 if pref:
                     kept.append(i)
                     won.append(a[j] if pref > 0 else c[j])

@@ -43,6 +43,13 @@ class TrainerConfig(BaseModel):
         so `harness run` refuses before any method trains."""
         return []
 
+    def training_signals(self) -> list[str]:
+        """The judges this method's updates are driven by (a reward, a ranker, the judge that ranked its
+        pairs), by the name the metrics declare as their ``judge`` (``MetricSpec.judge``): a metric whose
+        judge is listed shares a source with the method's training and is marked in every table. Data a
+        method imitates (SFT's clips) is not a judge."""
+        return []
+
     def batch_layout(self) -> list[tuple[str, int, int]]:
         """(what, global count, group size) of each batch split across ranks: the count must be a
         multiple of world size x group size (a group never straddles two ranks)."""

@@ -131,6 +131,9 @@ class FCRMConfig(TrainerConfig):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
 
+    def training_signals(self) -> list[str]:
+        return [self.reward.name]
+
     def preset_problems(self, preset, where: str) -> list[str]:
         from trainers.reward_model import missing_file
         from trainers.rewards import REWARDS

@@ -31,6 +31,7 @@ from harness.data.preferences import (
 from harness.data.source import clip_length, data_file, frame_size
 from harness.distributed import current
 from harness.models.base import Conditioning, ModelAdapter
+from harness.sampling import SamplerConfig
 from trainers.base import Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
 from trainers.preference_losses import PairErrors
@@ -44,8 +45,14 @@ class PairsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Literal["rollouts", "file", "footage"] = Field(
-        "rollouts", description="rollouts: the reference model's samples judged by the tiny world's oracle; file: "
+        "rollouts", description="rollouts: the reference model's samples ranked by `judge`; file: "
                                 "a pairs file; footage: a real clip (chosen) against a reference sample (rejected)")
+    judge: Literal["latent_rm", "oracle"] = Field(
+        "latent_rm", description="rollouts: who ranks them. latent_rm: the learned reward model fitted to rater "
+                                 "labels on clips no method uses (a training judge, as VideoAlign is the paper's); "
+                                 "oracle: the tiny world's ground truth, which the evaluation metrics "
+                                 "distortion_rate and motion_adherence also use (reports mark the overlap)")
+    judge_model: str | None = Field(None, description="judge latent_rm: its directory (default: the shipped one)")
     path: str | None = Field(None, description="JSONL/CSV pairs file (source=file); relative: under $HARNESS_DATA")
     split: str = Field("prompts", description="split the conditions come from")
     conditions: int = Field(96, ge=1)
@@ -53,17 +60,25 @@ class PairsConfig(BaseModel):
     seed: int = 0
 
 
+def pair_signals(cfg: PairsConfig | None) -> list[str]:
+    """The judge that ranked a pair set: ``cfg.judge`` for rollouts, human labels for a file, the data
+    itself for footage (a real clip chosen over a sample)."""
+    if cfg is None:
+        return []
+    return {"rollouts": [cfg.judge], "file": ["labels"], "footage": ["footage"]}[cfg.source]
+
+
 def pairs_problems(cfg: PairsConfig, preset, where: str) -> list[str]:
     """Why the pair set ``cfg`` cannot be built on ``preset`` (empty: it can)."""
     if cfg.source == "file":
         return [] if cfg.path else [f"{where}.source=file needs {where}.path (a JSONL or CSV pairs file)"]
     if cfg.source == "rollouts" and preset.data is not None:
-        return [f"{where}.source=rollouts judges rollouts with the tiny world's oracle, which real footage "
-                f"(preset {preset.name!r}) does not have; use source=file (a pairs file) or source=footage"]
+        return [f"{where}.source=rollouts ranks rollouts of the tiny world (by its learned judge or oracle), which "
+                f"real footage (preset {preset.name!r}) is not; use source=file (a pairs file) or source=footage"]
     if cfg.source == "footage":
         if preset.data is None:
             return [f"{where}.source=footage pairs real clips with samples, and preset {preset.name!r} has no "
-                    "footage; use source=rollouts (judged by the tiny world's oracle)"]
+                    "footage; use source=rollouts (ranked by the tiny world's judge)"]
         if cfg.split not in preset.data.splits:
             return [f"{where}.split={cfg.split!r} is not a split of the footage; use one of "
                     f"{', '.join(preset.data.splits)}"]
@@ -82,6 +97,9 @@ class PreferenceConfig(DPOObjectiveConfig):
     def preset_problems(self, preset, where: str) -> list[str]:
         return pairs_problems(self.pairs, preset, f"{where}.pairs")
 
+    def training_signals(self) -> list[str]:
+        return pair_signals(self.pairs)
+
 
 def weights_digest(adapter: ModelAdapter) -> str:
     """Hash of the base weights (LoRA tensors excluded, and peft's ``base_layer`` renaming undone, so
@@ -96,27 +114,30 @@ def weights_digest(adapter: ModelAdapter) -> str:
 
 
 def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | None,
-               show_progress: bool = False, start: int = 0) -> PairSet:
+               show_progress: bool = False, start: int = 0, sampler: SamplerConfig | None = None) -> PairSet:
     """The pair set ``cfg`` describes, from the run's cache when it was built before. Its conditions
     are clips ``start`` .. ``start + cfg.conditions - 1`` of ``cfg.split`` (the probes' held-out
-    set starts past every trainer's conditions; a trainer's own pairs start at 0)."""
+    set starts past every trainer's conditions; a trainer's own pairs start at 0). Rollouts and
+    reference samples use ``sampler`` (a method's own; default: the preset's), part of the cache key."""
+    sampler = sampler or preset.sampler
     if cfg.source == "file":
         if not cfg.path:
             raise ValueError("pairs.source=file needs pairs.path (a JSONL or CSV pairs file)")
         return import_pairs(data_file(cfg.path), resolution=frame_size(preset), num_frames=clip_length(preset))
     if cfg.source == "rollouts" and preset.data is not None:
-        raise PairsError(f"pairs.source=rollouts judges rollouts with the tiny world's oracle, which real footage "
-                         f"(preset {preset.name!r}) does not have; use source=file (a pairs file) or source=footage "
+        raise PairsError(f"pairs.source=rollouts ranks rollouts of the tiny world, which real footage "
+                         f"(preset {preset.name!r}) is not; use source=file (a pairs file) or source=footage "
                          "(real clip chosen over a reference sample)")
     if cfg.source == "footage":
         if preset.data is None:
             raise PairsError("pairs.source=footage pairs real clips with samples; the tiny world's presets use "
-                             "source=rollouts (judged by its oracle)")
+                             "source=rollouts (ranked by its judge)")
         key = footage_key(weights_digest(adapter), preset.data.model_dump(mode="json"), cfg.split, cfg.conditions,
-                          preset.sampler, cfg.seed, start)
+                          sampler, cfg.seed, start)
     else:
+        judge_name, scorer = pair_judge(cfg)
         key = rollout_key(weights_digest(adapter), preset.world, cfg.split, cfg.conditions, cfg.per_condition,
-                          preset.sampler, cfg.seed, "oracle", start)
+                          sampler, cfg.seed, judge_name, start)
     path = workdir / "pairs" / f"rollouts-{key}.npz" if workdir else None
     d = current()
     # Rank 0's cache decides (building is collective, so every rank must take the same branch), and
@@ -126,20 +147,31 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
         return PairSet.load(Path(found))
     if cfg.source == "footage":
         log.info("building %d preference pairs: real clips against reference samples", cfg.conditions)
-        pairs = build_footage_pairs(adapter, preset, preset.sampler, split=cfg.split, conditions=cfg.conditions,
+        pairs = build_footage_pairs(adapter, preset, sampler, split=cfg.split, conditions=cfg.conditions,
                                     seed=cfg.seed, batch_size=preset.eval.batch_size or 8,
                                     show_progress=show_progress, start=start)
     else:
-        log.info("building %d preference pairs from %d rollouts", cfg.conditions,
-                 cfg.conditions * cfg.per_condition)
-        pairs = build_rollout_pairs(adapter, preset.world, preset.sampler, split=cfg.split,
+        log.info("building %d preference pairs from %d rollouts, ranked by %s", cfg.conditions,
+                 cfg.conditions * cfg.per_condition, cfg.judge)
+        pairs = build_rollout_pairs(adapter, preset.world, sampler, split=cfg.split,
                                     conditions=cfg.conditions, per_condition=cfg.per_condition, seed=cfg.seed,
-                                    show_progress=show_progress, start=start)
+                                    show_progress=show_progress, start=start, batch_judge=scorer,
+                                    judge_name=judge_name)
     pairs.provenance["cache_key"] = key
     if path and d.is_main:  # one writer: the ranks hold the same pairs (sampled in shards, gathered)
         pairs.save(path)
         path.with_suffix(".json").write_text(json.dumps(pairs.provenance, indent=2))  # readable next to it
     return pairs
+
+
+def pair_judge(cfg: PairsConfig):
+    """(name in the cache key, batch judge or None for the oracle) of a rollout pair set."""
+    if cfg.judge == "oracle":
+        return "oracle", None
+    from trainers.reward_model import load_reward_model, video_scorer
+
+    rm = load_reward_model(cfg.judge_model)
+    return f"latent_rm:{rm.digest}", video_scorer(rm)
 
 
 def pair_errors(adapter: ModelAdapter, x_w: torch.Tensor, x_l: torch.Tensor, cond: Conditioning,
@@ -167,7 +199,7 @@ class PreferenceTrainer(Trainer):
 
     def __init__(self, adapter, preset, config, seed, workdir=None):
         super().__init__(adapter, preset, config, seed, workdir)
-        self.pairs = load_pairs(adapter, preset, config.pairs, workdir)
+        self.pairs = load_pairs(adapter, preset, config.pairs, workdir, sampler=self.sampler)
 
     @abstractmethod
     def objective(self, errors: PairErrors) -> tuple[torch.Tensor, dict[str, float]]:

@@ -1,8 +1,10 @@
 """Rankers: decide which of two videos of the same condition is preferred.
 
 Online preference methods (Diffusion-APO's online and half-online stages) need one at
-every step. ``oracle`` is the tiny world's ground-truth judge (mean of sprite
-integrity and motion adherence); ``LabelRanker`` answers from imported human labels;
+every step. ``latent_rm`` (the default on the tiny world) is the learned reward model fitted to
+rater labels, the training judge every method shares; ``oracle`` is the tiny world's ground-truth
+judge (mean of sprite integrity and motion adherence), which is also the evaluation's, so a run
+ranked by it is marked in every table; ``LabelRanker`` answers from imported human labels;
 ``VLMRanker`` asks a local vision-language model the paper's hierarchical four-way
 question (``ranker: vlm`` with ``ranker_model: DIR`` in a stage).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -20,6 +23,20 @@ import numpy as np
 from harness.data.preferences import PairSet, oracle_score
 from harness.data.world import WorldConfig
 from harness.extras import has_module, missing_extra
+
+
+@dataclass(frozen=True)
+class RankCondition:
+    """What a ranker may read of a pair's condition: the conditioning image and caption a model sees,
+    and (for the oracle alone) the world's clip spec."""
+
+    spec: object
+    first_frame: np.ndarray  # (H, W, 3) uint8
+    caption: str
+
+
+def _spec(condition: object) -> object:
+    return condition.spec if isinstance(condition, RankCondition) else condition
 
 
 class Ranker(ABC):
@@ -41,10 +58,32 @@ class OracleRanker(Ranker):
         self._score = oracle_score(world)
 
     def prefer(self, a: np.ndarray, b: np.ndarray, condition: object) -> int:
-        sa, sb = self._score(a, condition), self._score(b, condition)
-        if not (np.isfinite(sa) and np.isfinite(sb)) or sa == sb:
-            return 0
-        return 1 if sa > sb else -1
+        return _compare(self._score(a, _spec(condition)), self._score(b, _spec(condition)))
+
+
+def _compare(sa: float, sb: float) -> int:
+    if not (np.isfinite(sa) and np.isfinite(sb)) or sa == sb:
+        return 0
+    return 1 if sa > sb else -1
+
+
+class RewardRanker(Ranker):
+    """The learned reward model (fitted to rater labels, never to the evaluation oracle) scores each
+    video from its frames, conditioning image and caption; the higher score wins."""
+
+    name = "latent_rm"
+
+    def __init__(self, model_dir: str | None = None):
+        from trainers.reward_model import load_reward_model, video_scorer
+
+        self.model = load_reward_model(model_dir)
+        self._score = video_scorer(self.model)
+
+    def prefer(self, a: np.ndarray, b: np.ndarray, condition: object) -> int:
+        if not isinstance(condition, RankCondition):
+            raise TypeError("the latent_rm ranker reads the conditioning image and caption: pass a RankCondition")
+        s = self._score(np.stack([a, b]), np.stack([condition.first_frame] * 2), [condition.caption] * 2)
+        return _compare(float(s[0]), float(s[1]))
 
 
 class LabelRanker(Ranker):
@@ -77,11 +116,13 @@ def _digest(video: np.ndarray) -> str:
 def get_ranker(name: str, world: WorldConfig, model_dir: str | None = None) -> Ranker:
     if name == "oracle":
         return OracleRanker(world)
+    if name == "latent_rm":
+        return RewardRanker(model_dir)
     if name == "vlm":
         if not model_dir:
             raise ValueError("ranker 'vlm' needs ranker_model: a local directory with the model's weights")
         return VLMRanker(model_dir)
-    raise ValueError(f"unknown ranker {name!r} for online ranking; available: oracle, vlm "
+    raise ValueError(f"unknown ranker {name!r} for online ranking; available: latent_rm, oracle, vlm "
                      "(human labels rank only the pairs they label: LabelRanker)")
 
 

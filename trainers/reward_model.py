@@ -4,11 +4,13 @@ As FCRM's reward model (Sec. 5.1), it scores x0 in the generator's own space: th
 base transformer runs on x0 at a fixed noise level, the output of one intermediate block
 (spatio-temporal tokens) is read by a forward hook (the blocks after it are skipped), and
 a query-attention head cross-attends to those tokens together with the caption tokens and
-maps the pooled result to a scalar. Only the head is trained, on oracle scores of tiny-world
-videos (base-model samples at 16 and 4 sampler steps, and real clips), then frozen.
+maps the pooled result to a scalar. Only the head is trained, on rater labels of tiny-world
+videos (base-model samples at 16 and 4 sampler steps, and real clips; harness/data/raters.py: a
+partial, noisy view, not the evaluation oracle), then frozen. It is the training judge of every
+preference and reward method on the tiny preset; evaluation keeps the exact oracle.
 
 `harness train-reward` builds it; the shipped weights and their training record (held-out
-correlation with the oracle) live in harness/assets/tiny/rewards/latent_rm.
+agreement with the raters and with the oracle) live in harness/assets/tiny/rewards/latent_rm.
 """
 
 from __future__ import annotations
@@ -133,6 +135,24 @@ class LatentRewardModel:
         return torch.cat(out)
 
 
+def video_scorer(rm: LatentRewardModel, batch_size: int = 64):
+    """The reward model as a batch judge of uint8 videos: (videos (N, T, H, W, 3), first frames (N, H, W, 3),
+    captions) -> (N,) scores, read from what a model sees (no condition spec, no oracle)."""
+    from harness.data.video_io import frames_to_tensor
+
+    def score(videos: np.ndarray, first_frames: np.ndarray, captions: list[str]) -> np.ndarray:
+        out = []
+        for lo in range(0, len(videos), batch_size):
+            hi = min(len(videos), lo + batch_size)
+            x0 = rm.backbone.encode_video(torch.stack([frames_to_tensor(v) for v in videos[lo:hi]]))
+            first = torch.stack([frames_to_tensor(f[None])[:, 0] for f in first_frames[lo:hi]])
+            cond = rm.backbone.encode_condition(first, list(captions[lo:hi]))
+            out.append(rm.score(x0, cond).cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    return score
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -200,13 +220,20 @@ def _load_shared(directory: Path, record: dict, adapter: ModelAdapter | None) ->
 
 
 # -- training -----------------------------------------------------------------------------
-def _oracle_dataset(preset: PresetConfig, adapter: TinyWanAdapter, conditions: int, start: int,
-                    show_progress: bool) -> tuple[torch.Tensor, list[int], np.ndarray, dict[str, int]]:
-    """Videos (N, C, T, H, W) with their condition indices and oracle scores: per condition,
-    two base-model samples at the preset's sampler, one at 4 Euler steps (blurrier, more
+LABELS = {"rater": "rater label: key-frame integrity and end-point adherence with label noise "
+                    "(harness/data/raters.py)",
+          "oracle": "oracle score: mean of sprite integrity and motion adherence (the evaluation judge)"}
+
+
+def _labelled_dataset(preset: PresetConfig, adapter: TinyWanAdapter, conditions: int, start: int,
+                      show_progress: bool) -> tuple[torch.Tensor, list[int], np.ndarray, np.ndarray, dict[str, int]]:
+    """Videos (N, C, T, H, W) with their condition indices, rater labels and oracle scores: per
+    condition, two base-model samples at the preset's sampler, one at 4 Euler steps (blurrier, more
     distorted: coverage of bad videos) and the real clip."""
+    from harness.data.raters import rater_score
+
     batch = split_batch(preset.world, "prompts", range(start, start + conditions))
-    judge = oracle_score(preset.world)
+    oracle = oracle_score(preset.world)
     four = SamplerConfig(**{**preset.sampler.model_dump(), "num_steps": 4})
     videos, owners, kinds = [], [], {"sampled": 0, "sampled_4_steps": 0, "real": 0}
     for lo in tqdm(range(0, conditions, 32), desc="reward-model data", disable=not show_progress):
@@ -221,9 +248,11 @@ def _oracle_dataset(preset: PresetConfig, adapter: TinyWanAdapter, conditions: i
         owners += idx
         kinds["real"] += len(idx)
     x = torch.cat(videos)
-    scores = np.array([judge(tensor_to_frames(v), batch.specs[i]) for v, i in zip(x, owners, strict=True)])
-    keep = np.isfinite(scores)
-    return x[keep], [o for o, k in zip(owners, keep, strict=True) if k], scores[keep], kinds
+    frames = [tensor_to_frames(v) for v in x]
+    truth = np.array([oracle(f, batch.specs[i]) for f, i in zip(frames, owners, strict=True)])
+    rated = np.array([rater_score(f, batch.specs[i], preset.world) for f, i in zip(frames, owners, strict=True)])
+    keep = np.isfinite(truth) & np.isfinite(rated)
+    return x[keep], [o for o, k in zip(owners, keep, strict=True) if k], rated[keep], truth[keep], kinds
 
 
 def _fit_head(head: RewardHead, batch_loss: Callable[[torch.Generator], torch.Tensor], *, steps: int, lr: float,
@@ -245,9 +274,11 @@ def _fit_head(head: RewardHead, batch_loss: Callable[[torch.Generator], torch.Te
 
 def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384, start: int = 20_000,
                        steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, layer: int = 2,
-                       sigma: float = 0.0, held_out: float = 0.15, seed: int = 0,
+                       sigma: float = 0.0, held_out: float = 0.15, seed: int = 0, target: str = "rater",
                        show_progress: bool = True) -> dict:
-    """Fit the head on oracle scores; hold out whole conditions to report generalisation."""
+    """Fit the head on rater labels (``target='oracle'``: on the evaluation oracle's scores, which makes
+    the judge an evaluation metric's twin); hold out whole conditions to report generalisation, as
+    agreement with the labels fitted and with the oracle."""
     from scipy import stats
 
     t0 = time.time()
@@ -255,7 +286,10 @@ def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384
     base_dir = preset.base_checkpoint_path()
     backbone = TinyWanAdapter.load(base_dir)
     backbone.model.eval()
-    x, owners, scores, kinds = _oracle_dataset(preset, backbone, conditions, start, show_progress)
+    if target not in LABELS:
+        raise ValueError(f"target {target!r}: choose one of {', '.join(LABELS)}")
+    x, owners, rated, oracle, kinds = _labelled_dataset(preset, backbone, conditions, start, show_progress)
+    scores = rated if target == "rater" else oracle
     batch = split_batch(preset.world, "prompts", range(start, start + conditions))
     cond = backbone.encode_condition(batch.first_frames[owners], [batch.captions[i] for i in owners])
     head = RewardHead(backbone.model.config.num_attention_heads * backbone.model.config.attention_head_dim,
@@ -275,16 +309,16 @@ def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384
     _fit_head(head, batch_loss, steps=steps, lr=lr, seed=seed, desc="train reward head", show_progress=show_progress)
     with torch.no_grad():
         pred = head(feats[test_idx], text[test_idx]).numpy()
-    truth = scores[test_idx.numpy()]
+    truth, truth_oracle = scores[test_idx.numpy()], oracle[test_idx.numpy()]
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, out / HEAD_FILE)
     record = {
         "what": "tiny-world latent reward model: frozen base-transformer features + query-attention head",
-        "reproduce": f"harness train-reward --preset {preset.name} --out <dir> --force",
+        "reproduce": f"harness train-reward --preset {preset.name} --target {target} --out <dir> --force",
         "backbone": preset.base_checkpoint, "backbone_digest": file_digest(base_dir / WEIGHTS_NAME),
         "layer": layer, "sigma": sigma,
         "head": {"feature_dim": feats.shape[-1], "text_dim": text.shape[-1]},
-        "target": "oracle score: mean of sprite integrity and motion adherence",
+        "target": LABELS[target],
         "data": {"split": "prompts", "conditions": [start, start + conditions], "videos": kinds,
                  "kept": len(y), "held_out_conditions": len(test_conditions)},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
@@ -292,7 +326,12 @@ def train_reward_model(preset: PresetConfig, out: Path, *, conditions: int = 384
         "held_out": {"videos": len(truth), "pearson": float(stats.pearsonr(pred, truth)[0]),
                      "spearman": float(stats.spearmanr(pred, truth)[0]),
                      "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
-                     "rmse_of_mean_predictor": float(np.sqrt(np.mean((truth - y[train_idx].mean().item()) ** 2)))},
+                     "rmse_of_mean_predictor": float(np.sqrt(np.mean((truth - y[train_idx].mean().item()) ** 2))),
+                     "oracle": {"pearson": float(stats.pearsonr(pred, truth_oracle)[0]),
+                                "spearman": float(stats.spearmanr(pred, truth_oracle)[0])},
+                     "labels_vs_oracle": {"pearson": float(stats.pearsonr(rated[test_idx.numpy()], truth_oracle)[0]),
+                                          "spearman": float(stats.spearmanr(rated[test_idx.numpy()],
+                                                                            truth_oracle)[0])}},
     }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
     return record
@@ -382,7 +421,9 @@ def parse_pairs_spec(spec: str, conditions: int):
     if kind == "file" and arg:
         return PairsConfig(source="file", path=arg)
     if kind in ("footage", "rollouts"):
-        return PairsConfig(source=kind, split=arg or "prompts", conditions=conditions, per_condition=2)
+        # rollouts are ranked by the oracle here: this builds a judge, it is not a method training on one
+        return PairsConfig(source=kind, split=arg or "prompts", conditions=conditions, per_condition=2,
+                           judge="oracle")
     raise RewardError(f"--pairs {spec!r}: give footage[:SPLIT] (a real clip chosen over a base sample), "
                       "rollouts[:SPLIT] (tiny world, judged by its oracle) or file:PATH (a labelled pairs file)")
 

@@ -121,6 +121,9 @@ class ShiftConfig(TrainerConfig):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     real: RealConfig = Field(default_factory=RealConfig)
 
+    def training_signals(self) -> list[str]:
+        return list(self.rewards)
+
     def preset_problems(self, preset, where: str) -> list[str]:
         problems = [clip_shape_problem(kind, self.reward_paths.get(kind), preset, where) for kind in self.rewards]
         return [p for p in problems if p]

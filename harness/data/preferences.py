@@ -3,9 +3,11 @@
 A pair set holds, per condition, the conditioning image and caption and the chosen
 and rejected videos (uint8 frames, or latents when imported that way), with the
 judge's scores. Rollout pairs follow the PG-DPO recipe: N videos per condition from
-the reference model, the best-scored one is chosen, the worst rejected. On the tiny
-world the judge is the oracle (the mean of sprite integrity and motion adherence, the
-role VideoAlign's overall score plays in the paper).
+the reference model, the best-scored one is chosen, the worst rejected. The judge is
+the caller's (the role VideoAlign's overall score plays in the paper): on the tiny
+world the methods' default is the latent reward model fitted to rater labels
+(trainers/preference.py), never the evaluation oracle, which judges only the held-out
+probe pairs and the named ``judge: oracle`` variants.
 
 Pair sets are cached as ``.npz`` with their provenance; the cache key covers
 everything that changes the pairs (model weights, world, sampler, counts, seed, judge).
@@ -121,6 +123,8 @@ class PairSet:
 
 # -- judges ------------------------------------------------------------------------------
 Judge = Callable[[np.ndarray, object], float]  # (frames (T,H,W,3) uint8, condition) -> score
+# (videos (N,T,H,W,3) uint8, first frames (N,H,W,3) uint8, captions) -> (N,) scores: a learned judge
+BatchJudge = Callable[[np.ndarray, np.ndarray, list[str]], np.ndarray]
 
 
 def oracle_score(world: WorldConfig) -> Judge:
@@ -148,11 +152,15 @@ def rollout_key(weights_digest: str, world: WorldConfig, split: str, conditions:
 def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: SamplerConfig, *,
                         split: str = "prompts", conditions: int = 64, per_condition: int = 4, seed: int = 0,
                         judge_fn: Judge | None = None, batch_size: int = 32,
-                        show_progress: bool = True, start: int = 0) -> PairSet:
+                        show_progress: bool = True, start: int = 0, batch_judge: BatchJudge | None = None,
+                        judge_name: str = "oracle") -> PairSet:
     """Sample ``per_condition`` videos per condition; best = chosen, worst = rejected.
 
-    The conditions are clips ``start`` .. ``start + conditions - 1`` of ``split``. Conditions
-    whose best and worst scores tie carry no preference and are dropped (counted in the provenance).
+    The conditions are clips ``start`` .. ``start + conditions - 1`` of ``split``. The judge is
+    ``batch_judge`` (a learned model scoring videos from what a model sees: frames, first frame and
+    caption) when given, else ``judge_fn`` (per video, with its condition; default: the oracle).
+    Conditions whose best and worst scores tie carry no preference and are dropped (counted in the
+    provenance).
     """
     if per_condition < 2:
         raise PairsError(f"per_condition must be at least 2 to form a pair, got {per_condition}")
@@ -171,7 +179,12 @@ def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: Samp
         videos = sample_sharded(adapter, cond_for, seeds, sampler, decode=True, batch_size=batch_size,
                                 on_batch=bar.update)
     frames = np.stack([tensor_to_frames(v) for v in videos])
-    scores = np.asarray([judge_fn(frames[n], batch.specs[i]) for n, (i, _) in enumerate(flat)])
+    if batch_judge is not None:
+        owners = [i for i, _ in flat]
+        scores = np.asarray(batch_judge(frames, batch.frames[owners, 0], [batch.captions[i] for i in owners]),
+                            dtype=np.float64)
+    else:
+        scores = np.asarray([judge_fn(frames[n], batch.specs[i]) for n, (i, _) in enumerate(flat)])
     scores = scores.reshape(conditions, per_condition)
     keep, chosen, rejected = [], [], []
     for i in range(conditions):
@@ -183,7 +196,8 @@ def build_rollout_pairs(adapter: ModelAdapter, world: WorldConfig, sampler: Samp
         rejected.append(i * per_condition + int(np.nanargmin(s)))
     if not keep:
         raise PairsError(f"no condition of {conditions} gave distinct best and worst scores")
-    provenance = {"source": "rollouts", "split": split, "start": start, "conditions": conditions,
+    provenance = {"source": "rollouts", "judge": judge_name, "split": split, "start": start,
+                  "conditions": conditions,
                   "per_condition": per_condition,
                   "seed": seed, "sampler": sampler.model_dump(mode="json"), "dropped_ties": conditions - len(keep),
                   "score_mean": float(np.nanmean(scores)), "pairs": len(keep)}
