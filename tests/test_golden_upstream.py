@@ -4,6 +4,10 @@ The fixtures in tests/fixtures/golden/ were computed by running the upstream cod
 (VBench 45e79ec, StyleGAN-V 3fecd69, torchvision 0.28.0; see their README and
 make_golden.py) on fixed inputs. These tests need no upstream code and no network.
 
+The dimensions that run a network (dynamic degree and the static filter on RAFT, i2v_subject and
+subject_consistency on DINO) use the harness's seeded random-init weight files, which the
+generator loaded into upstream's own modules.
+
 Tolerances: upstream computes in float32 where we use float64 (cosines, MAEs, flow
 statistics), so formula values agree to 1e-6; the preprocessing runs the same float32
 arithmetic (torch's interpolate, PIL) and agrees to 1e-5; the roll-up is exact arithmetic
@@ -264,3 +268,33 @@ def test_static_filter_on_padded_flow_matches_upstream(raft_flow):
     got = static_filter(arrays["frames"][:want["n_frames"]], raft_flow)
     np.testing.assert_allclose([*got.pair_scores, *got.wrap_scores], want["pair_scores"], rtol=1e-4)
     assert (got.static, got.thres, got.count_num) == (want["static"], want["thres"], want["count_num"])
+
+
+# -- i2v_subject and subject_consistency end to end on upstream DINO (random weights) -------------------------------
+@pytest.fixture(scope="module")
+def dino_cache(tmp_path_factory):
+    from harness.weights import init_random
+    from metrics.backends.real import vit  # noqa: F401  (registers the random initialiser of dino_vitb16)
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HARNESS_WEIGHTS", str(tmp_path_factory.mktemp("weights")))
+    init_random(["dino_vitb16"], log=lambda _: None)  # the seeded file make_golden.py loaded into upstream's DINO
+    yield
+    mp.undo()
+
+
+def test_dino_dimensions_end_to_end_match_upstream(dino_cache):
+    """Video, conditioning image, transforms, network and formula together: 1e-6 (float32 network)."""
+    arrays, meta = _load("dino_dimensions")
+    want = meta["results"]
+    sample = VideoSample("v", arrays["frames"], 8.0, first_frame=arrays["image"])
+    i2v = I2VSubject(features="dino-vitb16-i2v")
+    assert i2v.update(sample)["value"] == pytest.approx(want["i2v_subject"], abs=1e-6)
+    subject = SubjectConsistency(features="dino-vitb16")
+    assert subject.update(sample)["value"] == pytest.approx(want["subject_consistency"], abs=1e-6)
+    # the earlier preprocessing (no antialias, the image through the frame path) is off by far more
+    plain = dataclasses.replace(i2v.embedder.transform, antialias=False)
+    i2v.embedder.transform = plain
+    i2v.embedder.embed_image = lambda image: i2v.embedder.embed(image[None])[0]
+    again = VideoSample("v2", arrays["frames"], 8.0, first_frame=arrays["image"])
+    assert abs(i2v.update(again)["value"] - want["i2v_subject"]) > 1e-4
