@@ -5,7 +5,7 @@ The fixtures in tests/fixtures/golden/ were computed by running the upstream cod
 make_golden.py) on fixed inputs. These tests need no upstream code and no network.
 
 The dimensions that run a network (dynamic degree and the static filter on RAFT, i2v_subject and
-subject_consistency on DINO) use the harness's seeded random-init weight files, which the
+subject_consistency on DINO, motion smoothness on AMT-S) use the harness's seeded random-init weight files, which the
 generator loaded into upstream's own modules.
 
 Tolerances: upstream computes in float32 where we use float64 (cosines, MAEs, flow
@@ -298,3 +298,17 @@ def test_dino_dimensions_end_to_end_match_upstream(dino_cache):
     i2v.embedder.embed_image = lambda image: i2v.embedder.embed(image[None])[0]
     again = VideoSample("v2", arrays["frames"], 8.0, first_frame=arrays["image"])
     assert abs(i2v.update(again)["value"] - want["i2v_subject"]) > 1e-4
+
+
+# -- motion smoothness end to end on upstream AMT-S (random weights) --------------------------------------------
+def test_motion_smoothness_end_to_end_matches_upstream_amt(tmp_path, monkeypatch):
+    from harness.weights import init_random
+    from metrics.backends.real import amt  # noqa: F401  (registers the amt-s backend and its random initialiser)
+    from metrics.motion_smoothness import MotionSmoothness
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["amt_s"], log=lambda _: None)  # the seeded file make_golden.py loaded into upstream's AMT-S
+    arrays, meta = _load("amt_smoothness")
+    metric = MotionSmoothness(interp="amt-s")
+    value = metric.update(VideoSample("v", arrays["frames"], 8.0))["value"]
+    assert value == pytest.approx(meta["results"]["motion_smoothness"], abs=1e-6)
