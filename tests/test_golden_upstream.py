@@ -5,7 +5,8 @@ The fixtures in tests/fixtures/golden/ were computed by running the upstream cod
 make_golden.py) on fixed inputs. These tests need no upstream code and no network.
 
 The dimensions that run a network (dynamic degree and the static filter on RAFT, i2v_subject and
-subject_consistency on DINO, motion smoothness on AMT-S) use the harness's seeded random-init weight files, which the
+subject_consistency on DINO, background_consistency on CLIP B/32, motion smoothness
+on AMT-S) use the harness's seeded random-init weight files, which the
 generator loaded into upstream's own modules.
 
 Tolerances: upstream computes in float32 where we use float64 (cosines, MAEs, flow
@@ -312,3 +313,16 @@ def test_motion_smoothness_end_to_end_matches_upstream_amt(tmp_path, monkeypatch
     metric = MotionSmoothness(interp="amt-s")
     value = metric.update(VideoSample("v", arrays["frames"], 8.0))["value"]
     assert value == pytest.approx(meta["results"]["motion_smoothness"], abs=1e-6)
+
+
+# -- background_consistency end to end on upstream CLIP ViT-B/32 (random weights) ---------------------------------
+def test_background_consistency_end_to_end_matches_upstream_clip(tmp_path, monkeypatch):
+    from harness.weights import init_random
+    from metrics.backends.real import vit  # noqa: F401  (registers the random initialiser of clip_vit_b32)
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["clip_vit_b32"], log=lambda _: None)  # the seeded file make_golden.py loaded into upstream's CLIP
+    arrays, meta = _load("clip_dimension")
+    metric = BackgroundConsistency(features="clip-vitb32")  # fp32 on CPU, as clip.load gives it there
+    value = metric.update(VideoSample("v", arrays["frames"], 8.0))["value"]
+    assert value == pytest.approx(meta["results"]["background_consistency"], abs=1e-6)
