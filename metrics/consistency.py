@@ -7,7 +7,8 @@ i2v_subject / i2v_background (per video, mean aggregate), with img = the conditi
 with cosines clipped at 0. Upstream reads DINO (subject), CLIP (background) and DreamSim
 (i2v_background) features: ``features=dino-vitb16`` (subject_consistency's transform),
 ``dino-vitb16-i2v`` (i2v_subject's), ``clip-vitb32`` and ``dreamsim`` (the DreamSim ensemble)
-load them from the weight cache. The default ``tiny`` reads the tiny world's frame encoder,
+load them from the weight cache, with upstream's preprocessing (frames as float tensors, the
+conditioning image through PIL). The default ``tiny`` reads the tiny world's frame encoder,
 whose subject head plays DINO's role and background head plays CLIP's/DreamSim's.
 """
 
@@ -65,13 +66,20 @@ class _I2V(_FeatureMetric):
     def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
         if sample.first_frame is None:
             raise ValueError(f"{sample.video_id}: {self.spec.name} needs the conditioning image (first_frame)")
-        image = self._feats(sample.first_frame[None])[0]
-        return i2v_score(image, self._feats(sample.frames)), 1.0, {}
+        return i2v_score(self._image_feat(sample.first_frame), self._feats(sample.frames)), 1.0, {}
+
+    def _image_feat(self, image: np.ndarray) -> np.ndarray:
+        """The conditioning image's features: real embedders read it as upstream does (PIL), the tiny one
+        as a frame."""
+        embed_image = getattr(self.embedder, "embed_image", None)
+        return embed_image(image) if embed_image is not None else self._feats(image[None])[0]
 
 
 def _spec(name: str, aggregation: str, rng: tuple[float, float], upstream: str, inputs: tuple[str, ...],
           description: str) -> MetricSpec:
-    return MetricSpec(name=name, version="1", higher_is_better=True, kind="per-video", aggregation=aggregation,
+    # version 2: real embedders resize float frames without rounding, the i2v ones with torchvision's antialias
+    # and the conditioning image through PIL, as upstream (tests/test_golden_upstream.py)
+    return MetricSpec(name=name, version="2", higher_is_better=True, kind="per-video", aggregation=aggregation,
                       vbench_range=rng, inputs=inputs, weights=tuple(f"tiny/{w}" for w in TINY_WEIGHTS[:1]),
                       description=description, departures=TINY_DEPARTURE.format(upstream=upstream))
 

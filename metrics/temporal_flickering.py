@@ -40,7 +40,8 @@ def static_filter(frames: np.ndarray, flow: FlowBackend) -> StaticCheck:
     if t < 2:
         raise ValueError(f"the static filter needs at least 2 frames, got {t}")
     pairs = consecutive_pairs(t) + [(0, t - 1), (t - 1, 0)]
-    scores = [top_fraction_mean(f, 0.02) for f in flow.flows(list(frames), pairs)]
+    # RAFT's padded field, as upstream's get_score reads it (see dynamic_degree); thresholds from the frame size.
+    scores = [top_fraction_mean(f, 0.02) for f in flow.padded_flows(list(frames), pairs)]
     thres = 3.0 * min(h, w) / 256.0
     count_num = round(2 * t / 16)
     consecutive, wrap = scores[:-2], (scores[-2], scores[-1])
@@ -59,7 +60,7 @@ def flicker_score(frames: np.ndarray) -> float:
 
 
 @register(MetricSpec(
-    name="temporal_flickering", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
+    name="temporal_flickering", version="2", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=(0.6293, 1.0), inputs=("frames",), weights=(),
     description="VBench temporal flickering: 1 - mean inter-frame MAE / 255, static videos only",
     departures="static filter uses a weights-free flow backend (OpenCV DIS by default, auto-upscaled for "

@@ -119,7 +119,7 @@ def test_embedding_is_the_centred_concatenation_batched_equals_per_frame(cache):
     for video, feats in zip(videos, batched.embed_many(videos), strict=True):
         per_frame = np.concatenate([single.embed(f[None]) for f in video])
         np.testing.assert_allclose(feats, per_frame, atol=1e-5)
-        np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-6)  # normalised in float32
 
 
 def test_a_missing_file_names_itself_and_the_prefetch_command(cache):

@@ -102,18 +102,28 @@ class FlowBackend(ABC):
 
     def flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Flow for each (i, j) pair of ``frames``; inside ``shared_flows()`` known pairs are not recomputed."""
+        return self._cached(frames, pairs, self.identity, self.compute_flows)
+
+    def padded_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """The flow field the backend computes, before any unpadding: VBench takes its dynamic-degree and
+        static-filter statistics on RAFT's padded output (``get_score(image1, flow_up)`` after
+        ``padder.pad``). Backends that do not pad (the weights-free ones) return ``flows``."""
+        return self.flows(frames, pairs)
+
+    def _cached(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]], tag: str,
+                compute) -> list[np.ndarray]:
         frames = [check_frame(f) for f in frames]
         if any(f.shape[:2] != frames[0].shape[:2] for f in frames):
             raise ValueError("all frames must have the same height and width")
         cache = _ACTIVE[-1] if _ACTIVE else None
         if cache is None:
-            return self.compute_flows(frames, pairs)
+            return compute(frames, pairs)
         digests = [_digest(f) for f in frames]
-        keys = [(self.identity, digests[i], digests[j]) for i, j in pairs]
+        keys = [(tag, digests[i], digests[j]) for i, j in pairs]
         found = [cache.get(k) for k in keys]
         todo = [n for n, f in enumerate(found) if f is None]
         if todo:
-            for n, flow in zip(todo, self.compute_flows(frames, [pairs[n] for n in todo]), strict=True):
+            for n, flow in zip(todo, compute(frames, [pairs[n] for n in todo]), strict=True):
                 found[n] = cache.put(keys[n], _frozen(flow))
         return found
 

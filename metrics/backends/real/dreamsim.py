@@ -41,10 +41,10 @@ A cache file that is the zip itself (what a plain ``prefetch`` downloads) is rea
 member; a file copied out of the unzipped release (``prefetch NAME --from DIR``) is read as it is.
 
 Preprocessing follows VBench-I2V's ``dreamsim_transform(224)``: frames, float tensors as
-``load_video`` returns them, resized to 224x224 (bicubic, antialias off as in ../shared/METRICS.md,
-*not* rounded back to uint8: the tensors are float32), then /255; each branch normalises with its
-own mean/std. Upstream reads the conditioning image with PIL (``dreamsim_transform_Image``: PIL's
-bicubic resize, which antialiases, then ``ToTensor``); here it goes through the frame transform.
+``load_video`` returns them, resized to 224x224 (bicubic with torchvision's default antialias, on
+since torchvision 0.17; *not* rounded back to uint8: the tensors are float32), then /255; each
+branch normalises with its own mean/std. The conditioning image goes through PIL as upstream's
+``dreamsim_transform_Image`` (PIL's bicubic resize, then ``ToTensor``): ``embed_image``.
 """
 
 from __future__ import annotations
@@ -59,9 +59,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -309,14 +307,6 @@ class FloatResize(Transform):
     ``load_video`` returns (so no rounding to uint8 values), then /255; mean 0 / std 1 here because each
     DreamSim branch normalises itself."""
 
-    def __call__(self, frames: np.ndarray, device: str) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = F.interpolate(x, size=(self.resize, self.resize), mode=self.mode, align_corners=False, antialias=False)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return (x / 255.0 - mean) / std
-
     @property
     def identity(self) -> str:
         return super().identity + "-float"
@@ -327,7 +317,7 @@ class DreamSimEmbedder(FrameEmbedder):
     bicubic frames; fp32 everywhere, as upstream."""
 
     name = "dreamsim"
-    transform = FloatResize(224, "bicubic", None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), square=True)
+    transform = FloatResize(224, "bicubic", None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), square=True, antialias=True)
 
     def _load(self):
         return load_ensemble(self.device)

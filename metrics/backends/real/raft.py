@@ -5,7 +5,8 @@ Our own implementation of the full (not small) model of princeton-vl/RAFT: its
 prefix (it was saved from DataParallel) is stripped, so the published file loads with
 ``load_strict``. Inference follows VBench's use (dynamic_degree and the temporal-flickering
 static filter): RGB in [0, 255], replicate padding to a multiple of 8 split evenly between
-the sides ("sintel" mode), 20 refinement iterations, the final convex-upsampled flow, unpadded.
+the sides ("sintel" mode), 20 refinement iterations, the final convex-upsampled flow, unpadded
+(``padded_flows`` keeps the padded field, on which VBench's top-x % statistics are taken).
 
 Degenerate sizes: the 4-level correlation pyramid halves the 1/8-resolution map three times,
 so a padded side below 64 px leaves a level empty (upstream fails in ``avg_pool2d``; we refuse
@@ -311,7 +312,8 @@ class RAFTFlow(FlowBackend):
         img = torch.from_numpy(np.ascontiguousarray(frame)).float()
         return img[None].expand(3, -1, -1) if img.ndim == 2 else img.permute(2, 0, 1)
 
-    def _run(self, first: Sequence[torch.Tensor], second: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    def _run(self, first: Sequence[torch.Tensor], second: Sequence[torch.Tensor],
+             unpad: bool = True) -> list[np.ndarray]:
         h, w = first[0].shape[-2:]
         padder = InputPadder(h, w)
         if min(padder.shape) < MIN_PADDED_SIDE:
@@ -323,17 +325,26 @@ class RAFTFlow(FlowBackend):
         with torch.inference_mode():
             a = padder.pad(torch.stack(list(first)).to(dev))
             b = padder.pad(torch.stack(list(second)).to(dev))
-            flow = padder.unpad(model(a, b, iters=self.options["iters"]))
+            flow = model(a, b, iters=self.options["iters"])
+            flow = padder.unpad(flow) if unpad else flow
         return list(flow.permute(0, 2, 3, 1).float().cpu().numpy())
 
     def _estimate(self, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         return self._run([a], [b])[0]
 
-    def compute_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    def compute_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]],
+                      unpad: bool = True) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         step = self.options["batch"]
         for start in range(0, len(pairs), step):  # frames converted per batch: memory stays O(batch)
             chunk = pairs[start:start + step]
-            out.extend(self._run([self._prepare(frames[i], 1) for i, _ in chunk],
-                                 [self._prepare(frames[j], 1) for _, j in chunk]))
+            first = [self._prepare(frames[i], 1) for i, _ in chunk]
+            second = [self._prepare(frames[j], 1) for _, j in chunk]
+            out.extend(self._run(first, second) if unpad else self._run(first, second, unpad=False))
         return out
+
+    def padded_flows(self, frames: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """RAFT's output on the replicate-padded frames (sides multiples of 8), not unpadded: the field on
+        which VBench's dynamic degree and static filter take their top-x % statistics."""
+        return self._cached(frames, pairs, self.identity + "#padded",
+                            lambda f, p: self.compute_flows(f, p, unpad=False))

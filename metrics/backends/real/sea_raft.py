@@ -338,6 +338,10 @@ class SEARAFTFlow(RAFTFlow):
             )
         super()._validate()  # upscale, iters, batch, weights, device as RAFT
 
+    def padded_flows(self, frames, pairs) -> list[np.ndarray]:
+        """SEA-RAFT resizes before it pads and no VBench statistic reads its field: the unpadded flow."""
+        return self.flows(frames, pairs)
+
     def _run(self, first: Sequence[torch.Tensor], second: Sequence[torch.Tensor]) -> list[np.ndarray]:
         h, w = first[0].shape[-2:]
         scale = self.options["scale"]

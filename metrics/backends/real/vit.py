@@ -7,10 +7,17 @@ The modules are written to the upstream parameter names (facebookresearch/dino
 image features and is not loaded), and the 768 -> 1 linear head of LAION's
 ``sa_0_4_vit_l_14_linear.pth``.
 
-Preprocessing follows VBench (see ../shared/METRICS.md), with torchvision's tensor
-semantics reproduced in torch: resize uint8 frames with antialias off, round back to
-uint8, then scale to [0, 1] and normalise. ``embed`` batches frames of any number of
-videos (grouped by their preprocessed size) and returns L2-normalised float64 features.
+Preprocessing follows VBench, with torchvision's semantics reproduced in torch and PIL
+(checked against torchvision 0.28 by tests/test_golden_upstream.py). Frames enter as
+upstream's ``load_video`` returns them, float32 tensors of uint8 values, so the resize is
+not rounded back to uint8 (torchvision rounds only integer tensors): resize with antialias
+as the transform names it (VBench's ``dino_transform`` / ``clip_transform`` pass
+``antialias=False``; VBench-I2V's ``dino_transform_internet`` and ``dreamsim_transform`` leave
+torchvision's default, on since torchvision 0.17), centre crop, /255, normalise. The
+conditioning image goes through PIL as upstream's ``*_Image`` transforms read it
+(``Transform.image``: PIL's resize, which always antialiases, then ``ToTensor``). ``embed``
+batches frames of any number of videos (grouped by their preprocessed size) and returns
+L2-normalised float64 features.
 """
 
 from __future__ import annotations
@@ -37,30 +44,32 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# -- preprocessing (torchvision tensor semantics) ------------------------------------------------
-def resize_short(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """torchvision ``Resize(size, antialias=False)`` on uint8-valued (N, 3, H, W) float tensors:
-    shorter side to ``size``, longer side truncated, result rounded and clamped to uint8 values."""
-    h, w = x.shape[-2:]
+# -- preprocessing (torchvision semantics) -----------------------------------------------------------
+def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)``: shorter side to ``size``, longer side truncated."""
     short, long = (h, w) if h <= w else (w, h)
     new_long = int(size * long / short)
-    out_hw = (size, new_long) if h <= w else (new_long, size)
-    if (h, w) == out_hw:
-        return x
-    y = F.interpolate(x, size=out_hw, mode=mode, align_corners=False, antialias=False)
-    return y.round().clamp(0, 255)
+    return (size, new_long) if h <= w else (new_long, size)
 
 
-def resize_exact(x: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == hw:
+def resize_short(x: torch.Tensor, size: int, mode: str, antialias: bool = False) -> torch.Tensor:
+    """torchvision ``Resize(size)`` on float (N, 3, H, W) tensors: no rounding, no clamping."""
+    return resize_exact(x, resized_size(*x.shape[-2:], size), mode, antialias)
+
+
+def resize_exact(x: torch.Tensor, hw: tuple[int, int], mode: str, antialias: bool = False) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(hw):
         return x
-    return F.interpolate(x, size=hw, mode=mode, align_corners=False, antialias=False).round().clamp(0, 255)
+    return F.interpolate(x, size=hw, mode=mode, align_corners=False, antialias=antialias)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return x[..., top:top + size, left:left + size]
+
+
+_PIL_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC"}
 
 
 @dataclass(frozen=True)
@@ -73,21 +82,39 @@ class Transform:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     square: bool = False  # resize to (resize, resize) instead of the shorter side
+    antialias: bool = False  # torchvision's antialias for the frames (the image path always antialiases: PIL)
 
-    def __call__(self, frames: np.ndarray, device: str) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
-        x = resize_exact(x, (self.resize, self.resize), self.mode) if self.square \
-            else resize_short(x, self.resize, self.mode)
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        return (self.resize, self.resize) if self.square else resized_size(h, w, self.resize)
+
+    def _finish(self, x: torch.Tensor, device: str) -> torch.Tensor:
         if self.crop:
             x = center_crop(x, self.crop)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x / 255.0 - mean) / std
 
+    def __call__(self, frames: np.ndarray, device: str) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
+        return self._finish(resize_exact(x, self._out_size(*x.shape[-2:]), self.mode, self.antialias), device)
+
+    def image(self, image: np.ndarray, device: str) -> torch.Tensor:
+        """(1, 3, h, w) from one (H, W, 3) uint8 image, as upstream's ``*_Image`` transforms read the
+        conditioning image: PIL resize (``Image.resize`` with the same filter), centre crop, ``ToTensor``."""
+        from PIL import Image
+
+        h, w = image.shape[:2]
+        out_h, out_w = self._out_size(h, w)
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        if (out_h, out_w) != (h, w):
+            pil = pil.resize((out_w, out_h), getattr(Image.Resampling, _PIL_FILTERS[self.mode]))
+        x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).to(device).permute(2, 0, 1)[None].float()
+        return self._finish(x, device)
+
     @property
     def identity(self) -> str:
         size = f"{self.resize}sq" if self.square else f"short{self.resize}"
-        return f"{size}-{self.mode}" + (f"-crop{self.crop}" if self.crop else "")
+        return f"{size}-{self.mode}" + ("-aa" if self.antialias else "") + (f"-crop{self.crop}" if self.crop else "")
 
 
 # -- DINO ViT (facebookresearch/dino layout) ----------------------------------------------------
@@ -343,9 +370,16 @@ class FrameEmbedder(ABC):
     def embed(self, frames: np.ndarray) -> np.ndarray:
         return self.embed_many([frames])[0]
 
+    @torch.no_grad()
+    def embed_image(self, image: np.ndarray) -> np.ndarray:
+        """(D,) L2-normalised float64 features of one (H, W, 3) uint8 conditioning image, through the
+        image path of the transform (PIL), as VBench-I2V reads the input image."""
+        x = self.transform.image(image, self.device)
+        return F.normalize(self._forward(x).float(), dim=-1).double().cpu().numpy()[0]
+
 
 class DinoEmbedder(FrameEmbedder):
-    """VBench subject_consistency: shorter side 224 (bilinear), no crop, ImageNet normalisation."""
+    """VBench subject_consistency: shorter side 224 (bilinear, antialias off), no crop, ImageNet normalisation."""
 
     name = "dino-vitb16"
     transform = Transform(224, "bilinear", None, IMAGENET_MEAN, IMAGENET_STD)
@@ -355,10 +389,11 @@ class DinoEmbedder(FrameEmbedder):
 
 
 class DinoI2VEmbedder(DinoEmbedder):
-    """VBench-I2V i2v_subject: shorter side 256 (bicubic), centre crop 224."""
+    """VBench-I2V i2v_subject: shorter side 256 (bicubic, torchvision's default antialias: on), centre crop
+    224; the conditioning image through PIL."""
 
     name = "dino-vitb16-i2v"
-    transform = Transform(256, "bicubic", 224, IMAGENET_MEAN, IMAGENET_STD)
+    transform = Transform(256, "bicubic", 224, IMAGENET_MEAN, IMAGENET_STD, antialias=True)
 
 
 class ClipEmbedder(FrameEmbedder):
