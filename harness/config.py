@@ -49,7 +49,11 @@ DEFAULT_METRICS = [
 class EvalSetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    num_videos: int = Field(48, ge=1)
+    num_videos: int = Field(48, ge=1, description="videos of every intermediate checkpoint's eval set")
+    final_num_videos: int | None = Field(
+        None, ge=1, description="videos of the base model's (step 0) and each method's last checkpoint's eval set: "
+                                "the first num_videos are the intermediate set (same clips, same seeds); "
+                                "default num_videos")
     seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
     batch_size: int | None = Field(None, ge=1, description="videos sampled together (default 16); ranks take "
                                                          "whole batches")
@@ -57,6 +61,17 @@ class EvalSetConfig(BaseModel):
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-metric backend options, e.g. {dynamic_degree: {flow: dis}}"
     )
+
+    @model_validator(mode="after")
+    def _final_covers_intermediate(self) -> EvalSetConfig:
+        if self.final_num_videos is not None and self.final_num_videos < self.num_videos:
+            raise ValueError(f"final_num_videos ({self.final_num_videos}) must be at least num_videos "
+                             f"({self.num_videos}): the intermediate set is the first num_videos of the final one")
+        return self
+
+    def size(self, final: bool) -> int:
+        """Videos of the final eval set (base model, each method's last step) or of an intermediate one."""
+        return (self.final_num_videos or self.num_videos) if final else self.num_videos
 
 
 class ProbesConfig(BaseModel):
@@ -139,8 +154,9 @@ class PresetConfig(BaseModel):
         for key in ("adapter", "data"):
             if out[key] is None:
                 del out[key]
-        if out["eval"]["batch_size"] is None:
-            del out["eval"]["batch_size"]
+        for key in ("batch_size", "final_num_videos"):
+            if out["eval"][key] is None:
+                del out["eval"][key]
         return out
 
     def base_checkpoint_path(self) -> Path:
