@@ -53,7 +53,7 @@ class EvalSetConfig(BaseModel):
     final_num_videos: int | None = Field(
         None, ge=1, description="videos of the base model's (step 0) and each method's last checkpoint's eval set: "
                                 "the first num_videos are the intermediate set (same clips, same seeds); "
-                                "default num_videos")
+                                "default (and at least) num_videos")
     seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
     batch_size: int | None = Field(None, ge=1, description="videos sampled together (default 16); ranks take "
                                                          "whole batches")
@@ -62,16 +62,11 @@ class EvalSetConfig(BaseModel):
         default_factory=dict, description="per-metric backend options, e.g. {dynamic_degree: {flow: dis}}"
     )
 
-    @model_validator(mode="after")
-    def _final_covers_intermediate(self) -> EvalSetConfig:
-        if self.final_num_videos is not None and self.final_num_videos < self.num_videos:
-            raise ValueError(f"final_num_videos ({self.final_num_videos}) must be at least num_videos "
-                             f"({self.num_videos}): the intermediate set is the first num_videos of the final one")
-        return self
-
     def size(self, final: bool) -> int:
-        """Videos of the final eval set (base model, each method's last step) or of an intermediate one."""
-        return (self.final_num_videos or self.num_videos) if final else self.num_videos
+        """Videos of the final eval set (base model, each method's last step) or of an intermediate one.
+        The final set is never smaller than the intermediate one (``--set eval.num_videos=256`` on a preset
+        whose final_num_videos is 192 evaluates every checkpoint on 256)."""
+        return max(self.final_num_videos or 0, self.num_videos) if final else self.num_videos
 
 
 class ProbesConfig(BaseModel):
