@@ -8,7 +8,6 @@ import copy
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-from harness.models.base import Conditioning
 from harness.models.tiny_wan import CachedWanRope, TinyModelConfig, TinyWanAdapter
 
 
@@ -21,7 +20,7 @@ def _pair() -> tuple[TinyWanAdapter, TinyWanAdapter]:
     return cached, plain
 
 
-def _inputs(b: int, t: int, hw: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
+def _inputs(b: int, t: int, hw: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 3, t, hw, hw, generator=g)
     first = torch.rand(b, 3, hw, hw, generator=g) * 2 - 1
@@ -42,7 +41,8 @@ def test_cached_rope_forward_and_backward_are_bitwise_equal() -> None:
             grads = [p.grad.clone() for p in adapter.model.parameters() if p.grad is not None]
             outs.append((out.detach(), grads))
         assert torch.equal(outs[0][0], outs[1][0])
-        assert len(outs[0][1]) == len(outs[1][1]) and all(torch.equal(a, c) for a, c in zip(*(o[1] for o in outs)))
+        assert len(outs[0][1]) == len(outs[1][1])
+        assert all(torch.equal(a, c) for a, c in zip(outs[0][1], outs[1][1], strict=True))
     assert len(cached.model.rope._rope_cache) == 2
 
 
