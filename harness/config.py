@@ -80,7 +80,7 @@ class ProbesConfig(BaseModel):
     per_condition: int = Field(4, ge=2)
     # The held-out probe set: the same for every method and disjoint from every method's training
     # conditions (harness.probing.probe_set_problems refuses a run otherwise). No trainer draws from
-    # `eval`, and the evaluator's videos are its first eval.num_videos clips, so in the tiny world 100000..
+    # `eval`, and the evaluator's videos are its first eval.final_num_videos clips, so in the tiny world 100000..
     # is apart from both; on real footage indices wrap around the split (the probes may share eval clips).
     split: str = Field("eval", description="split of the held-out probe conditions (no method may train on them)")
     start: int = Field(100_000, ge=0, description="first clip index of the probe conditions in `split`")
