@@ -49,7 +49,11 @@ DEFAULT_METRICS = [
 class EvalSetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    num_videos: int = Field(48, ge=1)
+    num_videos: int = Field(48, ge=1, description="videos of every intermediate checkpoint's eval set")
+    final_num_videos: int | None = Field(
+        None, ge=1, description="videos of the base model's (step 0) and each method's last checkpoint's eval set: "
+                                "the first num_videos are the intermediate set (same clips, same seeds); "
+                                "default (and at least) num_videos")
     seed: int = Field(1000, description="sampling seed of eval video i is seed + i")
     batch_size: int | None = Field(None, ge=1, description="videos sampled together (default 16); ranks take "
                                                          "whole batches")
@@ -57,6 +61,12 @@ class EvalSetConfig(BaseModel):
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-metric backend options, e.g. {dynamic_degree: {flow: dis}}"
     )
+
+    def size(self, final: bool) -> int:
+        """Videos of the final eval set (base model, each method's last step) or of an intermediate one.
+        The final set is never smaller than the intermediate one (``--set eval.num_videos=256`` on a preset
+        whose final_num_videos is 192 evaluates every checkpoint on 256)."""
+        return max(self.final_num_videos or 0, self.num_videos) if final else self.num_videos
 
 
 class ProbesConfig(BaseModel):
@@ -70,7 +80,7 @@ class ProbesConfig(BaseModel):
     per_condition: int = Field(4, ge=2)
     # The held-out probe set: the same for every method and disjoint from every method's training
     # conditions (harness.probing.probe_set_problems refuses a run otherwise). No trainer draws from
-    # `eval`, and the evaluator's videos are its first eval.num_videos clips, so in the tiny world 100000..
+    # `eval`, and the evaluator's videos are its first eval.final_num_videos clips, so in the tiny world 100000..
     # is apart from both; on real footage indices wrap around the split (the probes may share eval clips).
     split: str = Field("eval", description="split of the held-out probe conditions (no method may train on them)")
     start: int = Field(100_000, ge=0, description="first clip index of the probe conditions in `split`")
@@ -139,8 +149,9 @@ class PresetConfig(BaseModel):
         for key in ("adapter", "data"):
             if out[key] is None:
                 del out[key]
-        if out["eval"]["batch_size"] is None:
-            del out["eval"]["batch_size"]
+        for key in ("batch_size", "final_num_videos"):
+            if out["eval"][key] is None:
+                del out["eval"][key]
         return out
 
     def base_checkpoint_path(self) -> Path:

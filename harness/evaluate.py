@@ -68,11 +68,28 @@ class Evaluator:
             raise WeightsError("weights missing from the local cache (see `harness weights status`):\n  "
                                + "\n  ".join(missing) + "\nfetch them all with: harness weights prefetch "
                                + " ".join(names))
-        self.eval = clip_batch(preset, "eval", range(preset.eval.num_videos))
-        self.seeds = [preset.eval.seed + i for i in range(preset.eval.num_videos)]
-        h = hashlib.sha256(np.ascontiguousarray(self.eval.first_frames).tobytes())
-        h.update(json.dumps([list(self.eval.captions), self.seeds, list(self.eval.frames.shape)]).encode())
-        self.eval_digest = h.hexdigest()
+        self._sets: dict[int, tuple] = {}
+        self.use_set(final=False)
+
+    def use_set(self, final: bool) -> int:
+        """Switch to the final eval set (the base model and each method's last checkpoint:
+        ``eval.final_num_videos``) or the intermediate one (``eval.num_videos``, its first clips with
+        the same seeds); the number of videos. FVD's identity says how many videos it is computed on."""
+        n = self.preset.eval.size(final)
+        if n not in self._sets:
+            clips = clip_batch(self.preset, "eval", range(n))
+            seeds = [self.preset.eval.seed + i for i in range(n)]
+            h = hashlib.sha256(np.ascontiguousarray(clips.first_frames).tobytes())
+            h.update(json.dumps([list(clips.captions), seeds, list(clips.frames.shape)]).encode())
+            self._sets[n] = (clips, seeds, h.hexdigest())
+        self.eval, self.seeds, self.eval_digest = self._sets[n]
+        self._count(n)
+        return n
+
+    def _count(self, n: int) -> None:
+        for metric in self.metrics:  # set metrics biased by the sample count (FVD) name it in their identity
+            if hasattr(metric, "set_generated"):
+                metric.set_generated(n)
 
     # -- videos ------------------------------------------------------------------------
     def sample_videos(self, adapter: ModelAdapter, show_progress: bool = True,
@@ -145,33 +162,46 @@ class Evaluator:
 
     def evaluate(self, store: ResultStore, checkpoint_id: int, adapter: AdapterSource,
                  samples_path: Path, show_progress: bool = True,
-                 sampler: SamplerConfig | None = None, *, weights: str) -> dict[str, float]:
+                 sampler: SamplerConfig | None = None, *, weights: str, final: bool = False) -> dict[str, float]:
         """Sample (or reload) the eval set for a checkpoint and compute what is missing. ``weights``
         identifies the model (a digest of its files): results and samples of the checkpoint made from
-        other weights, sampler settings or eval set are dropped and computed again."""
+        other weights, sampler settings or eval set are dropped and computed again. ``final``: the
+        larger eval set of the base model and of each method's last checkpoint (``eval.final_num_videos``)."""
+        self.use_set(final)
         key = self.inputs_key(weights, sampler)
         bind_inputs(store, checkpoint_id, key, f"checkpoint {samples_path.parent}")
         if current().broadcast(any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics)):
             videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress, sampler, key))
             return self.score(store, checkpoint_id, videos, show_progress)
-        return self._rollups(store, checkpoint_id)
+        return self._rollups(store, checkpoint_id, {"eval_videos": len(self.seeds), "eval_set": self.eval_digest})
 
     def score(self, store: ResultStore, checkpoint_id: int, videos: list[VideoSample],
               show_progress: bool = True) -> dict[str, float]:
         """Compute every metric without a stored aggregate on given videos, then the roll-ups."""
         d = current()
+        self._count(len(videos))
         done = d.broadcast([store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics])
         todo = [m for m, have in zip(self.metrics, done, strict=True) if not have]
         rank, world = d.rank, d.world_size
         mine = videos[rank::world]  # with torch.distributed, each rank scores every world-th video
         # Each embedder runs once per video, batched across videos; each flow once per frame pair.
+        set_extras = self._set_extras(videos)
         with shared_features(mine), shared_flows():
             for metric in tqdm(todo, desc="metrics", disable=not show_progress or rank > 0, leave=False):
-                self._compute(store, checkpoint_id, metric, videos, mine)
-        return self._rollups(store, checkpoint_id) if rank == 0 else {}
+                self._compute(store, checkpoint_id, metric, videos, mine, set_extras)
+        return self._rollups(store, checkpoint_id, set_extras) if rank == 0 else {}
+
+    def _set_extras(self, videos: list[VideoSample]) -> dict:
+        """What every aggregate records about the videos it was computed on: their number and, for the
+        eval set sampled from a checkpoint, the eval set's digest (the inputs binding's ``eval_set``)."""
+        out: dict = {"eval_videos": len(videos)}
+        if len(videos) == len(self.seeds) and all(v.video_id == f"eval{i:04d}_seed{s}"
+                                                  for i, (v, s) in enumerate(zip(videos, self.seeds, strict=True))):
+            out["eval_set"] = self.eval_digest
+        return out
 
     def _compute(self, store: ResultStore, checkpoint_id: int, metric: Metric,
-                 videos: list[VideoSample], mine: list[VideoSample]) -> None:
+                 videos: list[VideoSample], mine: list[VideoSample], set_extras: dict | None = None) -> None:
         metric.reset()
         rows = [metric.update(v) for v in mine]
         if len(mine) != len(videos):  # sharded: gather every rank's state and records on rank 0
@@ -196,9 +226,10 @@ class Evaluator:
         if metric.spec.kind == "per-video":  # set metrics (FVD) have no per-video value
             store.add_records(checkpoint_id, metric.identity, rows)
         store.add_aggregate(checkpoint_id, metric.identity, value, len(kept) or len(rows), lo, hi,
-                            {"spec": metric.spec.name, "version": metric.spec.version, **extras})
+                            {"spec": metric.spec.name, "version": metric.spec.version, **(set_extras or {}),
+                             **extras})
 
-    def _rollups(self, store: ResultStore, checkpoint_id: int) -> dict[str, float]:
+    def _rollups(self, store: ResultStore, checkpoint_id: int, set_extras: dict | None = None) -> dict[str, float]:
         agg = store.aggregates()
         agg = agg[agg["checkpoint_id"] == checkpoint_id]
         identities = [m for m in agg["metric"] if m.split("[")[0] in ROLLUP_DIMENSIONS]
@@ -217,7 +248,8 @@ class Evaluator:
             for key, value in result.items():
                 if isinstance(value, float) and not _isnan(value):
                     store.add_aggregate(checkpoint_id, f"rollup:{prefix}_{key}[{label}]", value, 1, None, None,
-                                        {"missing": result.get("missing", []), "inputs": identities})
+                                        {"missing": result.get("missing", []), "inputs": identities,
+                                         **(set_extras or {})})
         return by_name
 
 
@@ -356,8 +388,11 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
                 weights = checkpoint_weights(preset, path, cfg.get("base_checkpoint"))
                 def load(path=path):
                     return adapter_for(preset, path, info["methods"])
+            from harness.runner import is_final
+
+            final = row.method == "base" or is_final(int(row.step), cfg.get("steps"))
             evaluator.evaluate(store, int(row.checkpoint_id), load, path / "samples.npz", show_progress, sampler,
-                               weights=weights)
+                               weights=weights, final=final)
     return run.results
 
 

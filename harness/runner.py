@@ -4,6 +4,9 @@
         step 0 is the base model (evaluated once per run, stored as method 'base')
         train; every `eval_every` steps and at the end: checkpoint, then evaluate
 
+The base model and each method's last checkpoint are evaluated on the final eval set
+(``eval.final_num_videos``), the other checkpoints on its first ``eval.num_videos`` videos.
+
 The run directory's layout, identity, lock and checkpoint files belong to ``harness.rundir``.
 A checkpoint carries the training logs since the previous one, and the results of a checkpoint
 are stored only after it is complete, in an order a crash anywhere can resume from: a resumed run
@@ -228,10 +231,16 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, configs: dict[s
     base_ckpt = store.checkpoint(run_id, "base", 0, 0, rundir.relative(base_dir), preset.sampler.model_dump())
     log.info("evaluating the base model (step 0)")
     evaluator.evaluate(store, base_ckpt, lambda: _eval_mode(base_adapter(preset)), base_dir / SAMPLES,
-                       opts.show_progress, weights=_base_weights(preset))
+                       opts.show_progress, weights=_base_weights(preset), final=True)
     for method, cfg in configs.items():
         for seed in seeds:
             _train_one(preset, rundir, store, run_id, evaluator, method, cfg, seed, opts.show_progress)
+
+
+def is_final(step: int, steps: int | None) -> bool:
+    """Whether a checkpoint takes the final (larger) eval set, ``eval.final_num_videos``: a starting model
+    (step 0: the base model, or a method's own) or a method's last step; the others take ``eval.num_videos``."""
+    return step == 0 or (steps is not None and step == steps)
 
 
 def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:
@@ -291,7 +300,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         adapter.model.eval()
         log.info("%s seed %d: evaluating step 0 (its own base model or sampler)", method, seed)
         evaluator.evaluate(store, record(path, 0), adapter, path / SAMPLES, show_progress, trainer.eval_sampler(0),
-                           weights=_base_weights(preset, cfg.base_checkpoint))
+                           weights=_base_weights(preset, cfg.base_checkpoint), final=True)
     done_steps = d.broadcast(rundir.complete_steps(method, seed, cfg.steps))  # rank 0's view of the disk
     start = done_steps[-1] if done_steps else 0
 
@@ -313,7 +322,8 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             return _eval_mode(trainer.adapter)
 
         evaluator.evaluate(store, record(path, step), at, path / SAMPLES, show_progress, trainer.eval_sampler(step),
-                           weights=checkpoint_weights(preset, path, cfg.base_checkpoint))
+                           weights=checkpoint_weights(preset, path, cfg.base_checkpoint),
+                           final=is_final(step, cfg.steps))
     if start:  # the loaded state is the latest checkpoint again
         load(start)
     logs: list[tuple[int, str, float]] = []
@@ -365,7 +375,8 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             adapter.model.eval()
             log.info("%s seed %d: evaluating step %d", method, seed, done)
             evaluator.evaluate(store, ckpt, adapter, path / SAMPLES, show_progress, trainer.eval_sampler(done),
-                               weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "")
+                               weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "",
+                               final=is_final(done, cfg.steps))
 
 
 def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, step: int) -> float:

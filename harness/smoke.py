@@ -31,11 +31,13 @@ def _overlaps(a: Path_, b: Path_) -> bool:
 
 
 def smoke_changes(cfg: PresetConfig, methods: list[str], with_steps: bool) -> list[tuple[Path_, Any]]:
-    """Every field a smoke run shrinks: 4 eval videos, 4 sampler steps, small probe and rollout sets and,
+    """Every field a smoke run shrinks: 4 eval videos (the final checkpoints' set too: it is left unset,
+    i.e. eval.num_videos), 4 sampler steps, small probe and rollout sets and,
     with ``with_steps``, 2 training steps evaluated after each step."""
     from trainers.registry import trainer_for
 
-    changes: list[tuple[Path_, Any]] = [(("eval", "num_videos"), 4), (("sampler", "num_steps"), 4),
+    changes: list[tuple[Path_, Any]] = [(("eval", "num_videos"), 4), (("eval", "final_num_videos"), None),
+                                        (("sampler", "num_steps"), 4),
                                         (("probes", "pairs"), 4), (("probes", "draws"), 1)]
     for m in methods:
         section = cfg.methods.get(m, {})

@@ -183,6 +183,7 @@ class FVD(Metric):
                                                                   else "fc_norm"))
         self._source: tuple[Any, list[Any]] | None = None  # ref=split:NAME: (the preset's dataset, clips)
         self.ref_offsets: list[int] = []  # the real clips' starts, set by reference()
+        self.n_generated: int | None = None  # set_generated(): the generated count in the identity
         self.reset()
 
     @property
@@ -215,7 +216,17 @@ class FVD(Metric):
         return self.extractor is None
 
     # -- identity and protocol ------------------------------------------------------------------
+    def set_generated(self, n: int | None) -> None:
+        """The number of generated videos the next values are computed on (the evaluator sets it per eval
+        set). FVD is biased by the sample count, so it is part of the identity (``gen=N``): a value on 48
+        videos and one on 192 are never stored, tabled or plotted as one metric."""
+        self.n_generated = None if n is None else int(n)
+
     def identity_options(self) -> dict[str, object]:
+        gen = {} if self.n_generated is None else {"gen": self.n_generated}
+        return {**self._identity_options(), **gen}
+
+    def _identity_options(self) -> dict[str, object]:
         if self.extractor is None:
             return {"features": f"{self.features}-clip", "n_ref": self.n_ref}
         ref = self.ref if self.ref_split is not None else Path(self.ref).name

@@ -38,7 +38,10 @@ class RunInfo:
 
     @property
     def num_videos(self) -> int | None:
-        n = (self.preset.get("eval") or {}).get("num_videos")
+        """Eval videos of the final checkpoints the tables compare (and of the base model):
+        eval.final_num_videos when set, else eval.num_videos (every checkpoint's)."""
+        ev = self.preset.get("eval") or {}
+        n = ev.get("final_num_videos") or ev.get("num_videos")
         return int(n) if n is not None else None
 
     @property

@@ -195,7 +195,8 @@ def test_variants_run_through_the_outer_loop_with_their_own_base_and_sampler(tmp
     from harness.store import ResultStore
     from reports.render import render_report
 
-    sets = ["eval.num_videos=4", "sampler.num_steps=2", "probes.pairs=2", "probes.draws=1", "probes.every=2",
+    sets = ["eval.num_videos=4", "eval.final_num_videos=null",
+            "sampler.num_steps=2", "probes.pairs=2", "probes.draws=1", "probes.every=2",
             "methods.fcrm.conditions=2", "methods.fcrm.group_size=2", "methods.fcrm.batch_size=2",
             "methods.fcrm.offline.count=4"]
     preset = load_preset("tiny", [parse_override(s) for s in sets])
@@ -258,7 +259,8 @@ class _AllNaN(Reward):
 def test_a_run_whose_rewards_are_all_non_finite_stops_with_the_step(tmp_path):
     from harness.runner import RunError, RunOptions, run
 
-    sets = ["eval.num_videos=2", "sampler.num_steps=2", "probes.names=[]", "methods.fcrm.conditions=2",
+    sets = ["eval.num_videos=2", "eval.final_num_videos=null",
+            "sampler.num_steps=2", "probes.names=[]", "methods.fcrm.conditions=2",
             "methods.fcrm.group_size=2", "methods.fcrm.batch_size=2", "methods.fcrm.behaviour=on_policy",
             "methods.fcrm.offline=null", "methods.fcrm.reward.name=test-all-nan"]
     preset = load_preset("tiny", [parse_override(s) for s in sets])

@@ -73,8 +73,8 @@ def test_the_probe_set_is_disjoint_from_every_methods_training_clips(name):
         trained = _trained_clips(cfg)
         assert trained, method
         assert not probe & trained, f"{method} trains on probe clips {sorted(probe & trained)[:4]}"
-    # the evaluator's videos (eval clips 0 .. num_videos - 1) are apart from the probe clips too
-    assert not probe & {("eval", i) for i in range(preset.eval.num_videos)}
+    # the evaluator's videos (eval clips 0 .. final_num_videos - 1) are apart from the probe clips too
+    assert not probe & {("eval", i) for i in range(preset.eval.size(final=True))}
     assert probe_set_problems(configs, preset) == []
 
 

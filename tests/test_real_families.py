@@ -167,7 +167,8 @@ def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_p
         "data": {"kind": "folder", "root": str(tmp_path / "videos"), "captions": "captions.csv",
                  "num_frames": frames, "fps": 8, "height": side, "width": side,
                  "splits": {"finetune": 0.5, "eval": 0.5}, "cache_dir": str(tmp_path / "clips")},
-        "sampler": {"num_steps": 2}, "eval": {"num_videos": 3, "batch_size": 2, "metrics": ["dynamic_degree"],
+        "sampler": {"num_steps": 2}, "eval": {"num_videos": 3, "final_num_videos": None,
+                                              "batch_size": 2, "metrics": ["dynamic_degree"],
                                               "backends": {"dynamic_degree": {"flow": "dis"}}},
         "probes": {"pairs": 2, "draws": 1, "split": "eval"},  # on footage: real clip vs reference sample
     }])

@@ -17,7 +17,8 @@ from harness.reproduce import diff_runs, reproduce
 from harness.runner import RunOptions, run
 from harness.store import ResultStore
 
-FAST = ["eval.num_videos=8", "sampler.num_steps=4", "methods.sft.batch_size=4", "probes.pairs=2",
+FAST = ["eval.num_videos=8", "eval.final_num_videos=null",
+        "sampler.num_steps=4", "methods.sft.batch_size=4", "probes.pairs=2",
         "probes.draws=1", "probes.every=100"]
 METRICS = ["motion_score", "subject_consistency", "distortion_rate", "motion_adherence"]
 

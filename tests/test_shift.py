@@ -163,7 +163,8 @@ def test_variants_and_bad_discriminator_through_the_outer_loop(tmp_path):
     from harness.runner import RunError, RunOptions, method_config, run
     from harness.store import ResultStore
 
-    sets = ["eval.num_videos=2", "sampler.num_steps=2", "probes.names=[]", "methods.shift.batch_size=2",
+    sets = ["eval.num_videos=2", "eval.final_num_videos=null",
+            "sampler.num_steps=2", "probes.names=[]", "methods.shift.batch_size=2",
             "methods.shift.buffer.prompts=2", "methods.shift.buffer.rollouts_per_prompt=2",
             "methods.shift.buffer.passes=1", "methods.shift.real.count=8"]
     preset = load_preset("tiny", [parse_override(s) for s in sets])

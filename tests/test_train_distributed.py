@@ -11,7 +11,8 @@ import pytest
 from dp_runs import assert_same_training, distance, lora, one_and_two, run_tiny
 
 METHODS = ["sft", "dpo"]
-SETS = {"eval": {"num_videos": 6, "batch_size": 2, "metrics": ["motion_score", "subject_consistency"]},
+SETS = {"eval": {"num_videos": 6, "final_num_videos": None,
+                 "batch_size": 2, "metrics": ["motion_score", "subject_consistency"]},
         "sampler": {"num_steps": 4}, "probes": {"names": ["likelihood_displacement"], "pairs": 4, "draws": 1},
         "methods": {"sft": {"batch_size": 4}, "dpo": {"batch_size": 4, "pairs": {"conditions": 8}}}}
 # The gradients of one global batch, summed in another order, differ by float32 rounding; Adam's

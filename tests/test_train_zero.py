@@ -17,7 +17,7 @@ pytest.importorskip("deepspeed")
 # Every method's rows are sharded over ranks; apo: a window of backwards accumulated per step; shift:
 # per-term gradient norms measured on the way through ZeRO; fcrm: a second parameter group (log Z).
 METHODS = ["sft", "apo", "shift", "fcrm"]
-SETS = {"eval": {"num_videos": 2, "batch_size": 2, "metrics": ["motion_score"]},
+SETS = {"eval": {"num_videos": 2, "final_num_videos": None, "batch_size": 2, "metrics": ["motion_score"]},
         "sampler": {"num_steps": 2}, "probes": {"names": []},
         "methods": {"sft": {"batch_size": 4, "lr": 5e-4}, "apo": {"batch_size": 4, "lr": 5e-5},
                     "shift": {"batch_size": 4, "lr": 5e-4,

@@ -9,12 +9,13 @@ import pytest
 
 from harness.config import PresetConfig, load_preset, parse_override
 
-FAST = ["eval.num_videos=4", "sampler.num_steps=2", "methods.sft.batch_size=2", "probes.pairs=2", "probes.draws=1",
-        "probes.every=2"]
+FAST = ["eval.num_videos=4", "eval.final_num_videos=null", "sampler.num_steps=2", "methods.sft.batch_size=2",
+        "probes.pairs=2", "probes.draws=1", "probes.every=2"]
 
 
 def fast_preset(*extra: str) -> PresetConfig:
-    """The tiny preset at test size (4 eval videos, 2 sampler steps, 2 probe pairs), with ``extra`` overrides."""
+    """The tiny preset at test size (4 eval videos, for the final checkpoints too; 2 sampler steps, 2 probe
+    pairs), with ``extra`` overrides."""
     return load_preset("tiny", [parse_override(s) for s in (*FAST, *extra)])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from peft import LoraConfig
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,35 @@ from harness.models.text import HashCaptionEncoder
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # self- and cross-attention
+
+
+class CachedWanRope(WanRotaryPosEmbed):
+    """diffusers' WanRotaryPosEmbed, its output kept per (frames, height, width, device, dtype).
+
+    The rotary table depends only on the video's shape and the module's fixed buffers, but diffusers
+    rebuilds it every forward in a dozen small ops (a sizeable share of a tiny-model step on CPU). The
+    cached tensors are the ones the first call returned, so outputs are bitwise those of the uncached
+    module (tests/test_tiny_model.py); they are built outside inference mode (usable in training) and
+    never need a gradient (the buffers have none)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, t, h, w = hidden_states.shape
+        buf = self.freqs_cos
+        key = (t, h, w, buf.device, buf.dtype, buf._version, self.freqs_sin._version)
+        cache = self.__dict__.setdefault("_rope_cache", {})
+        hit = cache.get(key)
+        if hit is None:
+            with torch.inference_mode(False), torch.no_grad():
+                hit = cache[key] = super().forward(hidden_states)
+        return hit
+
+
+def cache_rope(model: WanTransformer3DModel) -> WanTransformer3DModel:
+    """Make ``model``'s rotary embedding a CachedWanRope (same buffers, no parameters: the state dict is
+    unchanged)."""
+    if type(model.rope) is WanRotaryPosEmbed:
+        model.rope.__class__ = CachedWanRope
+    return model
 
 
 class TinyModelConfig(BaseModel):
@@ -55,6 +85,7 @@ class TinyWanAdapter(ModelAdapter):
             num_layers=config.num_layers,
             rope_max_seq_len=64,
         )
+        cache_rope(self.model)
 
     # -- persistence -----------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -1,0 +1,132 @@
+"""Power where it is cheap (issue 25): the base model and each method's last checkpoint are evaluated on
+the final eval set (eval.final_num_videos), the other checkpoints on its first eval.num_videos videos;
+FVD names the number of generated videos in its identity; a resumed run evaluates the same sets."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_runs import fast_preset, run_cache  # noqa: F401  (run_cache: autouse fixture)
+
+from harness.config import load_preset, parse_override
+from harness.evaluate import Evaluator
+from harness.runner import RunOptions, run
+from harness.smoke import apply_smoke
+from harness.store import ResultStore
+
+METRICS = ["motion_score", "fvd"]
+SMALL, FINAL = 4, 8
+
+
+def _preset():
+    return fast_preset(f"eval.final_num_videos={FINAL}")
+
+
+def _opts(**kw):
+    return RunOptions(**{"methods": ["sft"], "steps": 2, "eval_every": 1, "metrics": METRICS,
+                         "show_progress": False, **kw})
+
+
+def _aggregates(out: Path):
+    with ResultStore(out / "results.sqlite") as store:
+        agg = store.aggregates()
+    return agg[~agg["metric"].str.startswith(("rollup:", "gamma[", "likelihood_displacement["))]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from tiny_runs import shared_cache
+
+    out = tmp_path_factory.mktemp("final") / "run"
+    with shared_cache(tmp_path_factory):
+        run(_preset(), out, _opts())
+    return out
+
+
+def test_final_and_base_use_the_larger_set(finished):
+    agg = _aggregates(finished)
+    sizes = {(r.method, r.step): set() for r in agg.itertuples()}
+    for r in agg.itertuples():
+        sizes[(r.method, r.step)].add(r.extras["eval_videos"])
+    assert sizes == {("base", 0): {FINAL}, ("sft", 1): {SMALL}, ("sft", 2): {FINAL}}
+    motion = agg[agg["metric"].str.startswith("motion_score")].set_index("step")["n"]
+    assert motion.to_dict() == {0: FINAL, 1: SMALL, 2: FINAL}
+    for step, n in ((1, SMALL), (2, FINAL)):
+        with np.load(finished / "checkpoints" / "sft" / "seed0" / f"step{step:06d}" / "samples.npz") as z:
+            assert len(z["frames"]) == n and list(z["seeds"]) == [1000 + i for i in range(n)]
+    with ResultStore(finished / "results.sqlite") as store:
+        rec = store.records()
+    ids = {s: set(rec[(rec["step"] == s) & (rec["method"] == "sft")]["video_id"]) for s in (1, 2)}
+    assert ids[1] < ids[2] and len(ids[2]) == FINAL  # a nested subset: the same clips and seeds
+
+
+def test_fvd_identities_differ_by_generated_count(finished):
+    agg = _aggregates(finished)
+    fvd = agg[agg["metric"].str.startswith("fvd[")]
+    by_step = dict(zip(fvd["step"], fvd["metric"], strict=True))
+    assert f"gen={FINAL}" in by_step[0] and f"gen={FINAL}" in by_step[2] and f"gen={SMALL}" in by_step[1]
+    assert by_step[1] != by_step[2]
+    # the eval set is named by its digest in both the aggregate and the inputs binding
+    con = sqlite3.connect(finished / "results.sqlite")
+    keys = dict(con.execute("SELECT c.step, i.key_json FROM inputs i JOIN checkpoints c USING (checkpoint_id) "
+                            "WHERE c.method = 'sft'").fetchall())
+    con.close()
+    for r in agg[agg["method"] == "sft"].itertuples():
+        assert r.extras["eval_set"] == json.loads(keys[r.step])["eval_set"]
+    assert json.loads(keys[1])["eval_set"] != json.loads(keys[2])["eval_set"]
+
+
+def test_resume_evaluates_the_same_sets(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = {(r.method, r.step, r.metric): (r.value, r.n) for r in _aggregates(out).itertuples()}
+    final_dir = out / "checkpoints" / "sft" / "seed0" / "step000002"
+    (final_dir / "samples.npz").unlink()  # an evaluation interrupted: the last checkpoint's results are gone
+    con = sqlite3.connect(out / "results.sqlite")
+    con.execute("DELETE FROM aggregates WHERE checkpoint_id IN (SELECT checkpoint_id FROM checkpoints "
+                "WHERE method = 'sft' AND step = 2)")
+    con.commit()
+    con.close()
+    run(_preset(), out, _opts(resume=True, adopt=True))  # a copy of the finished run
+    after = {(r.method, r.step, r.metric): (r.value, r.n) for r in _aggregates(out).itertuples()}
+    assert after.keys() == before.keys()
+    for k, (v, n) in before.items():
+        assert after[k][1] == n and (after[k][0] == v or (np.isnan(v) and np.isnan(after[k][0]))), k
+    with np.load(final_dir / "samples.npz") as z:
+        assert len(z["frames"]) == FINAL
+
+
+def test_changing_the_set_resamples(tmp_path):
+    """The same checkpoint evaluated on the other set is sampled again, never read from the other size."""
+    from harness.runner import _base_weights, base_adapter
+
+    preset = _preset()
+    ev = Evaluator(preset, ["motion_score"])
+    path = tmp_path / "samples.npz"
+    adapter = base_adapter(preset)
+    adapter.model.eval()
+    small = ev.samples_for(adapter, path, False, None, ev.inputs_key(_base_weights(preset)))
+    ev.use_set(True)
+    big = ev.samples_for(adapter, path, False, None, ev.inputs_key(_base_weights(preset)))
+    assert len(small) == SMALL and len(big) == FINAL
+    np.testing.assert_array_equal(big[:SMALL], small)  # nested: the same clips and seeds
+
+
+def test_preset_defaults_and_smoke():
+    tiny = load_preset("tiny")
+    assert (tiny.eval.size(False), tiny.eval.size(True)) == (48, 192)
+    other = load_preset("tiny", [parse_override("eval.final_num_videos=null")])
+    assert other.eval.size(True) == other.eval.num_videos == 48
+    assert "final_num_videos" not in other.record()["eval"]  # unset: runs recorded before it still compare
+    more = load_preset("tiny", [parse_override("eval.num_videos=256")])  # the final set is never the smaller
+    assert (more.eval.size(False), more.eval.size(True)) == (256, 256)
+    shrink, made, _ = apply_smoke(tiny, ["sft"], [], with_steps=True)
+    smoke = load_preset("tiny", shrink)
+    assert smoke.eval.size(False) == smoke.eval.size(True) == 4
+    assert "eval.final_num_videos=None" in made
