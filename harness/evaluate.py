@@ -203,7 +203,7 @@ class Evaluator:
     def _compute(self, store: ResultStore, checkpoint_id: int, metric: Metric,
                  videos: list[VideoSample], mine: list[VideoSample], set_extras: dict | None = None) -> None:
         metric.reset()
-        rows = [metric.update(v) for v in mine]
+        rows = metric.update_many(mine) if hasattr(metric, "update_many") else [metric.update(v) for v in mine]
         if len(mine) != len(videos):  # sharded: gather every rank's state and records on rank 0
             import torch.distributed as dist
 

@@ -161,10 +161,26 @@ class PerVideoMetric(Metric):
         self._values: list[float | None] = []
         self._weights: list[float] = []
 
+    def score_many(self, samples: list[VideoSample]) -> list[tuple[float | None, float, dict[str, Any]]]:
+        """``score`` of each sample; a metric whose model runs faster on a batch overrides it."""
+        return [self.score(s) for s in samples]
+
     def update(self, sample: VideoSample) -> dict[str, Any]:
-        if sample.video_id in self._ids:
-            raise ValueError(f"{self.identity}: video {sample.video_id!r} was already scored")
-        value, weight, extras = self.score(sample)
+        return self.update_many([sample])[0]
+
+    def update_many(self, samples: list[VideoSample]) -> list[dict[str, Any]]:
+        """``update`` of each sample in order, scored together (``score_many``)."""
+        ids = [s.video_id for s in samples]
+        again = sorted(set(ids) & set(self._ids)) or sorted({i for i in ids if ids.count(i) > 1})
+        if again:
+            raise ValueError(f"{self.identity}: video {again[0]!r} was already scored")
+        scored = self.score_many(list(samples))
+        if len(scored) != len(samples):
+            raise RuntimeError(f"{self.identity}: score_many returned {len(scored)} results for {len(samples)} videos")
+        return [self._record(s, *r) for s, r in zip(samples, scored, strict=True)]
+
+    def _record(self, sample: VideoSample, value: float | None, weight: float,
+                extras: dict[str, Any]) -> dict[str, Any]:
         value = None if value is None or math.isnan(value) else float(value)
         self._ids.append(sample.video_id)
         self._values.append(value)

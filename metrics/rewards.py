@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.data.video_io import frames_to_tensor
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.registry import register
 
@@ -41,14 +40,21 @@ class LatentReward(PerVideoMetric):
         return {"model": self.model.digest}
 
     def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
-        if sample.first_frame is None or sample.caption is None:
-            raise ValueError(f"latent_reward needs the first frame and caption of video {sample.video_id!r}")
-        backbone = self.model.backbone
-        x0 = backbone.encode_video(frames_to_tensor(sample.frames)[None])
-        first = frames_to_tensor(np.asarray(sample.first_frame)[None])[:, 0][None]
-        with torch.no_grad():
-            value = self.model.score(x0, backbone.encode_condition(first, [sample.caption]))
-        return float(value[0]), 1.0, {}
+        return self.score_many([sample])[0]
+
+    def score_many(self, samples: list[VideoSample]) -> list[tuple[float | None, float, dict[str, Any]]]:
+        """One forward per batch of videos (the model's own batching), not one per video."""
+        from trainers.reward_model import video_scorer
+
+        for s in samples:
+            if s.first_frame is None or s.caption is None:
+                raise ValueError(f"latent_reward needs the first frame and caption of video {s.video_id!r}")
+        if not samples:
+            return []
+        values = video_scorer(self.model)(np.stack([s.frames for s in samples]),
+                                          np.stack([np.asarray(s.first_frame) for s in samples]),
+                                          [s.caption for s in samples])
+        return [(float(v), 1.0, {}) for v in values]
 
 
 @register(MetricSpec(
