@@ -212,3 +212,23 @@ def test_own_pairs_measurement_does_not_change_training(method, tmp_path):
     else:
         fresh.own_pairs(*fresh.draw_batch(0))
     assert all(p.grad is None for p in fresh.params)
+
+
+def test_the_probe_table_names_each_probe_and_says_why_gamma_is_not_applicable():
+    import pandas as pd
+
+    from reports.probes import GAMMA_NA, probe_summary
+
+    rows = []
+    for m, gammas in (("pgdpo", [0.1, -0.2]), ("fcrm", None)):
+        for step, cos in ((0, 0.5), (2, -0.1)):
+            rows.append((m, 0, step, "probe/chosen_logp_step/cos", cos))
+        for step, g in enumerate(gammas or []):
+            rows.append((m, 0, 2 * step, "probe/gamma/gamma", g))
+    rows += [("pgdpo", 0, 1, "own_pairs/gamma", 0.3), ("pgdpo", 0, 3, "own_pairs/gamma", 0.2)]
+    table = probe_summary(pd.DataFrame(rows, columns=["method", "seed", "step", "key", "value"]), ["pgdpo", "fcrm"])
+    by = table.set_index("method")
+    assert by.loc["pgdpo", "held-out Gamma > 0 (share)"] == 0.5
+    assert by.loc["fcrm", "held-out Gamma > 0 (share)"] == GAMMA_NA == "n/a: not a pairwise preference loss"
+    assert by.loc["fcrm", "update raises held-out log p(chosen) (share)"] == 0.5
+    assert by.loc["pgdpo", "own-pairs Gamma > 0 (share, in training)"] == 1.0
