@@ -7,8 +7,9 @@ is stored as an aggregate under the probe's identity, next to the video metrics.
 The probes measure every method on one held-out probe set: pairs built from clips
 ``probes.start`` .. ``probes.start + probes.pairs - 1`` of ``probes.split``, which no method trains
 on (``probe_set_problems`` refuses a run whose methods draw from them), with Gamma's DPO step at
-``probes.beta`` for every method. Both are in the probes' identity (``set=heldout-<split>-<start>``,
-``beta=``). See docs/metrics-probes.md.
+``probes.beta`` for every method it applies to (pairwise preference losses only: for other methods
+Gamma is not measured and nothing is stored). Both are in the probes' identity
+(``set=heldout-<split>-<start>``, ``beta=``). See docs/metrics-probes.md.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ class ProbeRunner:
         self.every = cfg.every
         self.probes: list[TrainingProbe] = []
         self.series: dict[str, dict[str, list[float]]] = {}
-        if not cfg.names:
+        # Probes of probes.names that do not apply to this trainer, with why: not measured, nothing stored.
+        self.not_applicable: dict[str, str] = {
+            n: why for n in cfg.names if (why := PROBES[n].applies(trainer)) is not None}
+        if not set(cfg.names) - set(self.not_applicable):
             return
         # The probe is a measurement, so the tiny world's evaluation oracle (not a method's training judge)
         # ranks its rollout pairs; real footage has none: a real clip against a sample.
@@ -40,7 +44,7 @@ class ProbeRunner:
         pairs = load_pairs(trainer.adapter, preset, PairsConfig(source=source, split=cfg.split, conditions=cfg.pairs,
                                                                  per_condition=cfg.per_condition, judge="oracle"),
                            workdir, start=cfg.start)
-        self.probes = make_probes(preset, pairs)
+        self.probes = make_probes(preset, pairs, trainer)
         self.series = {p.spec.name: {} for p in self.probes}
 
     def __bool__(self) -> bool:
@@ -82,12 +86,14 @@ def probe_set_label(preset: PresetConfig) -> str:
     return f"heldout-{preset.probes.split}-{preset.probes.start}"
 
 
-def make_probes(preset: PresetConfig, pairs) -> list[TrainingProbe]:
-    """The preset's probes on ``pairs``: the method plays no part, so every method is measured with the
-    same yardstick (Gamma against a DPO step at ``probes.beta``, whatever the method's own beta is)."""
+def make_probes(preset: PresetConfig, pairs, trainer=None) -> list[TrainingProbe]:
+    """The preset's probes on ``pairs`` that apply to ``trainer`` (all of them when None): the method
+    plays no part in a probe's settings, so every method it applies to is measured with the same
+    yardstick (Gamma against a DPO step at ``probes.beta``, whatever the method's own beta is; Gamma
+    applies only to pairwise preference losses, ``Trainer.pairwise_preference``)."""
     cfg = preset.probes
     return [PROBES[n](pairs, draws=cfg.draws, seed=cfg.seed, beta=cfg.beta, probe_set=probe_set_label(preset))
-            for n in cfg.names]
+            for n in cfg.names if trainer is None or PROBES[n].applies(trainer) is None]
 
 
 @dataclass(frozen=True)

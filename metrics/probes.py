@@ -1,33 +1,33 @@
-"""Training probes: metrics measured on the model while it trains, usable by every trainer.
+"""Training probes: metrics measured on the model while it trains (docs/metrics-probes.md).
 
-Both are measured on one held-out probe set, the same for every method: preference pairs of
-clips no method trains on (``probes.split`` from ``probes.start``; harness/probing.py refuses a
-run whose methods draw from them), named in the identity as ``set=heldout-<split>-<start>``.
-The paper measures them in training, on DPO's own training pairs; here they are a
-cross-method yardstick on held-out pairs (docs/metrics-probes.md).
+The probes here are measured on one held-out probe set, the same for every method: preference
+pairs of clips no method trains on (``probes.split`` from ``probes.start``; harness/probing.py
+refuses a run whose methods draw from them), named in the identity as ``set=heldout-<split>-<start>``.
+They are cross-method yardsticks; the paper's own in-training measurement on each step's training
+pairs is a different, separately named value that the preference trainers log themselves
+(``own_pairs/*``, trainers/own_pairs.py).
 
-* ``likelihood_displacement`` (PG-DPO Fig. 2, App. A.5.2): on a fixed probe set of
-  preference pairs and fixed (t, noise) draws, the ELBO proxy
-  log p(x) ~ -E_{t,eps} ||target - pred(x_t)||^2 of the chosen and rejected samples under
-  the policy and the reference. The checkpoint value is the chosen sample's change
-  from the reference (the start of training): negative = displaced.
-* ``gamma`` (PG-DPO Eq. 10 / 35): Gamma = -lr * grad log p(x_w) . (grad L_method - grad L_dpo)
-  over the trainable parameters, on the probe pairs with one fixed draw each. L_dpo is DPO at
-  the probes' own beta (``probes.beta``, in the identity), never the method's: one definition
-  for every method (a method's ``beta`` means different things: FCRM's is a reward temperature).
-  For a method whose loss is not a pairwise preference loss, the sign of Gamma says whether its
-  actual update raises the held-out chosen samples' likelihood more than a DPO update at
-  ``probes.beta`` on the held-out pairs would. L_method is
-  the trainer's own objective on the same pairs when it has one (``pair_loss``: dpo,
-  pgdpo at the same draws; apo over its own fixed window of timesteps; fcrm and shift with
-  the pair read as a group of two with advantages +1 and -1), else its loss for
-  the coming step, on its own batch (SFT: then Gamma compares updates computed on different
-  data and mostly says how much a DPO step on the probe pairs themselves would raise
-  their likelihood). The checkpoint value is the share of
-  probed steps with Gamma > 0 (the paper: 81.7 % and 76.9 %). As in the paper, the step is
-  the first-order SGD proxy -lr * grad, not the optimiser's actual (Adam) update.
+* ``likelihood_displacement`` (PG-DPO Fig. 2, App. A.5.2, on held-out pairs): at fixed
+  (t, noise) draws, the ELBO proxy log p(x) ~ -E_{t,eps} ||target - pred(x_t)||^2 of the chosen
+  and rejected samples under the policy and the reference. The checkpoint value is the chosen
+  samples' change from the reference (the start of training): negative = displaced. Every method.
+* ``chosen_logp_step``: does the method's actual coming update raise the held-out chosen samples'
+  log-likelihood? g_method is the gradient of the method's own loss for its coming step on its own
+  batch (``Trainer.coming_loss``: replayed without consuming its random stream or changing its
+  state), g_logp that of the chosen samples' ELBO proxy. Logs -lr * g_logp . g_method and the cosine
+  between -g_method and g_logp (scale-free); the checkpoint value is the share of probed steps with
+  cosine > 0. One definition for every method, so comparable across all of them.
+* ``gamma`` (PG-DPO Eq. 10 / 35): Gamma = -lr * grad log p(x_w) . (grad L_method - grad L_dpo) on the
+  held-out pairs with one fixed draw each, L_dpo being DPO at the probes' own beta (``probes.beta``,
+  in the identity). Measured only for trainers whose loss is a pairwise preference loss
+  (``Trainer.pairwise_preference``: dpo, pgdpo, apo; L_method is their ``pair_loss`` on the same
+  pairs, APO's over its own fixed window of timesteps). For other methods (sft, fcrm, shift) Gamma
+  has no meaning that does not depend on the method, so it is not measured and nothing is stored;
+  the report says why. The checkpoint value is the share of probed steps with Gamma > 0 (the
+  paper: 81.7 % and 76.9 %). As in the paper, the step is the first-order SGD proxy -lr * grad, not
+  the optimiser's actual (Adam) update.
 
-Probes do not touch the trainer's random generator or its gradients, so a run with
+Probes do not touch the trainer's random generator, its state or its gradients, so a run with
 probes trains exactly like one without.
 """
 
@@ -64,6 +64,12 @@ class TrainingProbe(ABC):
     def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0,
                  probe_set: str | None = None):
         self.pairs, self.draws, self.seed, self.beta, self.probe_set = pairs, draws, seed, beta, probe_set
+
+    @staticmethod
+    def applies(trainer) -> str | None:
+        """Why this probe does not apply to ``trainer`` (None: it does). A probe that does not apply
+        is not measured and stores nothing; the report says why."""
+        return None
 
     def identity_options(self) -> dict[str, object]:
         return {"pairs": len(self.pairs), "draws": self.draws, **self._set()}
@@ -136,28 +142,52 @@ def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], retain_grap
                                                                                            strict=True)])
 
 
+def _chosen_logp_grad(probe: TrainingProbe, trainer, draws: int) -> torch.Tensor:
+    """Gradient of the held-out chosen samples' ELBO-proxy log-likelihood (mean over pairs and the
+    probe's fixed draws) over the trainer's trainable parameters."""
+    x_w, _, cond, sigma, noise = probe.fixed_draws(trainer.adapter, draws)
+    x_t = trainer.adapter.add_noise(x_w, noise, sigma)
+    target = trainer.adapter.training_target(x_w, noise, sigma).float()
+    err = (trainer.adapter.predict(x_t, sigma, cond).float() - target) ** 2
+    return _flat_grad(-PairErrors.per_sample(err).mean(), trainer.params)
+
+
+def not_pairwise_reason(trainer) -> str | None:
+    """Why Gamma does not apply to ``trainer`` (None: it does)."""
+    if getattr(trainer, "pairwise_preference", False):
+        return None
+    return "not a pairwise preference loss: Gamma compares a pairwise preference loss with DPO on the same pairs"
+
+
 @register_probe(MetricSpec(
-    name="gamma", version="1", higher_is_better=True, kind="training-probe", aggregation="series",
+    name="gamma", version="2", higher_is_better=True, kind="training-probe", aggregation="series",
     vbench_range=None, inputs=(), weights=(),
-    description="PG-DPO's Gamma: the method's first-order gain in the chosen log-likelihood over a DPO step; "
-                "per checkpoint, the share of probed steps with Gamma > 0",
+    description="PG-DPO's Gamma on the held-out pairs (pairwise preference methods only): the method's "
+                "first-order gain in the chosen log-likelihood over a DPO step at probes.beta; per checkpoint, "
+                "the share of probed steps with Gamma > 0",
 ))
 class Gamma(TrainingProbe):
+    """Measured only for trainers whose loss is a pairwise preference loss (``pairwise_preference``:
+    dpo, pgdpo, apo), whose objective on the held-out pairs (``pair_loss``) is what Eq. 10 compares
+    with DPO. Other methods get no value at all (``applies``), not a number in another meaning."""
+
+    @staticmethod
+    def applies(trainer) -> str | None:
+        return not_pairwise_reason(trainer)
+
     def identity_options(self) -> dict[str, object]:
         return {"pairs": len(self.pairs), "beta": self.beta, "stat": "positive_share", **self._set()}
 
     def measure(self, trainer, step: int) -> dict[str, float]:
+        reason = self.applies(trainer)
+        if reason is not None:
+            raise TypeError(f"gamma: {type(trainer).__name__} is {reason}")
         adapter, params = trainer.adapter, trainer.params
         x_w, x_l, cond, sigma, noise = self.fixed_draws(adapter, 1)
         e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)  # one forward serves both gradients
         g_logp = _flat_grad(-PairErrors.per_sample(e.err_w).mean(), params, retain_graph=True)
         g_dpo = _flat_grad(dpo_loss(e, self.beta)[0].mean(), params)
-        if hasattr(trainer, "pair_loss"):  # the method's objective on the same pairs
-            g_method = _flat_grad(trainer.pair_loss(x_w, x_l, cond, sigma, noise)[0], params)
-        else:  # the trainer's own next step (another batch), replayed without consuming its random stream
-            state = trainer.generator.get_state()
-            g_method = _flat_grad(trainer.compute_loss(step)[0], params)
-            trainer.generator.set_state(state)
+        g_method = _flat_grad(trainer.pair_loss(x_w, x_l, cond, sigma, noise)[0], params)
         lr = trainer.lr
         d_method, d_dpo = -lr * float(g_logp @ g_method), -lr * float(g_logp @ g_dpo)
         return {"gamma": d_method - d_dpo, "dlogp_method": d_method, "dlogp_dpo": d_dpo}
@@ -165,4 +195,36 @@ class Gamma(TrainingProbe):
     @staticmethod
     def checkpoint_value(series: dict[str, list[float]]) -> float:
         values = series["gamma"]
+        return sum(v > 0 for v in values) / len(values)
+
+
+@register_probe(MetricSpec(
+    name="chosen_logp_step", version="1", higher_is_better=True, kind="training-probe", aggregation="series",
+    vbench_range=None, inputs=(), weights=(),
+    description="does the method's coming update (its own loss on its own batch) raise the held-out chosen "
+                "samples' log-likelihood? cosine between the update and grad log p(chosen); per checkpoint, the "
+                "share of probed steps with cosine > 0",
+))
+class ChosenLogpStep(TrainingProbe):
+    """The cross-method probe: the same question for every method, whatever its loss. g_method is the
+    gradient of the method's loss for its coming step, on its own batch (``trainer.coming_loss``,
+    replayed without consuming its random stream or changing its state); g_logp that of the held-out
+    chosen samples' ELBO proxy at the probe's fixed draws. Logs ``dlogp`` = -lr * g_logp . g_method
+    (first-order SGD proxy) and ``cos`` = cos(-g_method, g_logp), which is scale-free (normalised by the
+    update size, so methods with different loss scales compare)."""
+
+    def identity_options(self) -> dict[str, object]:
+        return {"pairs": len(self.pairs), "draws": self.draws, "stat": "raises_share", **self._set()}
+
+    def measure(self, trainer, step: int) -> dict[str, float]:
+        g_logp = _chosen_logp_grad(self, trainer, self.draws)
+        g_method = _flat_grad(trainer.coming_loss(step)[0], trainer.params)
+        dot = float(g_logp @ g_method)
+        norm = float(g_logp.norm() * g_method.norm())
+        cos = -dot / norm if norm > 0 else 0.0
+        return {"dlogp": -trainer.lr * dot, "cos": cos, "update_norm": trainer.lr * float(g_method.norm())}
+
+    @staticmethod
+    def checkpoint_value(series: dict[str, list[float]]) -> float:
+        values = series["cos"]
         return sum(v > 0 for v in values) / len(values)

@@ -27,7 +27,7 @@ from reports.tables import markdown_grid
 
 HOLDS, FAILS, UNSURE, ABSENT = "holds", "does not hold", "inconclusive", "not measured"
 LD = "probe/likelihood_displacement/"
-GAMMA = "probe/gamma/gamma"
+GAMMA = "own_pairs/gamma"  # the paper's measurement: Eq. 10 on each training step's own pairs
 
 
 @dataclass
@@ -136,12 +136,12 @@ def _gamma_positive(method: str):
         g = logs[(logs["method"] == method) & (logs["key"] == GAMMA)]["value"] if not logs.empty else []
         n = len(g)
         if not n:
-            return Finding("no Gamma probe logged", ABSENT)
+            return Finding("no own-pairs Gamma logged (own_pairs/gamma)", ABSENT)
         pos = int((np.asarray(g) > 0).sum())
         lo, hi = stats.binomtest(pos, n).proportion_ci(0.95, method="wilson")
         v = HOLDS if lo > 0.5 else FAILS if hi < 0.5 else UNSURE
-        return Finding(f"Gamma > 0 in {pos} of {n} probed steps ({pos / n:.0%}; 95 % Wilson [{lo:.2f}, {hi:.2f}])",
-                       v)
+        return Finding(f"own-pairs Gamma > 0 in {pos} of {n} measured training steps ({pos / n:.0%}; "
+                       f"95 % Wilson [{lo:.2f}, {hi:.2f}])", v)
     return test
 
 
@@ -185,7 +185,8 @@ CLAIMS: list[Claim] = [
     Claim("PG-DPO", "DPO displaces the chosen likelihood (log p of chosen samples falls)", ("dpo",),
           _displacement("dpo", positive=False)),
     Claim("PG-DPO", "PG-DPO raises the chosen likelihood", ("pgdpo",), _displacement("pgdpo", positive=True)),
-    # Eq. 10 measures PG-DPO's step against a DPO step from the same weights; on a DPO run it is 0 by definition.
+    # Eq. 10 measures PG-DPO's step against a DPO step from the same weights on the step's own training pairs
+    # (own_pairs/gamma, as the paper does; not the held-out probe); on a DPO run it is 0 by definition.
     Claim("PG-DPO", "Gamma > 0 in most training steps of PG-DPO (paper: 81.7 % and 76.9 %)", ("pgdpo",),
           _gamma_positive("pgdpo")),
     Claim("PG-DPO", "PG-DPO improves motion adherence over DPO", ("dpo", "pgdpo"),

@@ -1,5 +1,7 @@
-"""The training-probe section: likelihood displacement (in the style of PG-DPO's Fig. 2)
-and the Gamma series with its share of positive steps."""
+"""The training-probe section: likelihood displacement (in the style of PG-DPO's Fig. 2), the
+cross-method ``chosen_logp_step`` share, the held-out Gamma series with its share of positive steps
+(pairwise preference methods only: "n/a" with the reason for the others), and the paper's own
+in-training Gamma on each step's own pairs (``own_pairs/gamma``), each in its own named column."""
 
 from __future__ import annotations
 
@@ -14,10 +16,14 @@ from reports.tables import method_order
 
 LD = "probe/likelihood_displacement/"
 GAMMA = "probe/gamma/gamma"
+STEP_COS = "probe/chosen_logp_step/cos"
+OWN_GAMMA = "own_pairs/gamma"
+GAMMA_NA = "n/a: not a pairwise preference loss"
 
 
 def probe_logs(logs: pd.DataFrame) -> pd.DataFrame:
-    return logs[logs["key"].str.startswith("probe/")] if not logs.empty else logs
+    """The held-out probes' logs and the preference trainers' own-pairs measurement."""
+    return logs[logs["key"].str.startswith(("probe/", "own_pairs/"))] if not logs.empty else logs
 
 
 def displacement_plot(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None) -> list[Path]:
@@ -70,23 +76,27 @@ def gamma_plot(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None 
 
 def probe_caption(metrics: Iterable[str]) -> str:
     """The line above the probe table: which probe set the stored probes were measured on."""
-    ids = sorted({m for m in metrics if m.startswith(("likelihood_displacement[", "gamma["))})
+    ids = sorted({m for m in metrics if m.startswith(("likelihood_displacement[", "gamma[", "chosen_logp_step["))})
     if not ids:
         return ""
     names = ", ".join(f"`{i}`" for i in ids)
     if all("set=heldout-" in i for i in ids):
         return ("Training probes on the held-out probe set: pairs of clips no method trains on, the same for every "
-                "method, with Gamma against DPO at one beta for every method (docs/metrics-probes.md): " + names)
+                "method, with Gamma against DPO at one beta, measured for the pairwise preference methods only "
+                "(docs/metrics-probes.md): " + names)
     return ("Training probes recorded without a held-out probe set (before issue #25): their pairs may be training "
             "pairs and Gamma's DPO beta may differ per method: " + names)
 
 
 def probe_summary(logs: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per method and seed: the final chosen / rejected displacement, its minimum, and the
-    share of probed steps with Gamma > 0 (as the stored checkpoint value)."""
+    """Per method and seed: the final chosen / rejected displacement and its minimum; the share of
+    probed steps whose update raises the held-out chosen log-likelihood (``chosen_logp_step``); the
+    share with held-out Gamma > 0 (as the stored checkpoint values), "n/a" with the reason for a
+    method Gamma does not apply to; and the share of the paper's own-pairs Gamma > 0 in training."""
     rows = []
     if logs.empty:
         return pd.DataFrame()
+    any_gamma = bool((logs["key"] == GAMMA).any())
     for (m, seed), part in logs.groupby(["method", "seed"]):
         row: dict[str, object] = {"method": m, "seed": seed}
         ch = part[part["key"] == LD + "chosen_displacement"].sort_values("step")
@@ -94,10 +104,20 @@ def probe_summary(logs: pd.DataFrame, methods: Sequence[str] | None = None) -> p
         if len(ch):
             row.update({"chosen Δlog p (final)": ch["value"].iloc[-1], "chosen Δlog p (min)": ch["value"].min(),
                         "rejected Δlog p (final)": rj["value"].iloc[-1] if len(rj) else float("nan")})
+        c = part[part["key"] == STEP_COS]
+        if len(c):
+            row["update raises held-out log p(chosen) (share)"] = float((c["value"] > 0).mean())
         g = part[part["key"] == GAMMA]
         if len(g):
-            row.update({"Gamma > 0 (share of probed steps)": float((g["value"] > 0).mean()),
-                        "probed steps": len(g)})
+            row["held-out Gamma > 0 (share)"] = float((g["value"] > 0).mean())
+        elif any_gamma or len(c):  # probed, but Gamma does not apply to this method: say so, store nothing
+            row["held-out Gamma > 0 (share)"] = GAMMA_NA
+        own = part[part["key"] == OWN_GAMMA]
+        if len(own):
+            row["own-pairs Gamma > 0 (share, in training)"] = float((own["value"] > 0).mean())
+        probed = part[part["key"].isin([STEP_COS, GAMMA])].groupby("key").size()
+        if len(probed):
+            row["probed steps"] = int(probed.max())
         rows.append(row)
     out = pd.DataFrame(rows)
     order = method_order(out["method"], methods)

@@ -65,8 +65,9 @@ def test_likelihood_and_gamma_claims_from_probe_logs():
                                                              ("pgdpo", 0, 4), ("pgdpo", 1, 4)]]
     ld = "probe/likelihood_displacement/chosen_displacement"
     logs = [("dpo", 0, 4, ld, -0.5), ("dpo", 1, 4, ld, -0.7), ("pgdpo", 0, 4, ld, 0.2), ("pgdpo", 1, 4, ld, 0.3)]
-    logs += [("pgdpo", s, st, "probe/gamma/gamma", 1.0) for s in (0, 1) for st in range(10)]
-    logs += [("dpo", s, st, "probe/gamma/gamma", 0.0) for s in (0, 1) for st in range(10)]  # DPO vs itself: 0
+    logs += [("pgdpo", s, st, "own_pairs/gamma", 1.0) for s in (0, 1) for st in range(10)]
+    logs += [("dpo", s, st, "own_pairs/gamma", 0.0) for s in (0, 1) for st in range(10)]  # DPO vs itself: 0
+    logs += [("pgdpo", s, st, "probe/gamma/gamma", -1.0) for s in (0, 1) for st in range(10)]  # not the paper's
     table = check_claims(RunData(_records(rows), _logs(logs))).set_index("claim")
     # -0.6 +- t(0.975, 1) * 0.1414 / sqrt(2) = -0.6 +- 1.27: the interval contains 0 with two seeds
     assert table.loc["DPO displaces the chosen likelihood (log p of chosen samples falls)", "verdict"] == UNSURE

@@ -177,19 +177,6 @@ def test_missing_reward_model_names_the_file_and_the_command(preset, tmp_path):
         build_reward("latent_rm", TinyWanAdapter.load(preset.base_checkpoint_path()), preset, path=str(tmp_path))
 
 
-def test_pair_loss_gives_gamma_a_gradient(preset):
-    tr = _trainer(preset, behaviour="on_policy", offline=None)
-    x_w, x_l = torch.rand(2, 3, 8, 16, 16) * 2 - 1, torch.rand(2, 3, 8, 16, 16) * 2 - 1
-    from harness.data.batches import split_batch
-
-    batch = split_batch(preset.world, "eval", range(2))
-    cond = tr.adapter.encode_condition(batch.first_frames, batch.captions)
-    loss, _ = tr.pair_loss(x_w, x_l, cond, torch.tensor([0.3, 0.6]), torch.randn(2, 3, 8, 16, 16))
-    assert loss.item() == pytest.approx(1.0)  # g = -A = -/+1 at the reference, b_phi = 0
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.params)
-
-
 def test_variants_run_through_the_outer_loop_with_their_own_base_and_sampler(tmp_path):
     from harness.runner import RunError, RunOptions, method_config, run
     from harness.store import ResultStore

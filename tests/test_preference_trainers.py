@@ -83,7 +83,7 @@ def test_probes_at_the_start_and_gamma_of_dpo_is_zero(tmp_path):
     dpo = _trainer("dpo", preset, tmp_path)
     dpo.train_step(0)
     probes = ProbeRunner(preset, dpo, tmp_path / "cache")
-    ld, gamma = probes.probes
+    ld, _, gamma = probes.probes
     assert isinstance(ld, LikelihoodDisplacement) and isinstance(gamma, Gamma)
     # the held-out probe set: clips probes.start.. of probes.split, none of them a training condition
     first = preset.probes.start

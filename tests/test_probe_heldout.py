@@ -116,21 +116,37 @@ def _fake_pairs(n=3):
 
 
 def test_gamma_has_one_identity_for_every_method(monkeypatch):
-    """Gamma is measured against DPO at probes.beta for every method (FCRM's own beta, its reward
-    temperature 1, used to be taken), on the held-out set, which its identity names."""
+    """Gamma is measured against DPO at probes.beta (FCRM's own beta, its reward temperature 1, used to
+    be taken), on the held-out set, which its identity names; only for the pairwise preference methods,
+    and with one identity for all of them. The cross-method probes have one identity for all six."""
+    from trainers.registry import get_trainer
+
     monkeypatch.setattr(probing, "load_pairs", lambda *a, **k: _fake_pairs())
     preset = load_preset("tiny")
-    ids = {}
+    ids, not_applicable = {}, {}
     for method in ("sft", "dpo", "pgdpo", "fcrm", "shift", "apo"):
-        trainer = SimpleNamespace(adapter=None, config=method_config(preset, method, RunOptions([method])))
-        ids[method] = {p.spec.name: p.identity for p in ProbeRunner(preset, trainer, None).probes}
+        cfg = method_config(preset, method, RunOptions([method]))
+        cls = get_trainer(cfg.trainer or method)
+        trainer = SimpleNamespace(adapter=None, config=cfg, pairwise_preference=cls.pairwise_preference)
+        runner = ProbeRunner(preset, trainer, None)
+        ids[method] = {p.spec.name: p.identity for p in runner.probes}
+        not_applicable[method] = runner.not_applicable
     assert method_config(preset, "fcrm", RunOptions(["fcrm"])).beta == 1.0  # not the probes' beta
-    for name in ("gamma", "likelihood_displacement"):
+    pairwise = ("dpo", "pgdpo", "apo")
+    assert len({ids[m]["gamma"] for m in pairwise}) == 1, {m: ids[m]["gamma"] for m in pairwise}
+    for m in ("sft", "fcrm", "shift"):  # never measured there: no number whose meaning depends on the method
+        assert "gamma" not in ids[m] and "pairwise preference" in not_applicable[m]["gamma"]
+    for m in pairwise:
+        assert not not_applicable[m]
+    for name in ("chosen_logp_step", "likelihood_displacement"):
         assert len({i[name] for i in ids.values()}) == 1, {m: i[name] for m, i in ids.items()}
-    assert ids["fcrm"]["gamma"] == "gamma[beta=100,pairs=3,set=heldout-eval-100000,stat=positive_share]"
+    assert ids["dpo"]["gamma"] == "gamma[beta=100,pairs=3,set=heldout-eval-100000,stat=positive_share]"
     assert ids["sft"]["likelihood_displacement"] == "likelihood_displacement[draws=4,pairs=3,set=heldout-eval-100000]"
+    assert ids["fcrm"]["chosen_logp_step"] == \
+        "chosen_logp_step[draws=4,pairs=3,set=heldout-eval-100000,stat=raises_share]"
     other = load_preset("tiny", [parse_override("probes.beta=10")])
-    trainer = SimpleNamespace(adapter=None, config=method_config(other, "dpo", RunOptions(["dpo"])))
+    trainer = SimpleNamespace(adapter=None, config=method_config(other, "dpo", RunOptions(["dpo"])),
+                              pairwise_preference=True)
     (gamma,) = [p for p in ProbeRunner(other, trainer, None).probes if p.spec.name == "gamma"]
     assert gamma.beta == 10 and "beta=10," in gamma.identity  # the probes' beta, not dpo's 100
 

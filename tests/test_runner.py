@@ -40,17 +40,21 @@ def test_run_stores_base_and_every_checkpoint(tmp_path):
         ckpts = store.checkpoints()
         assert sorted(zip(ckpts["method"], ckpts["step"], strict=True)) == [("base", 0), ("sft", 2), ("sft", 4)]
         agg = store.aggregates()
-        probes = {m for m in agg["metric"] if m.startswith(("gamma[", "likelihood_displacement["))}
+        probes = {m for m in agg["metric"] if m.startswith(("gamma[", "likelihood_displacement[",
+                                                            "chosen_logp_step["))}
         assert len(probes) == 2 and set(agg[agg["metric"].isin(probes)]["step"]) == {2, 4}
         assert all("set=heldout-eval-100000" in m for m in probes)  # the held-out probe set, named
-        assert {m for m in probes if m.startswith("gamma[")} == {"gamma[beta=100,pairs=2,set=heldout-eval-100000,"
-                                                                 "stat=positive_share]"}
+        # sft's loss is not a pairwise preference loss: no Gamma at all (no placeholder either)
+        assert not {m for m in probes if m.startswith("gamma[")}
+        assert "chosen_logp_step[draws=1,pairs=2,set=heldout-eval-100000,stat=raises_share]" in probes
         metrics = {m for m in agg["metric"] if not m.startswith("rollup:")} - probes
         assert len(metrics) == len(METRICS)
         assert len(agg[~agg["metric"].str.startswith("rollup:") & ~agg["metric"].isin(probes)]) == 3 * len(METRICS)
         assert (store.records().groupby(["checkpoint_id", "metric"]).size() == 4).all()
         logs = store.train_logs()
         assert sorted(logs[logs["key"] == "loss"]["step"]) == [1, 2, 3, 4]
+        assert not logs["key"].str.startswith("probe/gamma/").any()
+        assert len(logs[logs["key"] == "probe/chosen_logp_step/cos"]) == 3  # steps 0, 2, 4
         assert store.runs()["provenance"][0]["versions"]["diffusers"]
     for step in (2, 4):
         ck = out / "checkpoints" / "sft" / "seed0" / f"step{step:06d}"

@@ -47,6 +47,8 @@ from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
 from harness.sampling import SamplerConfig, guided_velocity, sample
 from trainers.base import Trainer
+from trainers.objectives import sample_sigmas
+from trainers.own_pairs import own_pairs_due, own_pairs_values
 from trainers.preference import (
     DPOObjectiveConfig,
     PairsConfig,
@@ -195,6 +197,7 @@ class APOTrainer(Trainer):
     config_class = APOConfig
     description = "Diffusion-APO: trajectory-aware DPO with a high/low timestep window, in stages (LoRA)"
     config: APOConfig
+    pairwise_preference = True
 
     def __init__(self, adapter, preset, config, seed, workdir=None):
         super().__init__(adapter, preset, config, seed, workdir)
@@ -361,6 +364,25 @@ class APOTrainer(Trainer):
             total = total + loss.mean()
         return total, {}
 
+    def own_pairs(self, step: int, batch: PairBatch) -> dict[str, float]:
+        """PG-DPO's Gamma and Fig. 2 on this step's own pairs (trainers/own_pairs.py): the method's loss
+        is the step's summed window loss, replayed from the same generator state (restored after, so
+        the step draws the same window and noise); DPO at APO's beta and T is Diffusion-DPO's own draw,
+        one uniform t and noise per pair from a generator of (seed, step) alone, at which the chosen and
+        rejected log-likelihoods are read too."""
+        rng, window = self.generator.get_state(), self._window
+        try:
+            method = sum(loss for _, loss, _, _ in self._window_losses(batch))
+        finally:
+            self.generator.set_state(rng)
+            self._window = window
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        sigma = sample_sigmas("uniform", batch.n, g)[batch.rows]
+        noise = torch.randn((batch.n, *batch.x_w.shape[1:]), generator=g)[batch.rows]
+        e = pair_errors(self.adapter, batch.x_w, batch.x_l, batch.cond, sigma, noise)
+        dpo = batch.scale * dpo_loss(e, self.config.beta, self.config.T)[0].mean()
+        return own_pairs_values(self.params, self.lr, e, method, dpo)
+
     def _distill_loss(self) -> torch.Tensor:
         """Eq. 4: the student's single prediction against the teacher's CFG + STG guided one."""
         stage = self.config.stages[self.stage]
@@ -404,6 +426,7 @@ class APOTrainer(Trainer):
         self.optimizer.zero_grad()
         if batch is None:  # every pair tied (on every rank alike): nothing to learn from this step
             return {"loss": 0.0, "grad_norm": 0.0, **logs}
+        own = self.own_pairs(step, batch) if own_pairs_due(self.config, self.preset, step) else {}
         total, acc, margin, high = 0.0, 0.0, 0.0, []
         for t, loss, stats, last in self._window_losses(batch):
             self.optimizer.backward(loss, last=last)  # gradients summed over the window, as the paper does
@@ -413,7 +436,8 @@ class APOTrainer(Trainer):
             high.append(t)
         k = len(high)
         grad_norm = self.optimizer.step()
-        return {**self.dist.average_logs({"loss": total, "implicit_acc": acc / k, "reward_margin": margin / k}),
+        return {**self.dist.average_logs({"loss": total, "implicit_acc": acc / k, "reward_margin": margin / k,
+                                          **own}),
                 "grad_norm": grad_norm, "t_mean": float(np.mean(high)), **logs}
 
     # -- resumable state ---------------------------------------------------------------

@@ -3,6 +3,7 @@ lives once in harness.runner; a trainer owns only its loss, its data and its sta
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,6 +61,13 @@ class Trainer(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
     description: ClassVar[str] = ""
+    # True when the loss is a pairwise preference loss (chosen vs rejected of one pair, compared with
+    # a reference): the trainers for which PG-DPO's Gamma (DPO vs the method on the same pairs) has a
+    # meaning (metrics/probes.py). Declared by the class, never inferred from its name.
+    pairwise_preference: ClassVar[bool] = False
+    # Attributes that ``compute_loss`` may change (rollout rounds, buffers, running statistics):
+    # ``coming_loss`` puts them back, so that a probe's replay leaves the trainer as it found it.
+    replay_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int,
                  workdir: Path | None = None):
@@ -83,6 +91,19 @@ class Trainer(ABC):
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The scalar loss of step ``step`` and scalars to log. Draws its data and noise from
         ``self.generator`` only, so a probe can replay it after saving the generator state."""
+
+    def coming_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """``compute_loss(step)`` replayed for a probe: the loss of the coming step on the batch the step
+        will draw, after which the trainer is as before (its random generator and ``replay_state``
+        restored), so the step itself draws and trains exactly as without the replay."""
+        rng = self.generator.get_state()
+        saved = {k: copy.deepcopy(getattr(self, k)) for k in self.replay_state if hasattr(self, k)}
+        try:
+            return self.compute_loss(step)
+        finally:
+            self.generator.set_state(rng)
+            for k, v in saved.items():
+                setattr(self, k, v)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimisation step; returns scalars to log (including 'loss' and 'grad_norm')."""

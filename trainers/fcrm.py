@@ -173,6 +173,7 @@ class FCRMTrainer(Trainer):
     name = "fcrm"
     config_class = FCRMConfig
     description = "FCRM: loss-space GFlowNet reward matching, online/EMA/replay/offline, few-step"
+    replay_state = ("round", "round_order", "round_logs", "dropped", "buffer", "offline_stats")
     config: FCRMConfig
 
     def __init__(self, adapter, preset, config: FCRMConfig, seed: int, workdir: Path | None = None):
@@ -353,20 +354,6 @@ class FCRMTrainer(Trainer):
             with torch.no_grad():
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - self.config.ema_decay)
         return logs
-
-    def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
-        """FCRM on a preference pair, for the Gamma probe: the pair is a group of two, whose
-        normalised advantages are +1 and -1; b_phi as trained; the given draws serve as both
-        noise batches (so the gradient is that of the single-batch square)."""
-        x0 = torch.cat([x_w, x_l])
-        both = cond.cat([cond, cond])
-        s = torch.cat([sigma, sigma]).reshape(-1, 1)
-        e = torch.cat([noise, noise]).unsqueeze(1)
-        m = mc_losses(self.adapter, x0, both, s, e, self.config.reduction)
-        b = self.log_z(both)
-        target = torch.cat([torch.ones(len(x_w)), -torch.ones(len(x_l))]).to(b.device)
-        g = residual(b, target, m.reference, m.policy, self.config.beta, self.config.gamma)
-        return (g**2).mean(), {}
 
     # -- resumable state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -34,7 +34,8 @@ from harness.models.base import Conditioning, ModelAdapter
 from harness.sampling import SamplerConfig
 from trainers.base import Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
-from trainers.preference_losses import PairErrors
+from trainers.own_pairs import own_pairs_due, own_pairs_values
+from trainers.preference_losses import PairErrors, dpo_loss
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ def pairs_problems(cfg: PairsConfig, preset, where: str) -> list[str]:
 class DPOObjectiveConfig(TrainerConfig):
     beta: float = Field(100.0, gt=0, description="beta of Eq. 3 (PG-DPO: 100)")
     T: float = Field(1.0, gt=0, description="T in beta*T; 1 folds T into beta, as the papers' code does")
+    own_pairs_every: int | None = Field(
+        None, ge=0, description="log PG-DPO's Gamma and the chosen/rejected log-likelihood change on the step's own "
+                                "training pairs (own_pairs/*, trainers/own_pairs.py) every this many steps; "
+                                "default: probes.every; 0: never")
 
 
 class PreferenceConfig(DPOObjectiveConfig):
@@ -196,6 +201,7 @@ def pair_errors(adapter: ModelAdapter, x_w: torch.Tensor, x_l: torch.Tensor, con
 
 class PreferenceTrainer(Trainer):
     config: PreferenceConfig
+    pairwise_preference = True
 
     def __init__(self, adapter, preset, config, seed, workdir=None):
         super().__init__(adapter, preset, config, seed, workdir)
@@ -209,11 +215,30 @@ class PreferenceTrainer(Trainer):
         losses, logs = self.objective(pair_errors(self.adapter, x_w, x_l, cond, sigma, noise))
         return losses.mean(), logs
 
-    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def draw_batch(self, step: int) -> tuple:
+        """The step's pairs and their (sigma, noise) draws: this rank's rows of the global batch."""
         b = self.config.batch_size
         rows = self.dist.rows(b)  # this rank's share of the global batch (all of it on one process)
         idx = torch.randint(len(self.pairs), (b,), generator=self.generator)[rows].tolist()
         x_w, x_l, cond = self.pairs.tensors(self.adapter, idx)
         sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)[rows]
         noise = torch.randn((b, *x_w.shape[1:]), generator=self.generator)[rows]
-        return self.pair_loss(x_w, x_l, cond, sigma, noise)
+        return x_w, x_l, cond, sigma, noise
+
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.pair_loss(*self.draw_batch(step))
+
+    def own_pairs(self, x_w, x_l, cond, sigma, noise) -> dict[str, float]:
+        """PG-DPO's Gamma and Fig. 2 on this step's own pairs and draws (trainers/own_pairs.py), with
+        DPO at this method's beta and T: one forward serves every gradient."""
+        e = pair_errors(self.adapter, x_w, x_l, cond, sigma, noise)
+        method = self.objective(e)[0].mean()
+        dpo = dpo_loss(e, self.config.beta, self.config.T)[0].mean()
+        return own_pairs_values(self.params, self.lr, e, method, dpo)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        batch = self.draw_batch(step)
+        own = self.own_pairs(*batch) if own_pairs_due(self.config, self.preset, step) else {}
+        loss, logs = self.pair_loss(*batch)
+        grad_norm = self.optimise(loss)
+        return {**self.dist.average_logs({"loss": loss.item(), **logs, **own}), "grad_norm": grad_norm}

@@ -141,6 +141,7 @@ class ShiftConfig(TrainerConfig):
 class ShiftTrainer(Trainer):
     name = "shift"
     config_class = ShiftConfig
+    replay_state = ("buffer", "buffer_feats", "orders", "fill_logs", "current")
     description = "SHIFT: SFT anchor + advantage-weighted rollouts, adversarial IMR/LMR rewards"
     config: ShiftConfig
 
@@ -303,13 +304,6 @@ class ShiftTrainer(Trainer):
                  **{k: logs.pop(k) for k in ("loss/real_mse", "loss/fake_mse")}}  # means over this rank's rows
         return {**self.dist.average_logs(local), **norms, "grad_norm/sft_over_awr": min(ratio, 1e9), **logs,
                 **disc_logs}
-
-    def pair_loss(self, x_w, x_l, cond, sigma, noise) -> tuple[torch.Tensor, dict[str, float]]:
-        """SHIFT's advantage term on a preference pair, for the Gamma probe: the pair as a buffer
-        of two, whose fake-centred advantages are +1 and -1, with shared sigma and noise."""
-        l_w = denoising_loss(self.adapter, x_w, cond, sigma, noise)
-        l_l = denoising_loss(self.adapter, x_l, cond, sigma, noise)
-        return self.config.lambda_awr * (l_w - l_l).mean(), {}
 
     # -- resumable state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
