@@ -38,6 +38,22 @@ def _agg_series(agg: pd.DataFrame, method: str, prefix: str) -> pd.Series:
     return rows.groupby("step")["value"].mean()
 
 
+def _fvd_drift(agg: pd.DataFrame, method: str) -> pd.Series:
+    """FVD at each step over the start's FVD *of the same identity*: FVD is biased by the number of
+    generated videos (in its identity, ``gen=``), so a 48-video FVD is never divided by a 192-video one;
+    steps without a same-identity start get no drift."""
+    rows = agg[(agg["method"] == method) & agg["metric"].str.startswith("fvd[")]
+    base = agg[(agg["method"] == "base") & agg["metric"].str.startswith("fvd[")]
+    out = {}
+    for metric, part in rows.groupby("metric"):
+        series = part.groupby("step")["value"].mean()
+        start = series.get(0, base[base["metric"] == metric]["value"].mean() if not base.empty else np.nan)
+        for step, value in series.items():
+            out.setdefault(step, []).append(value / start - 1 if np.isfinite(start) else np.nan)
+    return pd.Series({s: float(np.nanmean(v)) if np.isfinite(v).any() else np.nan for s, v in out.items()},
+                     dtype=float)
+
+
 def _logged_at(logs: pd.DataFrame, method: str, key: str, steps: list[int], how: str = "last") -> dict[int, float]:
     rows = logs[(logs["method"] == method) & (logs["key"] == key)] if not logs.empty else logs
     out = {}
@@ -68,7 +84,6 @@ def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[st
         return pd.DataFrame()
     agg = clean_aggregates(agg)
     logs = logs if logs is not None else pd.DataFrame(columns=["method", "key", "step", "value"])
-    base_fvd = _agg_series(agg, "base", "fvd[")
     base_gap = _agg_series(agg, "base", "rollup:shift_motion_minus_appearance")
     rows = []
     for method in methods:
@@ -77,7 +92,7 @@ def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[st
         if gap.empty and fvd.empty:
             continue
         steps = sorted(set(gap.index) | set(fvd.index))
-        start_fvd = fvd.get(0, base_fvd.get(0, np.nan))
+        drift = _fvd_drift(agg, method)
         start_gap = gap.get(0, base_gap.get(0, np.nan))
         key = next((k for k in TRAIN_REWARD_KEYS if not logs.empty and
                     ((logs["method"] == method) & (logs["key"] == k)).any()), None)
@@ -95,7 +110,7 @@ def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[st
                 "train judge": judge or "–", "train judge Δ": judge_series.get(s, np.nan) - judge_start,
                 **{f"held-out {name} Δ": series.get(s, np.nan) - start for name, (series, start) in oracle.items()},
                 "method": method, "step": s, "gap": gap.get(s, np.nan), "gap change": gap.get(s, np.nan) - start_gap,
-                "FVD": fvd.get(s, np.nan), "FVD drift": fvd.get(s, np.nan) / start_fvd - 1,
+                "FVD": fvd.get(s, np.nan), "FVD drift": drift.get(s, np.nan),
                 "train reward": train_r.get(s, np.nan), **{k: v.get(s, np.nan) for k, v in held.items()},
                 "sft/awr grad": ratio.get(s, np.nan)})
     return pd.DataFrame(rows)
