@@ -63,6 +63,8 @@ class ProbeRunner:
             parts = row.key.split("/")
             if len(parts) == 3 and parts[0] == "probe" and parts[1] in self.series and row.step <= max_step:
                 self.series[parts[1]].setdefault(parts[2], []).append(float(row.value))
+        for probe in self.probes:
+            probe.restore(self.series[probe.spec.name])
 
     def measure(self, trainer: Trainer, step: int) -> list[tuple[int, str, float]]:
         rows = []

@@ -91,6 +91,10 @@ class TrainingProbe(ABC):
         noise = torch.randn(x_w.shape, generator=g)
         return x_w, x_l, cond, sigma, noise
 
+    def restore(self, series: dict[str, list[float]]) -> None:
+        """Take back what the probe fixed on its first call from the series logged so far (a resumed run)."""
+        return None  # most probes fix nothing on their first call
+
     @abstractmethod
     def measure(self, trainer, step: int) -> dict[str, float]:
         """Scalars to log at ``step`` (keys without the probe's prefix)."""
@@ -117,6 +121,12 @@ class LikelihoodDisplacement(TrainingProbe):
                  probe_set: str | None = None):
         super().__init__(pairs, draws, seed, beta, probe_set)
         self._ref: tuple[float, float] | None = None
+
+    def restore(self, series: dict[str, list[float]]) -> None:
+        """The reference's log-likelihoods as the first call measured them: recomputing them after a resume
+        can differ in the last float32 bit on some hosts, and a resumed run must give the same numbers."""
+        chosen, rejected = series.get("ref_logp_chosen"), series.get("ref_logp_rejected")
+        self._ref = (chosen[0], rejected[0]) if chosen and rejected else None
 
     @torch.no_grad()
     def measure(self, trainer, step: int) -> dict[str, float]:

@@ -107,7 +107,14 @@ def test_sigkill_then_resume_gives_the_same_numbers(tmp_path):
     assert first.exists(), "the run ended before its first checkpoint"
     res = CliRunner().invoke(app, args[3:] + ["--resume"])
     assert res.exit_code == 0, res.output
-    assert _values(out) == _values(ref)
+    got, want = _values(out), _values(ref)
+    assert got.keys() == want.keys()
+    # likelihood_displacement is a float32 difference of two nearly equal log-likelihoods: between two
+    # processes (the killed CLI run and this one) it can differ in the last bits on some hosts (1e-9 here,
+    # at step 2, before any resume); every other number must be equal to the bit.
+    exact = {k: v for k, v in got.items() if not k[3].startswith("likelihood_displacement[")}
+    assert exact == {k: want[k] for k in exact}
+    assert all(abs(got[k] - want[k]) < 1e-8 for k in got if k not in exact)
 
 
 def test_cli_run_rejects_unknown_method_and_metric(tmp_path):

@@ -194,7 +194,9 @@ def test_lora_reference_and_diffusers_round_trip(svd_dir, tmp_path):
         _perturbed_lora(adapter)
         tuned = adapter.predict(x, sigma, cond)
         with adapter.reference():
-            assert torch.equal(adapter.predict(x, sigma, cond), base)
+            # equal up to float rounding: with the adapters injected (even disabled) some hosts' oneDNN
+            # takes another kernel path for the same base weights (bitwise equal on others)
+            torch.testing.assert_close(adapter.predict(x, sigma, cond), base, atol=1e-6, rtol=0)
         assert torch.equal(adapter.predict(x, sigma, cond), tuned) and not torch.allclose(tuned, base, atol=1e-4)
     weights = adapter.save_lora(tmp_path / "lora")
     assert weights.name == "pytorch_lora_weights.safetensors"
