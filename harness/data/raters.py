@@ -27,6 +27,7 @@ import hashlib
 import numpy as np
 
 from harness.data.oracle import POSITION_SLACK, POSITION_TAU, coverage_estimate
+from harness.data.oracle import _centre as _centre  # the same colour-mass centre the oracle reads
 from harness.data.world import SIZES, ClipSpec, WorldConfig, render, shape_coverage
 
 KEY_FRAMES = 3  # first, middle, last
@@ -36,14 +37,6 @@ NOISE_STD = 0.05  # per-label noise (score units, the score lies in [0, 1])
 
 def key_frames(num_frames: int) -> list[int]:
     return sorted({0, num_frames // 2, num_frames - 1})
-
-
-def _centre(weight: np.ndarray) -> np.ndarray | None:
-    total = weight.sum()
-    if total <= 1e-6:
-        return None
-    c = np.arange(weight.shape[0]) + 0.5
-    return np.array([(weight.sum(0) * c).sum() / total, (weight.sum(1) * c).sum() / total])
 
 
 def rater_view(frames: np.ndarray, spec: ClipSpec, cfg: WorldConfig) -> tuple[float, float]:
