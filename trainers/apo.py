@@ -47,6 +47,7 @@ from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
 from harness.sampling import SamplerConfig, guided_velocity, sample
 from trainers.base import Trainer
+from trainers.claims import Objective, PaperClaim
 from trainers.objectives import sample_sigmas
 from trainers.own_pairs import own_pairs_due, own_pairs_values
 from trainers.preference import (
@@ -196,6 +197,9 @@ class APOTrainer(Trainer):
     name = "apo"
     config_class = APOConfig
     description = "Diffusion-APO: trajectory-aware DPO with a high/low timestep window, in stages (LoRA)"
+    training_objective = Objective("reward_margin", "higher", "implicit reward margin (chosen − rejected)")
+    claims = (PaperClaim("Diffusion-APO", "APO lowers the distortion rate vs DPO at matched compute", "difference",
+                         ("dpo", "apo"), a="apo", b="dpo", metric="distortion_rate", positive=False),)
     config: APOConfig
     pairwise_preference = True
 

@@ -15,6 +15,7 @@ from harness.config import ConfigError, PresetConfig
 from harness.distributed import current, deepspeed_config
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
+from trainers.claims import Objective, PaperClaim
 from trainers.optimiser import make_optimiser
 
 
@@ -68,6 +69,10 @@ class Trainer(ABC):
     # Attributes that ``compute_loss`` may change (rollout rounds, buffers, running statistics):
     # ``coming_loss`` puts them back, so that a probe's replay leaves the trainer as it found it.
     replay_state: ClassVar[tuple[str, ...]] = ()
+    # What the reports read (trainers/claims.py): the paper's claims this method's module states, and
+    # the logged series that is its own training objective (None: the objectives section skips it).
+    claims: ClassVar[tuple[PaperClaim, ...]] = ()
+    training_objective: ClassVar[Objective | None] = None
 
     def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int,
                  workdir: Path | None = None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from trainers.preference import PreferenceConfig, PreferenceTrainer
+from trainers.claims import Objective
 from trainers.preference_losses import PairErrors, dpo_loss
 from trainers.registry import register_trainer
 
@@ -28,6 +29,7 @@ class DPOTrainer(PreferenceTrainer):
     name = "dpo"
     config_class = DPOConfig
     description = "Diffusion-DPO / VideoDPO on base-model rollout pairs (LoRA)"
+    training_objective = Objective("reward_margin", "higher", "implicit reward margin (chosen − rejected)")
     config: DPOConfig
 
     def objective(self, errors: PairErrors) -> tuple[torch.Tensor, dict[str, float]]:

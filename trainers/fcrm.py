@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from harness.data.source import frame_size
 from harness.models.base import Conditioning
 from trainers.base import Trainer, TrainerConfig
+from trainers.claims import Objective, PaperClaim
 from trainers.fcrm_data import (
     FCRMDataError,
     ReplayBuffer,
@@ -173,6 +174,17 @@ class FCRMTrainer(Trainer):
     name = "fcrm"
     config_class = FCRMConfig
     description = "FCRM: loss-space GFlowNet reward matching, online/EMA/replay/offline, few-step"
+    training_objective = Objective("reward/round_mean", "higher", "mean training reward of its rollout rounds")
+    claims = (
+        PaperClaim("FCRM", "FCRM raises the latent reward over the base model", "difference", ("fcrm",),
+                   a="fcrm", b="base", metric="latent_reward"),
+        PaperClaim("FCRM", "hybrid EMA + offline collection beats fully on-policy", "difference",
+                   ("fcrm", "fcrm-onpolicy"), a="fcrm", b="fcrm-onpolicy", metric="latent_reward"),
+        PaperClaim("FCRM", "hybrid EMA + offline collection beats fully offline", "difference",
+                   ("fcrm", "fcrm-offline"), a="fcrm", b="fcrm-offline", metric="latent_reward"),
+        PaperClaim("FCRM", "fully on-policy beats fully offline", "difference", ("fcrm-onpolicy", "fcrm-offline"),
+                   a="fcrm-onpolicy", b="fcrm-offline", metric="latent_reward"),
+    )
     replay_state = ("round", "round_order", "round_logs", "dropped", "buffer", "offline_stats")
     config: FCRMConfig
 

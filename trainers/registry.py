@@ -9,8 +9,10 @@ if TYPE_CHECKING:
     from trainers.base import Trainer
 
 TRAINERS: dict[str, type[Trainer]] = {}
-BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo", "trainers.fcrm",
-                   "trainers.shift")
+# The order of the reports' claims table and objectives section: baselines before the method whose
+# paper compares against them (sft before shift, dpo before pgdpo and apo).
+BUILTIN_MODULES = ("trainers.sft", "trainers.shift", "trainers.dpo", "trainers.pgdpo", "trainers.apo",
+                   "trainers.fcrm")
 
 
 def register_trainer(cls: type[Trainer]) -> type[Trainer]:
@@ -35,6 +37,14 @@ def get_trainer(name: str) -> type[Trainer]:
 def available_methods() -> list[str]:
     _load_builtin()
     return sorted(TRAINERS)
+
+
+def ordered_trainers() -> list[type[Trainer]]:
+    """Every registered trainer, built-in ones in ``BUILTIN_MODULES`` order, then the others by name:
+    the same order whichever module happened to be imported first."""
+    _load_builtin()
+    rank = {module: i for i, module in enumerate(BUILTIN_MODULES)}
+    return sorted(TRAINERS.values(), key=lambda cls: (rank.get(cls.__module__, len(rank)), cls.name))
 
 
 def trainer_for(method: str, settings: dict | None = None) -> type[Trainer]:

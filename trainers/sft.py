@@ -19,6 +19,7 @@ from pydantic import Field
 
 from harness.data.source import clip_batch
 from trainers.base import Trainer, TrainerConfig
+from trainers.claims import Objective
 from trainers.objectives import denoising_loss, sample_sigmas
 from trainers.registry import register_trainer
 
@@ -33,6 +34,7 @@ class SFTTrainer(Trainer):
     name = "sft"
     config_class = SFTConfig
     description = "supervised fine-tuning (LoRA) on the finetune split"
+    training_objective = Objective("loss", "lower", "denoising loss on the fine-tune clips")
     config: SFTConfig
 
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
