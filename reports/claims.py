@@ -36,6 +36,7 @@ from scipy import stats
 
 from metrics.judges import MARK, metric_judges
 from reports.objectives import objective_change, seed_interval
+from reports.sections import ReportInputs, SectionOutput, section
 from reports.tables import markdown_grid
 from trainers.claims import PaperClaim
 from trainers.registry import get_trainer, ordered_trainers
@@ -235,3 +236,10 @@ def claims_markdown(table: pd.DataFrame, preset: str) -> str:
                 "own training signal, not a held-out judge: "
                 + "; ".join(f"{r.claim}: {r.overlap}" for r in table.itertuples() if r.overlap) + ".\n")
     return head + markdown_grid(["paper", "claim", "evidence", "verdict"], cells) + foot
+
+
+@section("claims", "Paper claims")
+def claims_section(run: ReportInputs) -> SectionOutput | None:
+    table = check_claims(RunData(run.records, run.logs), signals=run.info.training_signals)
+    text = claims_markdown(table, run.info.preset_name)
+    return SectionOutput(text) if text else None

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.sections import ReportInputs, SectionOutput, methods_of, section
 from reports.tables import clean_aggregates, markdown_grid
 
 COLUMNS = [  # (label, metric name prefix, higher is better)
@@ -25,6 +26,7 @@ COLUMNS = [  # (label, metric name prefix, higher is better)
     ("luminance", "luminance", True),
 ]
 
+# The paper's names of the tiny preset's variants; any other variant is labelled from its settings.
 LABELS = {
     "fcrm": "FCRM (default: EMA + offline)", "fcrm-reward": "Reward target: raw reward",
     "fcrm-pixel": "Reward space: pixel (oracle)", "fcrm-onpolicy": "Data: fully on-policy",
@@ -35,8 +37,24 @@ LABELS = {
 }
 
 
-def fcrm_methods(method_configs: dict[str, dict[str, Any]]) -> list[str]:
-    return [m for m, c in method_configs.items() if m == "fcrm" or c.get("trainer") == "fcrm"]
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def variant_label(method: str, method_configs: dict[str, dict[str, Any]]) -> str:
+    """The paper's name of a known variant (``LABELS``); otherwise the method's name with the settings
+    in which it differs from the run's default ``fcrm`` section, as ``key=value`` (nested keys dotted)."""
+    if method in LABELS:
+        return LABELS[method]
+    mine, default = _flat(method_configs.get(method, {})), _flat(method_configs.get("fcrm", {}))
+    diff = [f"{k}={v}" for k, v in mine.items() if k != "trainer" and default.get(k, object()) != v]
+    return f"{method} ({', '.join(diff)})" if diff and method != "fcrm" else method
 
 
 def _value(agg: pd.DataFrame, method: str, step: int | None, prefix: str) -> float:
@@ -77,15 +95,15 @@ def paired_change(records: pd.DataFrame | None, method: str, start: str) -> tupl
 
 def fcrm_table(agg: pd.DataFrame, method_configs: dict[str, dict[str, Any]],
                logs: pd.DataFrame | None = None, records: pd.DataFrame | None = None) -> pd.DataFrame:
-    methods = fcrm_methods(method_configs)
+    methods = methods_of("fcrm", method_configs)
     if agg.empty or not methods:
         return pd.DataFrame()
     agg = clean_aggregates(agg)
     rows: list[dict[str, Any]] = []
     starts = [("base", "base", 0, "Base model (step 0)")]
-    starts += [(m, m, 0, f"{LABELS.get(m, m)}: its base (step 0)") for m in methods
+    starts += [(m, m, 0, f"{variant_label(m, method_configs)}: its base (step 0)") for m in methods
                if not agg[(agg["method"] == m) & (agg["step"] == 0)].empty]
-    finals = [(m, m, None, LABELS.get(m, m)) for m in methods if not agg[agg["method"] == m].empty]
+    finals = [(m, m, None, variant_label(m, method_configs)) for m in methods if not agg[agg["method"] == m].empty]
     for key, method, step, label in starts + finals:
         at = agg[agg["method"] == method]
         row = {"row": key if step is None else f"{key}@0", "configuration": label,
@@ -181,3 +199,15 @@ def fcrm_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]]) -> st
         text += "\n\nThe paper's orderings on this run:\n\n" + markdown_grid(
             ["claim", "on the tiny world", "evidence"], [list(c) for c in checks])
     return text
+
+
+@section("fcrm", "FCRM ablation (Table 3 layout)")
+def fcrm_section(run: ReportInputs) -> SectionOutput | None:
+    """``fcrm.md`` when the run has methods of the fcrm trainer."""
+    rec = run.records
+    # the latent-reward records, in the order the store returns them metric by metric
+    rewards = (rec[rec["metric"].str.startswith("latent_reward[")].sort_values("metric", kind="stable")
+               if not rec.empty else rec)
+    table = fcrm_table(run.agg, run.info.method_configs, run.logs, rewards)
+    text = fcrm_markdown(table, fcrm_checks(table))
+    return SectionOutput(text) if text else None

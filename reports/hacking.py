@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from reports.sections import ReportInputs, SectionOutput, section
 from reports.tables import clean_aggregates, markdown_grid
 
 TRAIN_REWARD_KEYS = ("reward/fake_mean", "reward/round_mean")  # shift, fcrm
@@ -180,3 +181,9 @@ def hacking_markdown(table: pd.DataFrame) -> str:
             "the method trained on, next to the held-out oracle's changes (a training judge that rises while the "
             "oracle gets worse is being hacked).\n\n"
             + markdown_grid(["method", "step", *cols], cells) + "\n\nAt the final checkpoint:\n\n" + "\n".join(lines))
+
+
+@section("hacking", "Reward-hacking diagnostics")
+def hacking_section(run: ReportInputs) -> SectionOutput | None:
+    text = hacking_markdown(hacking_table(run.agg, run.logs, run.info.methods, run.overlap))
+    return SectionOutput(text) if text else None

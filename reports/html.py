@@ -65,7 +65,7 @@ def provenance_html(info: RunInfo) -> str:
                 ("GPU", hw.get("cuda") or "none")])
 
 
-def _plots_html(paths: Sequence[Path]) -> str:
+def plots_html(paths: Sequence[Path]) -> str:
     if not paths:
         return "<p>None.</p>"
     return '<div class="plots">' + "".join(_img(p, p.stem) for p in paths) + "</div>"
@@ -102,18 +102,7 @@ def skips_html(skips: pd.DataFrame) -> str:
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
-def _distortion_html(table: pd.DataFrame | None) -> list[str]:
-    if table is None or table.empty or table["seeds"].max() < 2:
-        return []  # the Table 1 view needs a spread over seeds
-    shown = table.assign(mean=(100 * table["mean"]).round(1), std=(100 * table["std"]).round(1))
-    return ["<h2>Distortion rate over seeds (Diffusion-APO Table 1)</h2>",
-            '<p class="note">Final checkpoint of each method, in %: mean and sample std over seeds. '
-            "Compute counts denoising passes over a pair batch (an APO step with a 5-timestep window "
-            "counts 5).</p>",
-            '<div class="scroll">' + shown.to_html(index=False, na_rep="–", border=0) + "</div>"]
-
-
-def _markdown_section(title: str, text: str) -> list[str]:
+def markdown_html(title: str, text: str) -> list[str]:
     """A section from a report's Markdown: paragraphs as notes, pipe grids as tables."""
     if not text:
         return []
@@ -131,50 +120,26 @@ def _markdown_section(title: str, text: str) -> list[str]:
     return parts
 
 
-def _probes_html(plots: Sequence[Path], table: pd.DataFrame | None, caption: str = "") -> list[str]:
-    if not plots and (table is None or table.empty):
-        return []
-    parts = ["<h2>Training probes</h2>",
-             '<p class="note">Likelihood displacement: the ELBO-proxy log-likelihood of the held-out probe '
-             "pairs (the same for every method; no method trains on them) relative to the reference (the start "
-             "of training); below zero, the chosen sample became less likely. Gamma (PG-DPO Eq. 10): the "
-             "method's first-order gain in log p(chosen) over a DPO step at the probes' beta on the same pairs; "
-             "a DPO run at that beta has Gamma = 0 by definition.</p>"]
-    if caption:
-        parts.append(f'<p class="note">{html.escape(caption)}</p>')
-    if table is not None and not table.empty:
-        parts.append('<div class="scroll">' + table.to_html(index=False, float_format=lambda v: f"{v:.3g}",
-                                                            na_rep="–", border=0) + "</div>")
-    parts.append(_plots_html(plots))
-    return parts
-
-
 def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
-               tiny: bool, probe_plots: Sequence[Path] = (), probe_table: pd.DataFrame | None = None,
-               distortion: pd.DataFrame | None = None, fcrm_md: str = "", shift_md: str = "",
-               hacking_md: str = "", claims_md: str = "", probe_caption: str = "") -> str:
-    """The whole report page as one string."""
+               tiny: bool, sections: Sequence[str] = ()) -> str:
+    """The whole report page as one string; ``sections``: the registered sections' HTML fragments
+    (reports/sections.py), placed between the training curves and the gallery."""
     title = f"Alignment report: {info.run_id}"
-    sections = [
+    parts = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">{html.escape(TINY_DISCLAIMER)}</p>' if tiny else "",
         "<h2>Provenance</h2>", provenance_html(info),
         "<h2>Results</h2>", f'<div class="scroll">{table_html}</div>',
         "<details><summary>Every evaluated checkpoint</summary>", f'<div class="scroll">{steps_html}</div>',
         "</details>",
-        "<h2>Metrics over training</h2>", _plots_html(metric_plots),
-        "<h2>Training curves</h2>", _plots_html(train_plots),
-        *_probes_html(probe_plots, probe_table, probe_caption),
-        *_distortion_html(distortion),
-        *_markdown_section("FCRM ablation (Table 3 layout)", fcrm_md),
-        *_markdown_section("Paper claims", claims_md),
-        *_markdown_section("SHIFT (Tables 1 and 3 layout)", shift_md),
-        *_markdown_section("Reward-hacking diagnostics", hacking_md),
+        "<h2>Metrics over training</h2>", plots_html(metric_plots),
+        "<h2>Training curves</h2>", plots_html(train_plots),
+        *sections,
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),
     ]
     if not skips.empty:
-        sections += [f"<h2>Skipped videos ({len(skips)})</h2>", skips_html(skips)]
-    body = "\n".join(s for s in sections if s)
+        parts += [f"<h2>Skipped videos ({len(skips)})</h2>", skips_html(skips)]
+    body = "\n".join(s for s in parts if s)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")

@@ -21,7 +21,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from reports.html import markdown_html, plots_html
 from reports.plots import save_figure
+from reports.sections import ReportInputs, SectionOutput, section
 from reports.tables import markdown_grid
 from trainers.claims import Objective
 from trainers.registry import trainer_for
@@ -138,3 +140,14 @@ def objectives_plot(logs: pd.DataFrame, changes: Sequence[ObjectiveChange], out_
         ax.set_xlabel("step")
         ax.set_ylabel(c.objective.key, fontsize=8)
     return [save_figure(fig, out_dir, "objectives", set())]
+
+
+@section("objectives", "Own training objectives")
+def objectives_section(run: ReportInputs) -> SectionOutput | None:
+    """``objectives.md`` and ``plots/objectives.png`` when a method logged its declared objective."""
+    changes = run_objectives(run.logs, run.info.methods, run.info.method_configs)
+    text = objectives_markdown(changes)
+    if not text:
+        return None
+    plots = objectives_plot(run.logs, changes, run.plots)
+    return SectionOutput(text, markdown_html("Own training objectives", text) + [plots_html(plots)])

@@ -5,14 +5,17 @@ in-training Gamma on each step's own pairs (``own_pairs/gamma``), each in its ow
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+from reports.html import plots_html
 from reports.plots import method_colors, save_figure
-from reports.tables import method_order
+from reports.sections import ReportInputs, SectionOutput, section
+from reports.tables import markdown_grid, method_order
 
 LD = "probe/likelihood_displacement/"
 GAMMA = "probe/gamma/gamma"
@@ -122,3 +125,38 @@ def probe_summary(logs: pd.DataFrame, methods: Sequence[str] | None = None) -> p
     out = pd.DataFrame(rows)
     order = method_order(out["method"], methods)
     return out.set_index("method").loc[order].reset_index()
+
+
+def probes_html(plots: Sequence[Path], table: pd.DataFrame | None, caption: str = "") -> list[str]:
+    if not plots and (table is None or table.empty):
+        return []
+    parts = ["<h2>Training probes</h2>",
+             '<p class="note">Likelihood displacement: the ELBO-proxy log-likelihood of the held-out probe '
+             "pairs (the same for every method; no method trains on them) relative to the reference (the start "
+             "of training); below zero, the chosen sample became less likely. Gamma (PG-DPO Eq. 10): the "
+             "method's first-order gain in log p(chosen) over a DPO step at the probes' beta on the same pairs; "
+             "a DPO run at that beta has Gamma = 0 by definition.</p>"]
+    if caption:
+        parts.append(f'<p class="note">{html.escape(caption)}</p>')
+    if table is not None and not table.empty:
+        parts.append('<div class="scroll">' + table.to_html(index=False, float_format=lambda v: f"{v:.3g}",
+                                                            na_rep="–", border=0) + "</div>")
+    parts.append(plots_html(plots))
+    return parts
+
+
+@section("probes", "Training probes")
+def probes_section(run: ReportInputs) -> SectionOutput | None:
+    """``probes.md`` (the summary, when any method was probed) and the page's probe plots."""
+    methods = run.info.methods
+    probes = probe_logs(run.logs)
+    plots = displacement_plot(probes, run.plots, methods) + gamma_plot(probes, run.plots, methods)
+    summary = probe_summary(probes, methods)
+    caption = probe_caption(run.agg["metric"] if not run.agg.empty else [])
+    text = ""
+    if not summary.empty:
+        cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row]
+                 for row in summary.itertuples(index=False)]
+        text = (caption + "\n\n" if caption else "") + markdown_grid(list(summary.columns), cells)
+    fragment = probes_html(plots, summary, caption)
+    return SectionOutput(text, fragment) if text or fragment else None

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from metrics.rollups import SHIFT_APPEARANCE, SHIFT_MOTION
+from reports.sections import ReportInputs, SectionOutput, methods_of, section
 from reports.tables import clean_aggregates, markdown_grid
 
 AGG_COLUMNS = [  # (label, aggregate metric prefix, higher is better)
@@ -38,10 +39,6 @@ ABLATION = [  # (method, label, IMR, noise alignment, adversarial RM, LMR)
     ("shift-a3", "A3", True, True, False, True),
     ("shift", "A4 (SHIFT)", True, True, True, True),
 ]
-
-
-def shift_methods(method_configs: dict[str, dict[str, Any]]) -> list[str]:
-    return [m for m, c in method_configs.items() if m == "shift" or c.get("trainer") == "shift"]
 
 
 def _final(agg: pd.DataFrame, method: str, prefix: str) -> float:
@@ -91,7 +88,7 @@ def _train_seconds(logs: pd.DataFrame | None, method: str) -> float:
 
 def shift_table(agg: pd.DataFrame, records: pd.DataFrame | None, method_configs: dict[str, dict[str, Any]],
                 logs: pd.DataFrame | None = None) -> pd.DataFrame:
-    methods = shift_methods(method_configs)
+    methods = methods_of("shift", method_configs)
     if agg.empty or not methods:
         return pd.DataFrame()
     agg = clean_aggregates(agg)
@@ -208,3 +205,13 @@ def shift_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]]) -> s
         text += "\n\nThe paper's claims on this run:\n\n" + markdown_grid(
             ["claim", "on the tiny world", "evidence (paired, 95 %)"], [list(c) for c in checks])
     return text
+
+
+@section("shift", "SHIFT (Tables 1 and 3 layout)")
+def shift_section(run: ReportInputs) -> SectionOutput | None:
+    """``shift.md`` when the run has methods of the shift trainer."""
+    methods = methods_of("shift", run.info.method_configs)
+    records = run.records if methods else None
+    table = shift_table(run.agg, records, run.info.method_configs, run.logs)
+    text = shift_markdown(table, shift_checks(records, methods))
+    return SectionOutput(text) if text else None

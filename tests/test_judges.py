@@ -18,7 +18,7 @@ from harness.runner import RunOptions, method_config
 from harness.store import ResultStore
 from metrics.judges import MARK, evaluation_overlaps, metric_judges, overlaps
 from metrics.registry import list_metrics
-from reports.claims import CLAIMS, check_claims, claim_overlap
+from reports.claims import check_claims, claim_overlap, registered_claims
 from reports.render import render_report
 
 DEFAULT_METHODS = ["sft", "dpo", "pgdpo", "apo", "fcrm", "shift"]
@@ -174,8 +174,8 @@ def test_rendered_report_marks_the_overlap(tmp_path, recorded):
 
 
 def test_claims_say_when_decided_on_a_training_judge():
-    fcrm_claim = next(c for c in CLAIMS if c.text.startswith("FCRM raises the latent reward"))
-    apo_claim = next(c for c in CLAIMS if c.text.startswith("APO lowers the distortion rate"))
+    fcrm_claim = next(c for c in registered_claims() if c.text.startswith("FCRM raises the latent reward"))
+    apo_claim = next(c for c in registered_claims() if c.text.startswith("APO lowers the distortion rate"))
     assert claim_overlap(fcrm_claim, {"fcrm": ["latent_rm"]}) == "fcrm trained on latent_rm"
     assert claim_overlap(apo_claim, {"apo": ["latent_rm"], "dpo": ["latent_rm"]}) == ""
     assert claim_overlap(apo_claim, {"apo": ["latent_rm"], "dpo": ["oracle"]}) == "dpo trained on oracle"

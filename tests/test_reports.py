@@ -210,7 +210,9 @@ def test_render_report_full(tmp_path: Path) -> None:
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == ["metric_fvd_features_tiny-clip.png", "metric_mystery_score_k_1.png",
                      "metric_rollup_vbench_i2v_total_tiny.png",
-                     "metric_subject_consistency_features_tiny.png", "train_loss.png"]
+                     "metric_subject_consistency_features_tiny.png", "objectives.png", "train_loss.png"]
+    objectives = (out / "objectives.md").read_text(encoding="utf-8")  # sft's loss 1/step falls on both seeds
+    assert "| sft | loss (" in objectives and "| falls | ✓ improves |" in objectives
     gallery = sorted(p.name for p in (out / "gallery").glob("*.png"))
     assert gallery == ["base_step000000.png", "dpo_seed0_step000050.png", "dpo_seed0_step000100.png",
                        "sft_seed0_step000050.png", "sft_seed0_step000100.png", "sft_seed1_step000050.png",

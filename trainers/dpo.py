@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.preference import PreferenceConfig, PreferenceTrainer
 from trainers.claims import Objective
+from trainers.preference import PreferenceConfig, PreferenceTrainer
 from trainers.preference_losses import PairErrors, dpo_loss
 from trainers.registry import register_trainer
 

@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from trainers.preference import PreferenceConfig, PreferenceTrainer
 from trainers.claims import Objective, PaperClaim
+from trainers.preference import PreferenceConfig, PreferenceTrainer
 from trainers.preference_losses import PairErrors, pgdpo_loss
 from trainers.registry import register_trainer
 
