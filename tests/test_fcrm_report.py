@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table
+from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table, variant_label
 
 CONFIGS = {"fcrm": {"reward": {"name": "latent_rm"}}, "fcrm-replay-neg": {"trainer": "fcrm"},
            "fcrm-replay-pos": {"trainer": "fcrm"}, "fcrm-replay-all": {"trainer": "fcrm"}, "dpo": {}}
@@ -51,3 +51,11 @@ def test_checks_name_the_verdict_and_flag_noise():
     recs.loc[recs["method"] == "fcrm-replay-neg", "value"] = [0.1, 0.7, 0.2, 0.62]
     verdict = {c[0]: c[1] for c in fcrm_checks(fcrm_table(noisy, CONFIGS, records=recs))}
     assert verdict["negative-only replay is the worst replay variant"] == "holds (within noise)"
+
+
+def test_unknown_variants_are_labelled_by_their_settings():
+    configs = {"fcrm": {"behaviour": "ema", "reward": {"name": "latent_rm"}},
+               "fcrm-mine": {"trainer": "fcrm", "behaviour": "none", "reward": {"name": "latent_rm", "scale": 2}}}
+    assert variant_label("fcrm-mine", configs) == "fcrm-mine (behaviour=none, reward.scale=2)"
+    assert variant_label("fcrm-offline", configs) == "Data: fully offline"  # the paper's name of a known one
+    assert variant_label("fcrm", configs) == "FCRM (default: EMA + offline)"
