@@ -113,15 +113,15 @@ _GLANCE = {True: "✓ improves", False: "✗ worsens", None: "? undecided"}
 def objectives_markdown(changes: Sequence[ObjectiveChange]) -> str:
     if not changes:
         return ""
-    cells = [[c.method, f"{c.objective.key} ({c.objective.label})", f"{c.objective.direction} is better",
+    cells = [[c.method, f"{c.objective.key} ({c.objective.label})", c.objective.direction,
               f"{c.first:.4g}", f"{c.last:.4g}", f"{c.change:+.4g} ± {c.half:.2g}" if np.isfinite(c.half)
               else f"{c.change:+.4g} (one seed)", str(c.seeds), c.verdict, _GLANCE[c.improves]] for c in changes]
     head = ("Each method's own training objective (the series its trainer declares, trainers/claims.py): mean of "
             "the first and of the last tenth of its logged steps, averaged over seeds, and the change with its "
             "95 % t-interval over seeds. The series *rises* or *falls* when the interval excludes zero; the last "
             "column says whether that is the method's good direction.\n\n")
-    return head + markdown_grid(["method", "series", "direction", "first tenth", "last tenth",
-                                 "change (95 % over seeds)", "seeds", "series", "own objective"], cells)
+    return head + markdown_grid(["method", "series", "good direction", "first tenth", "last tenth",
+                                 "change (95 % over seeds)", "seeds", "the series", "own objective"], cells)
 
 
 def objectives_plot(logs: pd.DataFrame, changes: Sequence[ObjectiveChange], out_dir: Path) -> list[Path]:
