@@ -138,7 +138,7 @@ class LatentRewardModelReward(Reward):
         if preset.adapter is not None and not self.model.shared:
             raise RewardError(f"reward latent_rm {path or '(the shipped one)'} reads the tiny world's model, not "
                               f"{preset.adapter.family}; fit one on this preset's base model with `harness "
-                              f"train-reward --preset {preset.name} --pairs footage --out DIR` and set "
+                              f"build latent-rm --preset {preset.name} --pairs footage --out DIR` and set "
                               "methods.fcrm.reward.path=DIR")
 
     @property
