@@ -25,7 +25,7 @@ from bench_common import write_record
 from harness.store import ResultStore
 
 METHODS = "shift,fcrm,pgdpo,apo"
-# Progress lines of harness/runner.py and harness/cli.py, and the phase each one starts.
+# Progress lines of harness/runner.py and harness/cli/run.py, and the phase each one starts.
 PHASES = [
     (re.compile(r"evaluating the base model"), lambda m: ("base", "evaluation")),
     (re.compile(r"(\S+) seed \d+: preparing the trainer"), lambda m: (m[1], "prepare")),

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tiny_model.py [--repeats 5] [--out benchmarks/results/tiny_model.json]
 
-Training steps are timed for full fine-tuning (as in `harness pretrain`) and for
+Training steps are timed for full fine-tuning (as in `harness build base`) and for
 LoRA (as the alignment trainers use it), at the preset's batch size. Sampling is
 timed per video for the preset's sampler, with and without CFG. Each figure is
 the median over repeats after one warm-up. Results are written with provenance.

@@ -102,5 +102,5 @@ def test_lora_exports_in_the_diffusers_format(adapter, tmp_path):
 
 
 def test_missing_checkpoint_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"adapter.json.*harness pretrain"):
+    with pytest.raises(FileNotFoundError, match=r"adapter.json.*harness build base"):
         TinyWanAdapter.load(tmp_path)

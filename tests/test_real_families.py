@@ -200,7 +200,7 @@ def test_harness_run_trains_and_evaluates_on_a_folder_of_videos(pipelines, tmp_p
 
 
 def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_path):
-    """`train-motion-reward` on a real family and real footage of a non-square shape (SVD, 4 frames of
+    """`build motion-rm` on a real family and real footage of a non-square shape (SVD, 4 frames of
     16x24): the discriminators record that shape, SHIFT takes two steps with them, and the shipped
     tiny-world ones are refused naming the command that builds the right ones."""
     import numpy as np
@@ -258,7 +258,7 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
 
 
 def test_fcrm_latent_reward_model_is_fitted_to_pairs_on_a_real_family(pipelines, tmp_path):
-    """`train-reward --pairs footage` on a random Wan2.1 T2V and a folder of videos: the head learns
+    """`build latent-rm --pairs footage` on a random Wan2.1 T2V and a folder of videos: the head learns
     to rank real clips over base samples on the frozen backbone's block tokens; FCRM then scores its
     rollouts with it, through the policy's own base (LoRA disabled). Another model's weights, the
     tiny world's head and a UNet family are refused, each naming the fix."""

@@ -1,4 +1,4 @@
-"""`harness train-reward` on the tiny world (oracle scores): the head trains, its record names the
+"""`harness build latent-rm` on the tiny world (oracle scores): the head trains, its record names the
 backbone and the held-out fit, and it loads back as FCRM's `latent_rm` (the shipped one is built
 the same way with more data and steps)."""
 
@@ -27,7 +27,7 @@ def test_tiny_reward_model_trains_records_and_loads(tmp_path):
 
 
 def test_pairwise_reward_model_on_the_tiny_world(tmp_path):
-    """`train-reward --pairs rollouts` on the tiny preset (oracle-judged pairs): the record names the
+    """`build latent-rm --pairs rollouts` on the tiny preset (oracle-judged pairs): the record names the
     tiny backbone, and the head loads onto the base model it was fitted on, read through the policy."""
     from harness.runner import base_adapter
     from trainers.reward_model import train_reward_on_pairs

@@ -11,7 +11,7 @@ Trainers treat a non-finite reward as "drop this sample" and count it.
   extractor, as the paper's Wan-backbone reward model) with the caption tokens, through a
   small query-attention head (trainers/reward_model.py). No decoding. The tiny world's
   head is fitted to oracle scores; a real family's (Wan) to preference pairs with the
-  Bradley-Terry loss (`harness train-reward --pairs`), on the policy's own frozen base,
+  Bradley-Terry loss (`harness build latent-rm --pairs`), on the policy's own frozen base,
   read with its LoRA disabled.
 * ``oracle`` (space: pixel): decode, then the tiny world's oracle judge (mean of sprite
   integrity and motion adherence). The pixel-space reward of the ablation. It is the same
@@ -138,7 +138,7 @@ class LatentRewardModelReward(Reward):
         if preset.adapter is not None and not self.model.shared:
             raise RewardError(f"reward latent_rm {path or '(the shipped one)'} reads the tiny world's model, not "
                               f"{preset.adapter.family}; fit one on this preset's base model with `harness "
-                              f"train-reward --preset {preset.name} --pairs footage --out DIR` and set "
+                              f"build latent-rm --preset {preset.name} --pairs footage --out DIR` and set "
                               "methods.fcrm.reward.path=DIR")
 
     @property

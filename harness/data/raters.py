@@ -12,7 +12,7 @@ evaluated on held-out benchmarks. The tiny world reproduces that arrangement:
   displacement against the caption's, with twice the oracle's position tolerance), and adds
   per-video label noise (``NOISE_STD``, fixed by the video's content so a label is reproducible);
 * the **training judge** of the preference and reward methods is the latent reward model fitted
-  to rater labels on clips no method trains or is evaluated on (``harness train-reward``; the
+  to rater labels on clips no method trains or is evaluated on (``harness build latent-rm``; the
   record of the shipped one gives its held-out agreement with the raters and with the oracle).
 
 A method therefore never calls the oracle while it trains, and the oracle never sees the labels

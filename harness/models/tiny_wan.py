@@ -105,7 +105,7 @@ class TinyWanAdapter(ModelAdapter):
             if not needed.is_file():
                 raise FileNotFoundError(
                     f"checkpoint file missing: {needed}; re-create it with "
-                    "`harness pretrain --preset tiny --out <dir>`"
+                    "`harness build base --preset tiny --out <dir>`"
                 )
         meta = json.loads(meta_path.read_text())
         adapter = cls(TinyModelConfig(**meta["config"]), meta["num_frames"], meta["resolution"])
