@@ -17,6 +17,9 @@ from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
 from trainers.optimiser import make_optimiser
 
+# What `harness run --smoke` changes in a method's section: (path inside the section, value).
+SmokeChanges = list[tuple[tuple[str, ...], Any]]
+
 
 class TrainerConfig(BaseModel):
     """Fields every method has; methods extend it with their own."""
@@ -37,6 +40,13 @@ class TrainerConfig(BaseModel):
     sampler: SamplerConfig | None = Field(
         None, description="the method's sampler for rollouts and evaluation; default: the preset's")
 
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """What `harness run --smoke` shrinks in this method's preset section ``section`` (the keys as the
+        preset writes them: a named variant's own keys only), so that the run takes seconds: with
+        ``with_steps``, 2 training steps evaluated after each. Methods with rollout, pair or buffer sets
+        add theirs; harness/smoke.py adds the preset-wide part and leaves out what the user set."""
+        return [(("steps",), 2), (("eval_every",), 1)] if with_steps else []
 
     def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
         """What in this config cannot work with ``preset`` (e.g. the tiny world's oracle on real

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import frame_size
 from harness.models.base import Conditioning
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.fcrm_data import (
     FCRMDataError,
     ReplayBuffer,
@@ -130,6 +130,15 @@ class FCRMConfig(TrainerConfig):
     inner_steps: int = Field(4, ge=1, description="optimisation steps per rollout round")
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
+
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """Also reward rollouts of 2 conditions x 2 and a small offline set (unless the section has none)."""
+        changes = [*super().smoke_changes(section, with_steps),
+                   (("conditions",), 2), (("group_size",), 2), (("batch_size",), 2)]
+        if section.get("offline", {}) is not None:
+            changes.append((("offline", "count"), 4))
+        return changes
 
     def training_signals(self) -> list[str]:
         return [self.reward.name]

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from harness.data.source import clip_batch
 from harness.data.video_io import tensor_to_frames
 from metrics.backends.tracking import FlowFields
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.fcrm_data import Samples, policy_rollouts
 from trainers.motion_reward import (
     MotionDiscriminator,
@@ -120,6 +120,13 @@ class ShiftConfig(TrainerConfig):
     condition_pool: int = Field(2048, ge=1)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     real: RealConfig = Field(default_factory=RealConfig)
+
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """Also a buffer of 2 x 2 rollouts and 16 real clips for the discriminators."""
+        return [*super().smoke_changes(section, with_steps),
+                (("buffer",), {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}), (("batch_size",), 2),
+                (("real", "count"), 16)]
 
     def training_signals(self) -> list[str]:
         return list(self.rewards)
