@@ -531,9 +531,13 @@ def reproduce(
 @list_app.command("methods")
 def list_methods(preset: PresetOpt = "tiny") -> None:
     """Registered alignment methods, and the preset's named variants of them."""
-    from trainers.registry import available_methods, get_trainer
+    from trainers.registry import MethodLoadError, available_methods, get_trainer
 
-    for name in available_methods():
+    try:
+        names = available_methods()
+    except MethodLoadError as exc:  # a broken method module is named, not left out of the list
+        _fail(str(exc))
+    for name in names:
         typer.echo(f"{name}\t{get_trainer(name).description}")
     for name, section in _preset(preset, None).methods.items():
         if section.get("trainer"):
