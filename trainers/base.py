@@ -15,7 +15,7 @@ from harness.config import ConfigError, PresetConfig
 from harness.distributed import current, deepspeed_config
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
-from trainers.optimiser import make_optimiser
+from trainers.optimizer import make_optimizer
 
 # What `harness run --smoke` changes in a method's section: (path inside the section, value).
 SmokeChanges = list[tuple[tuple[str, ...], Any]]
@@ -92,9 +92,9 @@ class Trainer(ABC):
         self.sampler = config.sampler or preset.sampler  # what this method's generator samples with
         # Data parallel: every rank draws the global batch from the same generator and keeps its rows
         # (self.dist.rows); gradients and logged scalars are averaged over ranks (harness.distributed),
-        # by the optimiser step (trainers.optimiser: torch AdamW, or AdamW under DeepSpeed ZeRO-2).
+        # by the optimizer step (trainers.optimizer: torch AdamW, or AdamW under DeepSpeed ZeRO-2).
         self.dist = current()
-        self.optimizer = make_optimiser([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
+        self.optimizer = make_optimizer([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
                                         deepspeed_config())
 
     @abstractmethod

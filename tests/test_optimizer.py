@@ -1,6 +1,6 @@
-"""The shared optimiser step (trainers/optimiser.py): AdamW under a DeepSpeed ZeRO-2 engine takes the
+"""The shared optimizer step (trainers/optimizer.py): AdamW under a DeepSpeed ZeRO-2 engine takes the
 steps plain AdamW takes (two gloo ranks, each with its own rows), through several backwards per step,
-per-backward gradient norms and a restart of the optimiser; its consolidated state resumes exactly,
+per-backward gradient norms and a restart of the optimizer; its consolidated state resumes exactly,
 fp32 master weights included when the parameters are bf16."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from harness.distributed import Dist, DistributedConfigError, zero_config
-from trainers.optimiser import AdamWStep, ZeroStep
+from trainers.optimizer import AdamWStep, ZeroStep
 
 ZERO = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": False}}
 

@@ -1,4 +1,4 @@
-"""The optimiser step every trainer shares: AdamW over the trainable parameters (LoRA, plus any
+"""The optimizer step every trainer shares: AdamW over the trainable parameters (LoRA, plus any
 of the method's own, e.g. FCRM's log Z), gradients averaged over data-parallel ranks, clipped.
 
 A step is ``zero_grad()``, one or more ``backward(loss, last=...)`` (gradients of the losses are
@@ -6,7 +6,7 @@ summed: APO accumulates a window of timesteps, SHIFT its terms one at a time) an
 which returns the gradient norm before clipping. Two engines run that same arithmetic:
 
 * ``AdamWStep``: torch AdamW; gradients averaged in one all-reduce after the last backward, as DDP
-  computes them. Optimiser state is replicated on every rank.
+  computes them. Optimizer state is replicated on every rank.
 * ``ZeroStep``: the same AdamW inside a DeepSpeed ZeRO-1/2 engine (``accelerate launch`` with
   ``harness/launch/accelerate-zero2.yaml``): gradients are reduce-scattered and the AdamW moments
   (and, with bf16, the fp32 master weights) partitioned over ranks. The engine wraps only the
@@ -34,7 +34,7 @@ import torch
 from harness.distributed import Dist, zero_config
 
 
-class OptimiserStep(ABC):
+class OptimizerStep(ABC):
     """AdamW over ``param_groups`` (torch's format); subclasses differ in where gradients go."""
 
     def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist):
@@ -94,7 +94,7 @@ class OptimiserStep(ABC):
             [torch.linalg.vector_norm(a - b) for a, b in zip(now, before, strict=True)])))
 
 
-class AdamWStep(OptimiserStep):
+class AdamWStep(OptimizerStep):
     """Replicated AdamW; gradients averaged over ranks once, after the last backward."""
 
     def backward(self, loss: torch.Tensor, last: bool = True, measure: bool = False) -> float | None:
@@ -111,7 +111,7 @@ class AdamWStep(OptimiserStep):
         return float(grad_norm)
 
 
-class ZeroStep(OptimiserStep):
+class ZeroStep(OptimizerStep):
     """AdamW under a DeepSpeed ZeRO-1/2 engine, built at the first backward (after a trainer has
     added its own parameter groups and a resume has loaded its state)."""
 
@@ -179,7 +179,7 @@ class ZeroStep(OptimiserStep):
 
         steps = {float(s["step"]) for s in state["state"].values() if "step" in s}
         if len(steps) > 1:
-            raise ValueError(f"optimiser state has parameters at different step counts {sorted(steps)}; "
+            raise ValueError(f"optimizer state has parameters at different step counts {sorted(steps)}; "
                              "ZeRO keeps one count per parameter group")
         if steps:  # moments to restore: the engine creates its partitions of them at its first step
             self._zero_step()
@@ -198,7 +198,7 @@ class ZeroStep(OptimiserStep):
 
     def _zero_step(self) -> None:
         """One engine step that moves nothing (zero gradients, learning rate 0), so that the engine
-        allocates its optimiser-state partitions; their values are overwritten next."""
+        allocates its optimizer-state partitions; their values are overwritten next."""
         lrs = [g["lr"] for g in self.param_groups]
         for g in self.param_groups:
             g["lr"] = 0.0
@@ -237,7 +237,7 @@ class ZeroStep(OptimiserStep):
     def _engine_step(self) -> None:
         self.engine.step()
         if not self._linked:
-            # DeepSpeed 0.19 links each parameter to its optimiser-state fragments right after the
+            # DeepSpeed 0.19 links each parameter to its optimizer-state fragments right after the
             # first group's first step, before later groups have state (their fragments stay empty and
             # the consolidated state would miss them); link again once every group has stepped.
             zero = self.engine.optimizer
@@ -303,8 +303,8 @@ class _Parameters(torch.nn.Module):
         self.params = torch.nn.ParameterList(params)
 
 
-def make_optimiser(param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
-                   ds_config: dict[str, Any] | None = None) -> OptimiserStep:
+def make_optimizer(param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
+                   ds_config: dict[str, Any] | None = None) -> OptimizerStep:
     if ds_config is None:
         return AdamWStep(param_groups, grad_clip, dist)
     return ZeroStep(param_groups, grad_clip, dist, zero_config(ds_config, grad_clip, dist.world_size))
