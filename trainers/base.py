@@ -15,7 +15,7 @@ from harness.config import ConfigError, PresetConfig
 from harness.distributed import current, deepspeed_config
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
-from trainers.optimizer import make_optimizer
+from trainers.optimizer import AdamWSettings, make_optimizer
 
 # What `harness run --smoke` changes in a method's section: (path inside the section, value).
 SmokeChanges = list[tuple[tuple[str, ...], Any]]
@@ -47,6 +47,11 @@ class TrainerConfig(BaseModel):
         ``with_steps``, 2 training steps evaluated after each. Methods with rollout, pair or buffer sets
         add theirs; harness/smoke.py adds the preset-wide part and leaves out what the user set."""
         return [(("steps",), 2), (("eval_every",), 1)] if with_steps else []
+
+    def optimizer_settings(self) -> AdamWSettings:
+        """AdamW's betas and weight decay for this method's step (trainers/optimizer.py); the learning rate
+        is ``lr``. Default: torch's betas, no weight decay."""
+        return AdamWSettings()
 
     def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
         """What in this config cannot work with ``preset`` (e.g. the tiny world's oracle on real
@@ -95,7 +100,7 @@ class Trainer(ABC):
         # by the optimizer step (trainers.optimizer: torch AdamW, or AdamW under DeepSpeed ZeRO-2).
         self.dist = current()
         self.optimizer = make_optimizer([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
-                                        deepspeed_config())
+                                        config.optimizer_settings(), deepspeed_config())
 
     @abstractmethod
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:

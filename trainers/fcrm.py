@@ -65,6 +65,7 @@ from trainers.fcrm_objective import (
     offline_advantages,
     residual,
 )
+from trainers.optimizer import AdamWSettings
 from trainers.registry import register_trainer
 from trainers.rewards import RewardInputs, build_reward
 
@@ -140,6 +141,9 @@ class FCRMConfig(TrainerConfig):
             changes.append((("offline", "count"), 4))
         return changes
 
+    def optimizer_settings(self) -> AdamWSettings:
+        return AdamWSettings(weight_decay=self.weight_decay)
+
     def training_signals(self) -> list[str]:
         return [self.reward.name]
 
@@ -187,8 +191,6 @@ class FCRMTrainer(Trainer):
 
     def __init__(self, adapter, preset, config: FCRMConfig, seed: int, workdir: Path | None = None):
         super().__init__(adapter, preset, config, seed, workdir)
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = config.weight_decay
         torch.manual_seed(seed)  # b_phi's hidden layers
         probe = adapter.encode_condition(torch.zeros(1, 3, *frame_size(preset)), [""])
         device = next(adapter.model.parameters()).device  # log Z reads the conditions where the model has them

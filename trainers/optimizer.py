@@ -17,6 +17,10 @@ The gradient norm (logged, and clipped to the method's ``grad_clip``) is over ev
 step optimises, as DeepSpeed computes it: for FCRM that includes its log Z network (before this
 module, only the LoRA's norm was clipped; the tiny smoke run moved by 2e-9).
 
+AdamW's settings besides the learning rate (``AdamWSettings``: betas, weight decay) are the method's,
+from its config (``TrainerConfig.optimizer_settings``), and the defaults of every parameter group; the
+learning rate is each group's own.
+
 ``state_dict()`` is consolidated in torch AdamW's format under both engines (plus fp32 master
 weights where the parameters are bf16), so a checkpoint resumes under either engine at any world
 size.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,17 +39,29 @@ import torch
 from harness.distributed import Dist, zero_config
 
 
+@dataclass(frozen=True)
+class AdamWSettings:
+    """AdamW's hyperparameters other than the learning rate, for every parameter group of a method's step
+    (a group may still set its own): torch's betas, no weight decay, unless the method's config says."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def adamw(self, param_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
+        return torch.optim.AdamW(param_groups, betas=self.betas, weight_decay=self.weight_decay)
+
+
 class OptimizerStep(ABC):
     """AdamW over ``param_groups`` (torch's format); subclasses differ in where gradients go."""
 
-    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist):
-        self.grad_clip, self.dist = grad_clip, dist
-        self.optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist, settings: AdamWSettings):
+        self.grad_clip, self.dist, self.settings = grad_clip, dist, settings
+        self.optimizer = settings.adamw(param_groups)
         self._measured: list[torch.Tensor] | None = None  # the running (averaged) sum of measured gradients
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
-        """The live groups: learning-rate, betas or weight-decay writes reach the step."""
+        """The live groups: learning-rate writes (a warmup, say) reach the step."""
         return self.optimizer.param_groups
 
     @property
@@ -82,7 +99,7 @@ class OptimizerStep(ABC):
     def reset(self) -> None:
         """Fresh moments and step counts (a new training stage), same groups and settings."""
         groups = [{k: v for k, v in g.items()} for g in self.param_groups]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        self.optimizer = self.settings.adamw(groups)
 
     def _measure(self, grads: list[torch.Tensor]) -> float:
         """Norm of this backward's gradient alone, averaged over ranks as the step will average it:
@@ -115,9 +132,9 @@ class ZeroStep(OptimizerStep):
     """AdamW under a DeepSpeed ZeRO-1/2 engine, built at the first backward (after a trainer has
     added its own parameter groups and a resume has loaded its state)."""
 
-    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
+    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist, settings: AdamWSettings,
                  ds_config: dict[str, Any]):
-        super().__init__(param_groups, grad_clip, dist)
+        super().__init__(param_groups, grad_clip, dist, settings)
         self.ds_config = ds_config
         self.engine = None
         self._groups: list[list[torch.nn.Parameter]] = []  # the client groups' parameters (ZeRO flattens them)
@@ -289,8 +306,7 @@ class ZeroStep(OptimizerStep):
             self.engine.destroy()  # drops its gradient hooks from the parameters
             self.engine = None
         self._masters = {}  # the new engine starts from the parameters as they are
-        self.optimizer = torch.optim.AdamW([{**s, "params": g} for s, g in zip(settings, groups, strict=True)],
-                                           weight_decay=0.0)
+        self.optimizer = self.settings.adamw([{**s, "params": g} for s, g in zip(settings, groups, strict=True)])
         self._pending = None
 
 
@@ -304,7 +320,9 @@ class _Parameters(torch.nn.Module):
 
 
 def make_optimizer(param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
-                   ds_config: dict[str, Any] | None = None) -> OptimizerStep:
+                   settings: AdamWSettings = AdamWSettings(), ds_config: dict[str, Any] | None = None
+                   ) -> OptimizerStep:
+    """The step of a method: replicated AdamW, or AdamW under ZeRO when the launch gives a DeepSpeed config."""
     if ds_config is None:
-        return AdamWStep(param_groups, grad_clip, dist)
-    return ZeroStep(param_groups, grad_clip, dist, zero_config(ds_config, grad_clip, dist.world_size))
+        return AdamWStep(param_groups, grad_clip, dist, settings)
+    return ZeroStep(param_groups, grad_clip, dist, settings, zero_config(ds_config, grad_clip, dist.world_size))
