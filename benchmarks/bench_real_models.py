@@ -140,7 +140,7 @@ def bench_method(method: str, preset, adapter, batch: int, shift_paths: dict[str
         return {"refused": str(exc).splitlines()[0]}
     sync()
     out: dict = {"batch_size": batch, "build_s": time.perf_counter() - t0,
-                 "optimiser": type(trainer.optimizer).__name__}  # ZeroStep under --zero2
+                 "optimizer": type(trainer.optimizer).__name__}  # ZeroStep under --zero2
     trainer.train_step(0)  # warm-up (FCRM and SHIFT fill their rollouts here)
     reset_peak()
     sync()

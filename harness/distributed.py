@@ -15,7 +15,7 @@ identical, so a checkpoint is the same file at any world size and resumes at ano
 * evaluation: each rank samples and scores every world-th eval video; frames and per-video
   records are gathered on rank 0, which alone writes files and the results database;
 * DeepSpeed: launched with a ZeRO-1/2 config (harness/launch/accelerate-zero2.yaml), each
-  method's AdamW runs inside a ZeRO engine (trainers/optimiser.py) instead of averaging
+  method's AdamW runs inside a ZeRO engine (trainers/optimizer.py) instead of averaging
   gradients here; the config is read from accelerate's environment and checked at start.
 """
 
@@ -199,12 +199,12 @@ def _deepspeed_from_env() -> dict[str, Any] | None:
 def zero_config(base: dict[str, Any], grad_clip: float | None, world_size: int) -> dict[str, Any]:
     """A DeepSpeed config for one method: the launch's ZeRO settings with the harness's batch and
     clipping. The preset owns the batch (global, split over ranks by the harness) and each method
-    its optimiser and clipping, so the launch's config must leave those to it ("auto")."""
+    its optimizer and clipping, so the launch's config must leave those to it ("auto")."""
     cfg = copy.deepcopy(base)
     stage = int(cfg.get("zero_optimization", {}).get("stage", 0))
     if stage not in (1, 2):
         raise DistributedConfigError(
-            f"DeepSpeed ZeRO stage {stage}: the harness runs ZeRO-1 and ZeRO-2 (optimiser state and gradients "
+            f"DeepSpeed ZeRO stage {stage}: the harness runs ZeRO-1 and ZeRO-2 (optimizer state and gradients "
             "partitioned); stage 3 also partitions the weights, which rollouts and reward scoring read whole; "
             "use harness/launch/accelerate-zero2.yaml")
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
@@ -225,7 +225,7 @@ def zero_config(base: dict[str, Any], grad_clip: float | None, world_size: int) 
     offload = (cfg.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
     if offload not in ("none", None):
         raise DistributedConfigError(
-            f"ZeRO optimizer offload to {offload!r} is not supported (the methods' optimiser is torch AdamW, which "
+            f"ZeRO optimizer offload to {offload!r} is not supported (the methods' optimizer is torch AdamW, which "
             "DeepSpeed does not offload); set offload_optimizer_device to none")
     cfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=world_size,
                gradient_clipping=grad_clip, zero_allow_untested_optimizer=True, steps_per_print=2**31 - 1)

@@ -363,7 +363,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             # absent), then the logs, the checkpoint's row and its probe aggregates, then evaluation.
             path = rundir.checkpoint(method, seed, done)
             logs.append((done, "seconds", train_seconds))
-            state = trainer.state_dict()  # on every rank: under ZeRO it gathers the partitioned optimiser state
+            state = trainer.state_dict()  # on every rank: under ZeRO it gathers the partitioned optimizer state
             if d.is_main:  # every rank holds the same state; rank 0 writes it
                 rundir.save_checkpoint(state, path, done, logs)
             d.barrier()

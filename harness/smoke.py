@@ -32,8 +32,9 @@ def _overlaps(a: Path_, b: Path_) -> bool:
 
 def smoke_changes(cfg: PresetConfig, methods: list[str], with_steps: bool) -> list[tuple[Path_, Any]]:
     """Every field a smoke run shrinks: 4 eval videos (the final checkpoints' set too: it is left unset,
-    i.e. eval.num_videos), 4 sampler steps, small probe and rollout sets and,
-    with ``with_steps``, 2 training steps evaluated after each step."""
+    i.e. eval.num_videos), 4 sampler steps, small probe sets and, for each method, what its config
+    shrinks (``TrainerConfig.smoke_changes``: with ``with_steps``, 2 training steps evaluated after each
+    step; small rollout, pair and buffer sets)."""
     from trainers.registry import trainer_for
 
     changes: list[tuple[Path_, Any]] = [(("eval", "num_videos"), 4), (("eval", "final_num_videos"), None),
@@ -41,30 +42,8 @@ def smoke_changes(cfg: PresetConfig, methods: list[str], with_steps: bool) -> li
                                         (("probes", "pairs"), 4), (("probes", "draws"), 1)]
     for m in methods:
         section = cfg.methods.get(m, {})
-        fields = trainer_for(m, section).config_class.model_fields
-        base: Path_ = ("methods", m)
-        if with_steps:
-            changes += [((*base, "steps"), 2), ((*base, "eval_every"), 1)]
-        if "pairs" in fields or "pairs" in section:  # few rollout conditions for the pair sets
-            changes.append(((*base, "pairs", "conditions"), 8))
-        stages = section.get("stages")
-        if stages:  # online stages and stage pair sets too (a list: replaced whole)
-            new = []
-            for stage in stages:
-                stage = dict(stage)
-                if "pairs" in stage:
-                    stage["pairs"] = {**(stage.get("pairs") or {}), "conditions": 8}
-                if stage.get("kind") == "online":
-                    stage["conditions"] = 8
-                new.append(stage)
-            changes.append(((*base, "stages"), new))
-        if "group_size" in fields:  # reward rollouts: 2 conditions x 2, a small offline set
-            changes += [((*base, "conditions"), 2), ((*base, "group_size"), 2), ((*base, "batch_size"), 2)]
-            if section.get("offline", {}) is not None and "offline" in fields:
-                changes.append(((*base, "offline", "count"), 4))
-        if "buffer" in fields:  # SHIFT: a buffer of 2 x 2 rollouts, 16 real clips for the discriminators
-            changes += [((*base, "buffer"), {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}),
-                        ((*base, "batch_size"), 2), ((*base, "real", "count"), 16)]
+        config_class = trainer_for(m, section).config_class
+        changes += [(("methods", m, *path), value) for path, value in config_class.smoke_changes(section, with_steps)]
     return changes
 
 

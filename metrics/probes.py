@@ -25,7 +25,7 @@ pairs is a different, separately named value that the preference trainers log th
   has no meaning that does not depend on the method, so it is not measured and nothing is stored;
   the report says why. The checkpoint value is the share of probed steps with Gamma > 0 (the
   paper: 81.7 % and 76.9 %). As in the paper, the step is the first-order SGD proxy -lr * grad, not
-  the optimiser's actual (Adam) update.
+  the optimizer's actual (Adam) update.
 
 Probes do not touch the trainer's random generator, its state or its gradients, so a run with
 probes trains exactly like one without.

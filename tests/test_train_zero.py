@@ -43,7 +43,7 @@ def _instrument(run, rank: int, out: Path) -> None:
     import importlib
 
     from harness.distributed import deepspeed_config
-    from trainers.optimiser import ZeroStep
+    from trainers.optimizer import ZeroStep
 
     assert deepspeed_config()["zero_optimization"]["stage"] == 2
     builds, build = [], ZeroStep._build
@@ -83,7 +83,7 @@ def runs(tmp_path_factory):
 
 def test_zero2_trains_what_one_process_trains(runs):
     one, zero = runs
-    # One engine per method (the tiny apo has one stage; tests/test_optimiser.py restarts an engine).
+    # One engine per method (the tiny apo has one stage; tests/test_optimizer.py restarts an engine).
     assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [len(METHODS)] * 2
     for r in (0, 1):  # each rank ran the model on its half of every batch of 4 (sft's rows: test_train_distributed)
         # FCRM scores half of its 8 offline samples and of each round's 4 rollouts (one process: 8 and 4).

@@ -1,5 +1,6 @@
-"""Alignment methods, one module per method, registered by name (trainers.registry).
+"""Alignment methods, one module per method, each registering its Trainer with ``@register_trainer``
+(trainers/registry.py finds them: no central list). See docs/adding-a-method.md.
 
-Shipped: `sft` (trainers/sft.py). Shared primitives live in trainers/objectives.py and
-the Trainer interface in trainers/base.py; the outer loop is harness.runner.
+Shared primitives live in trainers/objectives.py, the optimizer step in trainers/optimizer.py and the
+Trainer interface in trainers/base.py; the outer loop is harness.runner.
 """

@@ -36,7 +36,7 @@ offset N(0, 5) read as a standard deviation, window 4 + 1.
 from __future__ import annotations
 
 import logging
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
 from harness.sampling import SamplerConfig, guided_velocity, sample
-from trainers.base import Trainer
+from trainers.base import SmokeChanges, Trainer
 from trainers.claims import Objective, PaperClaim
 from trainers.objectives import sample_sigmas
 from trainers.own_pairs import own_pairs_due, own_pairs_values
@@ -129,6 +129,22 @@ class APOConfig(DPOObjectiveConfig):
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(kind="offline", steps=60)],
                                       min_length=1)
 
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """Also few conditions for the stages' pair sets and online rounds (the list is replaced whole)."""
+        changes = super().smoke_changes(section, with_steps)
+        if section.get("stages"):
+            stages = []
+            for stage in section["stages"]:
+                stage = dict(stage)
+                if "pairs" in stage:
+                    stage["pairs"] = {**(stage.get("pairs") or {}), "conditions": 8}
+                if stage.get("kind") == "online":
+                    stage["conditions"] = 8
+                stages.append(stage)
+            changes.append((("stages",), stages))
+        return changes
+
     @model_validator(mode="after")
     def _order(self) -> APOConfig:
         kinds = [st.kind for st in self.stages]
@@ -195,6 +211,7 @@ class PairBatch(NamedTuple):
 @register_trainer
 class APOTrainer(Trainer):
     name = "apo"
+    report_rank = 50
     config_class = APOConfig
     description = "Diffusion-APO: trajectory-aware DPO with a high/low timestep window, in stages (LoRA)"
     training_objective = Objective("reward_margin", "higher", "implicit reward margin (chosen − rejected)")

@@ -16,7 +16,10 @@ from harness.distributed import current, deepspeed_config
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig
 from trainers.claims import Objective, PaperClaim
-from trainers.optimiser import make_optimiser
+from trainers.optimizer import AdamWSettings, make_optimizer
+
+# What `harness run --smoke` changes in a method's section: (path inside the section, value).
+SmokeChanges = list[tuple[tuple[str, ...], Any]]
 
 
 class TrainerConfig(BaseModel):
@@ -38,6 +41,18 @@ class TrainerConfig(BaseModel):
     sampler: SamplerConfig | None = Field(
         None, description="the method's sampler for rollouts and evaluation; default: the preset's")
 
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """What `harness run --smoke` shrinks in this method's preset section ``section`` (the keys as the
+        preset writes them: a named variant's own keys only), so that the run takes seconds: with
+        ``with_steps``, 2 training steps evaluated after each. Methods with rollout, pair or buffer sets
+        add theirs; harness/smoke.py adds the preset-wide part and leaves out what the user set."""
+        return [(("steps",), 2), (("eval_every",), 1)] if with_steps else []
+
+    def optimizer_settings(self) -> AdamWSettings:
+        """AdamW's betas and weight decay for this method's step (trainers/optimizer.py); the learning rate
+        is ``lr``. Default: torch's betas, no weight decay."""
+        return AdamWSettings()
 
     def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
         """What in this config cannot work with ``preset`` (e.g. the tiny world's oracle on real
@@ -73,6 +88,9 @@ class Trainer(ABC):
     # the logged series that is its own training objective (None: the objectives section skips it).
     claims: ClassVar[tuple[PaperClaim, ...]] = ()
     training_objective: ClassVar[Objective | None] = None
+    # Position in the reports' claims table and objectives section (lower first, ties by name): a
+    # baseline before the method whose paper compares against it. New methods come after the built-ins.
+    report_rank: ClassVar[int] = 100
 
     def __init__(self, adapter: ModelAdapter, preset: PresetConfig, config: TrainerConfig, seed: int,
                  workdir: Path | None = None):
@@ -87,10 +105,10 @@ class Trainer(ABC):
         self.sampler = config.sampler or preset.sampler  # what this method's generator samples with
         # Data parallel: every rank draws the global batch from the same generator and keeps its rows
         # (self.dist.rows); gradients and logged scalars are averaged over ranks (harness.distributed),
-        # by the optimiser step (trainers.optimiser: torch AdamW, or AdamW under DeepSpeed ZeRO-2).
+        # by the optimizer step (trainers.optimizer: torch AdamW, or AdamW under DeepSpeed ZeRO-2).
         self.dist = current()
-        self.optimizer = make_optimiser([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
-                                        deepspeed_config())
+        self.optimizer = make_optimizer([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
+                                        config.optimizer_settings(), deepspeed_config())
 
     @abstractmethod
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -27,6 +27,7 @@ class DPOConfig(PreferenceConfig):
 @register_trainer
 class DPOTrainer(PreferenceTrainer):
     name = "dpo"
+    report_rank = 30
     config_class = DPOConfig
     description = "Diffusion-DPO / VideoDPO on base-model rollout pairs (LoRA)"
     training_objective = Objective("reward_margin", "higher", "implicit reward margin (chosen − rejected)")

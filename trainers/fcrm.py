@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import frame_size
 from harness.models.base import Conditioning
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.claims import Objective, PaperClaim
 from trainers.fcrm_data import (
     FCRMDataError,
@@ -66,6 +66,7 @@ from trainers.fcrm_objective import (
     offline_advantages,
     residual,
 )
+from trainers.optimizer import AdamWSettings
 from trainers.registry import register_trainer
 from trainers.rewards import RewardInputs, build_reward
 
@@ -132,6 +133,18 @@ class FCRMConfig(TrainerConfig):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
 
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """Also reward rollouts of 2 conditions x 2 and a small offline set (unless the section has none)."""
+        changes = [*super().smoke_changes(section, with_steps),
+                   (("conditions",), 2), (("group_size",), 2), (("batch_size",), 2)]
+        if section.get("offline", {}) is not None:
+            changes.append((("offline", "count"), 4))
+        return changes
+
+    def optimizer_settings(self) -> AdamWSettings:
+        return AdamWSettings(weight_decay=self.weight_decay)
+
     def training_signals(self) -> list[str]:
         return [self.reward.name]
 
@@ -172,6 +185,7 @@ class FCRMConfig(TrainerConfig):
 @register_trainer
 class FCRMTrainer(Trainer):
     name = "fcrm"
+    report_rank = 60
     config_class = FCRMConfig
     description = "FCRM: loss-space GFlowNet reward matching, online/EMA/replay/offline, few-step"
     training_objective = Objective("reward/round_mean", "higher", "mean training reward of its rollout rounds")
@@ -190,8 +204,6 @@ class FCRMTrainer(Trainer):
 
     def __init__(self, adapter, preset, config: FCRMConfig, seed: int, workdir: Path | None = None):
         super().__init__(adapter, preset, config, seed, workdir)
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = config.weight_decay
         torch.manual_seed(seed)  # b_phi's hidden layers
         probe = adapter.encode_condition(torch.zeros(1, 3, *frame_size(preset)), [""])
         device = next(adapter.model.parameters()).device  # log Z reads the conditions where the model has them

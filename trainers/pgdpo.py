@@ -39,6 +39,7 @@ class PGDPOConfig(PreferenceConfig):
 @register_trainer
 class PGDPOTrainer(PreferenceTrainer):
     name = "pgdpo"
+    report_rank = 40
     config_class = PGDPOConfig
     description = "PG-DPO: DPO with adaptive rejection scaling and implicit preference regularisation (LoRA)"
     training_objective = Objective("reward_margin", "higher", "implicit reward margin (chosen − rejected)")

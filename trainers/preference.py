@@ -14,7 +14,7 @@ import json
 import logging
 from abc import abstractmethod
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,7 @@ from harness.data.source import clip_length, data_file, frame_size
 from harness.distributed import current
 from harness.models.base import Conditioning, ModelAdapter
 from harness.sampling import SamplerConfig
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
 from trainers.own_pairs import own_pairs_due, own_pairs_values
 from trainers.preference_losses import PairErrors, dpo_loss
@@ -98,6 +98,11 @@ class DPOObjectiveConfig(TrainerConfig):
 class PreferenceConfig(DPOObjectiveConfig):
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """Also few rollout conditions for the pair set."""
+        return [*super().smoke_changes(section, with_steps), (("pairs", "conditions"), 8)]
 
     def preset_problems(self, preset, where: str) -> list[str]:
         return pairs_problems(self.pairs, preset, f"{where}.pairs")

@@ -32,6 +32,7 @@ class SFTConfig(TrainerConfig):
 @register_trainer
 class SFTTrainer(Trainer):
     name = "sft"
+    report_rank = 10
     config_class = SFTConfig
     description = "supervised fine-tuning (LoRA) on the finetune split"
     training_objective = Objective("loss", "lower", "denoising loss on the fine-tune clips")

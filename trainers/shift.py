@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from harness.data.source import clip_batch
 from harness.data.video_io import tensor_to_frames
 from metrics.backends.tracking import FlowFields
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.claims import Objective, PaperClaim
 from trainers.fcrm_data import Samples, policy_rollouts
 from trainers.motion_reward import (
@@ -58,6 +58,7 @@ from trainers.motion_reward import (
     rewards_from_logits,
 )
 from trainers.objectives import denoising_loss, sample_sigmas
+from trainers.optimizer import AdamWSettings
 from trainers.registry import register_trainer
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class RealConfig(BaseModel):
     count: int = Field(256, ge=2)
 
 
+ADAMW_BETAS = (0.9, 0.95)  # Table 5: the policy's and the discriminators' AdamW
+
+
 class ShiftConfig(TrainerConfig):
     rewards: list[Literal["imr", "lmr"]] = Field(default_factory=lambda: ["imr", "lmr"])
     reward_paths: dict[str, str] = Field(default_factory=dict, description="kind -> model dir (default: shipped)")
@@ -122,6 +126,16 @@ class ShiftConfig(TrainerConfig):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     real: RealConfig = Field(default_factory=RealConfig)
 
+    @classmethod
+    def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
+        """Also a buffer of 2 x 2 rollouts and 16 real clips for the discriminators."""
+        return [*super().smoke_changes(section, with_steps),
+                (("buffer",), {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}), (("batch_size",), 2),
+                (("real", "count"), 16)]
+
+    def optimizer_settings(self) -> AdamWSettings:
+        return AdamWSettings(betas=ADAMW_BETAS, weight_decay=self.weight_decay)
+
     def training_signals(self) -> list[str]:
         return list(self.rewards)
 
@@ -141,6 +155,7 @@ class ShiftConfig(TrainerConfig):
 @register_trainer
 class ShiftTrainer(Trainer):
     name = "shift"
+    report_rank = 20
     config_class = ShiftConfig
     replay_state = ("buffer", "buffer_feats", "orders", "fill_logs", "current")
     description = "SHIFT: SFT anchor + advantage-weighted rollouts, adversarial IMR/LMR rewards"
@@ -161,13 +176,11 @@ class ShiftTrainer(Trainer):
 
     def __init__(self, adapter, preset, config: ShiftConfig, seed: int, workdir: Path | None = None):
         super().__init__(adapter, preset, config, seed, workdir)
-        for group in self.optimizer.param_groups:
-            group["betas"], group["weight_decay"] = (0.9, 0.95), config.weight_decay
         # The discriminators' files and clip shape were checked with the config (preset_problems).
         self.discs: dict[str, MotionDiscriminator] = {k: load_discriminator(k, config.reward_paths.get(k))
                                                       for k in config.rewards}
         self.scorers = {k: ema_copy(d) for k, d in self.discs.items()} if config.adversarial else self.discs
-        self.disc_opts = {k: torch.optim.AdamW(d.net.parameters(), lr=config.disc_lr, betas=(0.9, 0.95))
+        self.disc_opts = {k: torch.optim.AdamW(d.net.parameters(), lr=config.disc_lr, betas=ADAMW_BETAS)
                           for k, d in self.discs.items()} if config.adversarial else {}
         self.real = self._real_pool()
         self.buffer: Samples | None = None

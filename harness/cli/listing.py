@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import PresetOpt, app, load_cli_preset
+from harness.cli import PresetOpt, app, fail, load_cli_preset
 
 list_app = typer.Typer(help="List registered methods, metrics or presets.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
@@ -13,9 +13,13 @@ app.add_typer(list_app, name="list")
 @list_app.command("methods")
 def list_methods(preset: PresetOpt = "tiny") -> None:
     """Registered alignment methods, and the preset's named variants of them."""
-    from trainers.registry import available_methods, get_trainer
+    from trainers.registry import MethodLoadError, available_methods, get_trainer
 
-    for name in available_methods():
+    try:
+        names = available_methods()
+    except MethodLoadError as exc:  # a broken method module is named, not left out of the list
+        fail(str(exc))
+    for name in names:
         typer.echo(f"{name}\t{get_trainer(name).description}")
     for name, section in load_cli_preset(preset, None).methods.items():
         if section.get("trainer"):

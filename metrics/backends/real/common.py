@@ -70,7 +70,7 @@ def read_state_dict(weight: ResolvedWeight, strip_prefixes: tuple[str, ...] = ("
     while isinstance(sd, Mapping) and len(sd) == 1 and next(iter(sd)) in WRAPPER_KEYS:
         sd = next(iter(sd.values()))
     if isinstance(sd, Mapping):
-        for key in WRAPPER_KEYS[:2]:  # checkpoints that also carry optimiser state, epoch, ...
+        for key in WRAPPER_KEYS[:2]:  # checkpoints that also carry optimizer state, epoch, ...
             if key in sd and isinstance(sd[key], Mapping):
                 sd = sd[key]
                 break

@@ -1,6 +1,6 @@
-"""The shared optimiser step (trainers/optimiser.py): AdamW under a DeepSpeed ZeRO-2 engine takes the
+"""The shared optimizer step (trainers/optimizer.py): AdamW under a DeepSpeed ZeRO-2 engine takes the
 steps plain AdamW takes (two gloo ranks, each with its own rows), through several backwards per step,
-per-backward gradient norms and a restart of the optimiser; its consolidated state resumes exactly,
+per-backward gradient norms and a restart of the optimizer; its consolidated state resumes exactly,
 fp32 master weights included when the parameters are bf16."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from harness.distributed import Dist, DistributedConfigError, zero_config
-from trainers.optimiser import AdamWStep, ZeroStep
+from trainers.optimizer import AdamWSettings, AdamWStep, ZeroStep
 
 ZERO = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": False}}
 
@@ -59,22 +59,22 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist = Dist(rank, world, rank)
         results = {}
         model = _model()
-        opt = ZeroStep(_groups(model), 0.5, dist, zero_config(ZERO, 0.5, world))
+        opt = ZeroStep(_groups(model), 0.5, dist, AdamWSettings(), zero_config(ZERO, 0.5, world))
         results["fp32"] = _steps(opt, model, dist, range(4), reset_at=2)
         results["fp32_weights"] = [p.detach().clone() for p in model.parameters()]
         results["fp32_state"] = opt.state_dict()
         # bf16 parameters, fp32 masters: 4 steps straight vs 2 steps, consolidate, a new engine, 2 more.
         bf16 = zero_config({**ZERO, "bf16": {"enabled": True}}, 0.5, world)
         model = _model()
-        opt = ZeroStep(_groups(model), 0.5, dist, bf16)
+        opt = ZeroStep(_groups(model), 0.5, dist, AdamWSettings(), bf16)
         _steps(opt, model, dist, range(4))
         results["bf16_straight"] = opt.state_dict()
         model = _model()
-        opt = ZeroStep(_groups(model), 0.5, dist, bf16)
+        opt = ZeroStep(_groups(model), 0.5, dist, AdamWSettings(), bf16)
         _steps(opt, model, dist, range(2))
         saved = opt.state_dict()
         model = _model()
-        opt = ZeroStep(_groups(model), 0.5, dist, bf16)
+        opt = ZeroStep(_groups(model), 0.5, dist, AdamWSettings(), bf16)
         opt.load_state_dict(saved)
         _steps(opt, model, dist, range(2, 4))
         results["bf16_resumed"] = opt.state_dict()
@@ -99,7 +99,7 @@ def zero(tmp_path_factory):
 def _reference() -> tuple[list[dict[str, float]], torch.nn.Module, dict]:
     """Plain AdamW on one process: each backward on the whole batch is the mean of two ranks' halves."""
     model = _model()
-    opt = AdamWStep(_groups(model), 0.5, Dist())
+    opt = AdamWStep(_groups(model), 0.5, Dist(), AdamWSettings())
     logs = []
     for step in range(4):
         if step == 2:
@@ -126,7 +126,7 @@ def test_zero2_steps_equal_plain_adamw(zero):
     for i, s in state["state"].items():
         assert float(zero["fp32_state"]["state"][i]["step"]) == float(s["step"]) == 2.0  # reset at step 2
         torch.testing.assert_close(zero["fp32_state"]["state"][i]["exp_avg_sq"], s["exp_avg_sq"], rtol=1e-4, atol=1e-9)
-    AdamWStep(_groups(_model()), 0.5, Dist()).load_state_dict(zero["fp32_state"])
+    AdamWStep(_groups(_model()), 0.5, Dist(), AdamWSettings()).load_state_dict(zero["fp32_state"])
 
 
 def test_bf16_zero2_state_resumes_exactly(zero):
@@ -168,3 +168,28 @@ def test_shared_rows_average_to_the_global_mean(n, world):
     assert Dist(0, 1).share(n) == (slice(0, n), 1.0)  # one process: everything, unweighted
     with pytest.raises(ValueError, match="cannot share 0 rows"):
         Dist(0, world).share(0)
+
+
+def test_method_settings_are_every_groups_defaults():
+    """A method's betas and weight decay (its config's ``optimizer_settings``) are set at construction, for
+    the first group, groups added later and after a reset; a group's own value wins."""
+    settings = AdamWSettings(betas=(0.9, 0.95), weight_decay=0.01)
+    model = _model()
+    groups = _groups(model)
+    opt = AdamWStep(groups[:1], 0.5, Dist(), settings)
+    opt.add_param_group(groups[1])
+    for _ in range(2):
+        assert [(g["betas"], g["weight_decay"]) for g in opt.param_groups] == [((0.9, 0.95), 0.01), ((0.9, 0.95), 0.1)]
+        opt.reset()
+
+
+def test_the_methods_optimizer_settings():
+    """Today's values: SHIFT AdamW (0.9, 0.95) with weight decay 0.01 (Table 5), FCRM weight decay 1e-4,
+    the others torch's betas and no weight decay."""
+    from trainers.fcrm import FCRMConfig
+    from trainers.sft import SFTConfig
+    from trainers.shift import ShiftConfig
+
+    assert ShiftConfig().optimizer_settings() == AdamWSettings(betas=(0.9, 0.95), weight_decay=0.01)
+    assert FCRMConfig().optimizer_settings() == AdamWSettings(betas=(0.9, 0.999), weight_decay=1e-4)
+    assert SFTConfig().optimizer_settings() == AdamWSettings(betas=(0.9, 0.999), weight_decay=0.0)

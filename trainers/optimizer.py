@@ -1,4 +1,4 @@
-"""The optimiser step every trainer shares: AdamW over the trainable parameters (LoRA, plus any
+"""The optimizer step every trainer shares: AdamW over the trainable parameters (LoRA, plus any
 of the method's own, e.g. FCRM's log Z), gradients averaged over data-parallel ranks, clipped.
 
 A step is ``zero_grad()``, one or more ``backward(loss, last=...)`` (gradients of the losses are
@@ -6,7 +6,7 @@ summed: APO accumulates a window of timesteps, SHIFT its terms one at a time) an
 which returns the gradient norm before clipping. Two engines run that same arithmetic:
 
 * ``AdamWStep``: torch AdamW; gradients averaged in one all-reduce after the last backward, as DDP
-  computes them. Optimiser state is replicated on every rank.
+  computes them. Optimizer state is replicated on every rank.
 * ``ZeroStep``: the same AdamW inside a DeepSpeed ZeRO-1/2 engine (``accelerate launch`` with
   ``harness/launch/accelerate-zero2.yaml``): gradients are reduce-scattered and the AdamW moments
   (and, with bf16, the fp32 master weights) partitioned over ranks. The engine wraps only the
@@ -16,6 +16,10 @@ which returns the gradient norm before clipping. Two engines run that same arith
 The gradient norm (logged, and clipped to the method's ``grad_clip``) is over every parameter the
 step optimises, as DeepSpeed computes it: for FCRM that includes its log Z network (before this
 module, only the LoRA's norm was clipped; the tiny smoke run moved by 2e-9).
+
+AdamW's settings besides the learning rate (``AdamWSettings``: betas, weight decay) are the method's,
+from its config (``TrainerConfig.optimizer_settings``), and the defaults of every parameter group; the
+learning rate is each group's own.
 
 ``state_dict()`` is consolidated in torch AdamW's format under both engines (plus fp32 master
 weights where the parameters are bf16), so a checkpoint resumes under either engine at any world
@@ -27,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,17 +39,29 @@ import torch
 from harness.distributed import Dist, zero_config
 
 
-class OptimiserStep(ABC):
+@dataclass(frozen=True)
+class AdamWSettings:
+    """AdamW's hyperparameters other than the learning rate, for every parameter group of a method's step
+    (a group may still set its own): torch's betas, no weight decay, unless the method's config says."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def adamw(self, param_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
+        return torch.optim.AdamW(param_groups, betas=self.betas, weight_decay=self.weight_decay)
+
+
+class OptimizerStep(ABC):
     """AdamW over ``param_groups`` (torch's format); subclasses differ in where gradients go."""
 
-    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist):
-        self.grad_clip, self.dist = grad_clip, dist
-        self.optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist, settings: AdamWSettings):
+        self.grad_clip, self.dist, self.settings = grad_clip, dist, settings
+        self.optimizer = settings.adamw(param_groups)
         self._measured: list[torch.Tensor] | None = None  # the running (averaged) sum of measured gradients
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
-        """The live groups: learning-rate, betas or weight-decay writes reach the step."""
+        """The live groups: learning-rate writes (a warmup, say) reach the step."""
         return self.optimizer.param_groups
 
     @property
@@ -82,7 +99,7 @@ class OptimiserStep(ABC):
     def reset(self) -> None:
         """Fresh moments and step counts (a new training stage), same groups and settings."""
         groups = [{k: v for k, v in g.items()} for g in self.param_groups]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        self.optimizer = self.settings.adamw(groups)
 
     def _measure(self, grads: list[torch.Tensor]) -> float:
         """Norm of this backward's gradient alone, averaged over ranks as the step will average it:
@@ -94,7 +111,7 @@ class OptimiserStep(ABC):
             [torch.linalg.vector_norm(a - b) for a, b in zip(now, before, strict=True)])))
 
 
-class AdamWStep(OptimiserStep):
+class AdamWStep(OptimizerStep):
     """Replicated AdamW; gradients averaged over ranks once, after the last backward."""
 
     def backward(self, loss: torch.Tensor, last: bool = True, measure: bool = False) -> float | None:
@@ -111,13 +128,13 @@ class AdamWStep(OptimiserStep):
         return float(grad_norm)
 
 
-class ZeroStep(OptimiserStep):
+class ZeroStep(OptimizerStep):
     """AdamW under a DeepSpeed ZeRO-1/2 engine, built at the first backward (after a trainer has
     added its own parameter groups and a resume has loaded its state)."""
 
-    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
+    def __init__(self, param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist, settings: AdamWSettings,
                  ds_config: dict[str, Any]):
-        super().__init__(param_groups, grad_clip, dist)
+        super().__init__(param_groups, grad_clip, dist, settings)
         self.ds_config = ds_config
         self.engine = None
         self._groups: list[list[torch.nn.Parameter]] = []  # the client groups' parameters (ZeRO flattens them)
@@ -179,7 +196,7 @@ class ZeroStep(OptimiserStep):
 
         steps = {float(s["step"]) for s in state["state"].values() if "step" in s}
         if len(steps) > 1:
-            raise ValueError(f"optimiser state has parameters at different step counts {sorted(steps)}; "
+            raise ValueError(f"optimizer state has parameters at different step counts {sorted(steps)}; "
                              "ZeRO keeps one count per parameter group")
         if steps:  # moments to restore: the engine creates its partitions of them at its first step
             self._zero_step()
@@ -198,7 +215,7 @@ class ZeroStep(OptimiserStep):
 
     def _zero_step(self) -> None:
         """One engine step that moves nothing (zero gradients, learning rate 0), so that the engine
-        allocates its optimiser-state partitions; their values are overwritten next."""
+        allocates its optimizer-state partitions; their values are overwritten next."""
         lrs = [g["lr"] for g in self.param_groups]
         for g in self.param_groups:
             g["lr"] = 0.0
@@ -237,7 +254,7 @@ class ZeroStep(OptimiserStep):
     def _engine_step(self) -> None:
         self.engine.step()
         if not self._linked:
-            # DeepSpeed 0.19 links each parameter to its optimiser-state fragments right after the
+            # DeepSpeed 0.19 links each parameter to its optimizer-state fragments right after the
             # first group's first step, before later groups have state (their fragments stay empty and
             # the consolidated state would miss them); link again once every group has stepped.
             zero = self.engine.optimizer
@@ -289,8 +306,7 @@ class ZeroStep(OptimiserStep):
             self.engine.destroy()  # drops its gradient hooks from the parameters
             self.engine = None
         self._masters = {}  # the new engine starts from the parameters as they are
-        self.optimizer = torch.optim.AdamW([{**s, "params": g} for s, g in zip(settings, groups, strict=True)],
-                                           weight_decay=0.0)
+        self.optimizer = self.settings.adamw([{**s, "params": g} for s, g in zip(settings, groups, strict=True)])
         self._pending = None
 
 
@@ -303,8 +319,10 @@ class _Parameters(torch.nn.Module):
         self.params = torch.nn.ParameterList(params)
 
 
-def make_optimiser(param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
-                   ds_config: dict[str, Any] | None = None) -> OptimiserStep:
+def make_optimizer(param_groups: list[dict[str, Any]], grad_clip: float, dist: Dist,
+                   settings: AdamWSettings = AdamWSettings(), ds_config: dict[str, Any] | None = None
+                   ) -> OptimizerStep:
+    """The step of a method: replicated AdamW, or AdamW under ZeRO when the launch gives a DeepSpeed config."""
     if ds_config is None:
-        return AdamWStep(param_groups, grad_clip, dist)
-    return ZeroStep(param_groups, grad_clip, dist, zero_config(ds_config, grad_clip, dist.world_size))
+        return AdamWStep(param_groups, grad_clip, dist, settings)
+    return ZeroStep(param_groups, grad_clip, dist, settings, zero_config(ds_config, grad_clip, dist.world_size))
