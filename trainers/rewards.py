@@ -31,10 +31,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import PresetConfig
 from harness.data.preferences import oracle_score
@@ -172,3 +173,37 @@ class AestheticReward(Reward):
         per_video = embedder.embed_many(self.frames(x0))  # frames of every sample share batches
         return torch.tensor([float(head(torch.from_numpy(f).float().to(embedder.device)).mean()) for f in per_video],
                             dtype=torch.float64)
+
+
+class RewardConfig(BaseModel):
+    """A reward-driven method's training reward: a registered reward by name (default: the learned
+    latent reward model, held out from every evaluation metric's judge) and its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "latent_rm"
+    path: str | None = Field(None, description="latent_rm only: a reward model directory (default: shipped)")
+
+    def options(self) -> dict[str, Any]:
+        return {"path": self.path} if self.name == "latent_rm" else {}
+
+    def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
+        """What makes this reward unusable on ``preset`` (``where``: the method's section), each with the fix."""
+        from trainers.reward_model import missing_file
+
+        name = self.name
+        if name not in REWARDS:
+            return [f"{where}.reward.name={name!r} is not a registered reward; registered: "
+                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness "
+                                                         "train-reward --pairs`, or aesthetic)" if preset.adapter
+                                                         else "")]
+        if name == "oracle" and preset.data is not None:
+            return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
+                    "(a head fitted by `harness train-reward --pairs`), aesthetic or luminance"]
+        if name == "latent_rm" and (missing := missing_file(self.path)):
+            return [f"{where}.reward: {missing}"]
+        if name == "latent_rm" and preset.adapter is not None and self.path is None:
+            return [f"{where}.reward: the shipped latent_rm reads the tiny world's model, not "
+                    f"{preset.adapter.family}; fit one with `harness train-reward --preset {preset.name} --pairs "
+                    f"footage --out DIR` and set {where}.reward.path=DIR"]
+        return []
