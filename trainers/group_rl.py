@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from harness.distributed import Dist
 from harness.models.base import ModelAdapter
-from trainers.base import TrainerConfig
-from trainers.fcrm_data import Samples
-from trainers.rewards import Reward, RewardConfig, RewardInputs
+from trainers.base import Trainer, TrainerConfig
+from trainers.fcrm_data import Samples, policy_rollouts
+from trainers.rewards import Reward, RewardConfig, RewardInputs, build_reward
 
 
 class GroupRLConfig(TrainerConfig):
@@ -127,3 +127,67 @@ def lerp_weights(target: list[torch.Tensor], params: list[torch.nn.Parameter], d
     """target <- decay * target + (1 - decay) * params (an EMA / old-policy update)."""
     with torch.no_grad():
         torch._foreach_lerp_(target, [p.detach() for p in params], 1 - decay)
+
+
+class SampleRoundTrainer(Trainer):
+    """A trainer on rounds of clean rollouts (x0 only; any sampler): DiffusionNFT and AWM. Rollouts
+    come from the current policy with the method's sampler (fcrm_data.policy_rollouts, sharded);
+    ``batch(step)`` returns this rank's rows of the step's global batch."""
+
+    replay_state: tuple[str, ...] = ("round", "round_order", "round_logs", "dropped")
+    config: GroupRLConfig
+
+    def __init__(self, adapter, preset, config: GroupRLConfig, seed: int, workdir=None):
+        super().__init__(adapter, preset, config, seed, workdir)
+        self.reward = build_reward(config.reward.name, adapter, preset, **config.reward.options())
+        self.dropped = 0
+        self.round: Samples | None = None
+        self.round_order: torch.Tensor | None = None
+        self.round_logs: dict[str, float] = {}
+
+    def before_round(self, step: int) -> None:
+        """Called before each round samples (an old-policy update, say); nothing by default."""
+
+    def batch(self, step: int) -> Samples:
+        cfg = self.config
+        if step % cfg.inner_steps == 0 or self.round is None:
+            self.before_round(step)
+            samples, groups = policy_rollouts(self.adapter, self.preset, cfg.split, cfg.condition_pool, cfg.conditions,
+                                              cfg.group_size, self.generator, self.sampler)
+            samples.rewards = score_sharded(self.reward, samples, self.adapter, self.dist)
+            kept, dropped = finite_round(samples, groups, cfg.adv_std)
+            self.dropped += dropped
+            self.round = samples.take(kept)
+            self.round_logs = round_logs(self.round.rewards)
+            self.round_order = torch.randperm(len(self.round), generator=self.generator)
+        assert self.round is not None and self.round_order is not None
+        if len(self.round) == 0:
+            raise ValueError(f"step {step}: every reward of the round was non-finite; nothing to train on")
+        picks = batch_picks(self.round_order, step % cfg.inner_steps, cfg.batch_size)
+        return self.round.take(picks[self.dist.rows(cfg.batch_size)])
+
+    def step_logs(self, samples: Samples) -> dict[str, float]:
+        return {**self.round_logs, "reward/batch_mean": float(samples.rewards.mean()),
+                "reward/dropped": float(self.dropped)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["round"] = {"round": None if self.round is None else self.round.state(), "order": self.round_order,
+                          "logs": dict(self.round_logs), "dropped": self.dropped}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        r = state["round"]
+        self.round = None if r["round"] is None else Samples.from_state(r["round"])
+        self.round_order, self.round_logs, self.dropped = r["order"], dict(r["logs"]), int(r["dropped"])
+
+
+def noised_rows(adapter: ModelAdapter, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (sample, timestep) flattened: x0 (n, *) with sigma (n, T) and noise (n, T, *) ->
+    (x_t, sigma, target velocity), each with n * T rows on the model's side."""
+    n, t = sigma.shape
+    rows = torch.arange(n).repeat_interleave(t)
+    x0_rep, s, eps = x0[rows], sigma.reshape(-1), noise.reshape(n * t, *x0.shape[1:])
+    return adapter.add_noise(x0_rep, eps, s), s, adapter.training_target(x0_rep, eps, s)

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
 TRAINERS: dict[str, type[Trainer]] = {}
 BUILTIN_MODULES = ("trainers.sft", "trainers.dpo", "trainers.pgdpo", "trainers.apo", "trainers.fcrm",
-                   "trainers.shift", "trainers.flow_grpo")
+                   "trainers.shift", "trainers.flow_grpo", "trainers.diffusionnft",
+                   "trainers.awm")
 
 
 def register_trainer(cls: type[Trainer]) -> type[Trainer]:
