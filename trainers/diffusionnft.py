@@ -65,7 +65,7 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, target: torch.Tensor, s
     pos = (1 - beta) * v_old + beta * v_theta
     neg = (1 + beta) * v_old - beta * v_theta
 
-    def l(u: torch.Tensor) -> torch.Tensor:
+    def matching(u: torch.Tensor) -> torch.Tensor:
         if weighting == "uniform":
             return ((u - target) ** 2).flatten(1).mean(1)
         if weighting == "adaptive":
@@ -75,7 +75,7 @@ def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, target: torch.Tensor, s
         raise ValueError(f"unknown NFT weighting {weighting!r}; allowed: adaptive, uniform")
 
     r = r.to(v_theta.device, v_theta.dtype)
-    return adv_clip / beta * (r * l(pos) + (1 - r) * l(neg))
+    return adv_clip / beta * (r * matching(pos) + (1 - r) * matching(neg))
 
 
 class DiffusionNFTConfig(GroupRLConfig):

@@ -1,6 +1,6 @@
 """Flow-GRPO's stochastic policy: the flow SDE's Gaussian transitions, their log-densities and KL,
-and rollouts that keep the trajectory (Liu et al. 2025, arXiv 2505.05470: its ODE-to-SDE conversion and KL; repo yifan123/flow_grpo,
-flow_grpo/diffusers_patch/sd3_sde_with_logprob.py).
+and rollouts that keep the trajectory (Liu et al. 2025, arXiv 2505.05470: its ODE-to-SDE conversion
+and KL; repo yifan123/flow_grpo, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py).
 
 The ODE x' = x + v dt (sigma from 1 to 0, dt < 0) becomes an SDE with the same marginals; its
 Euler-Maruyama step is a Gaussian transition
