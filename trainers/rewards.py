@@ -1,4 +1,4 @@
-"""Reward registry shared by the reward-driven trainers (FCRM, later SHIFT).
+"""Reward registry shared by the reward-driven trainers (FCRM; the baselines flow-grpo, diffusionnft, awm).
 
 A reward scores clean samples x0 in the model's space, one scalar per sample::
 
@@ -24,6 +24,9 @@ Trainers treat a non-finite reward as "drop this sample" and count it.
   aesthetic_quality and DDPO's aesthetic reward) per frame, on its own 1-10 scale, averaged
   over frames. One of the paper's pixel-space evaluation scores; its weights come from the
   local cache (``harness weights prefetch clip_vit_l14 laion_aesthetic_l14``).
+
+A method names its reward with ``RewardConfig`` (``reward: {name, path}`` in its preset section),
+which also says, before any work, why a reward cannot serve a preset.
 """
 
 from __future__ import annotations
