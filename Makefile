@@ -23,3 +23,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_guidance_distill.py
 	$(BIN)/python benchmarks/bench_fcrm.py
 	$(BIN)/python benchmarks/bench_shift.py
+	$(BIN)/python benchmarks/bench_baselines.py

@@ -25,7 +25,8 @@ from harness.probing import ProbeRunner
 from trainers.registry import available_methods, get_trainer
 
 # Trainers whose steps are not alike (fcrm pays a rollout round every few steps) have their own.
-OWN_BENCHMARK = {"fcrm": "bench_fcrm.py"}
+OWN_BENCHMARK = {"fcrm": "bench_fcrm.py", "flow-grpo": "bench_baselines.py", "diffusionnft": "bench_baselines.py",
+                 "awm": "bench_baselines.py"}
 
 
 def main() -> None:

@@ -116,6 +116,7 @@ def training_draws(method: str, cfg) -> list[Draw]:
     offline or real clips, SFT-style clip walks); read from the config alone, before any work."""
     from trainers.apo import APOConfig
     from trainers.fcrm import FCRMConfig
+    from trainers.group_rl import GroupRLConfig
     from trainers.sft import SFTConfig
     from trainers.shift import ShiftConfig
 
@@ -139,6 +140,8 @@ def training_draws(method: str, cfg) -> list[Draw]:
         if cfg.offline is not None and cfg.offline.source == "world":
             o = cfg.offline
             out.append(Draw(f"{where}.offline", o.split, o.start, o.start + o.count))
+    elif isinstance(cfg, GroupRLConfig):
+        out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
     elif isinstance(cfg, ShiftConfig):
         out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
         out.append(Draw(f"{where}.real", cfg.real.split, cfg.real.start, cfg.real.start + cfg.real.count))

@@ -79,6 +79,14 @@ def initial_noise(shape: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
     return torch.stack([torch.randn(tuple(shape[1:]), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def sde_mean(x: torch.Tensor, v: torch.Tensor, s: float | torch.Tensor, dt: float | torch.Tensor,
+             std: float | torch.Tensor) -> torch.Tensor:
+    """The mean of one flow-SDE step from sigma ``s`` by ``dt`` (< 0) with noise level ``std``
+    (= eta sqrt(s / (1 - s))): x + [v + std^2 / (2 s) (x + (1 - s) v)] dt. Tensors broadcast
+    (Flow-GRPO's training re-evaluates the step for many sigmas at once)."""
+    return x + (v + std**2 / (2 * s) * (x + (1 - s) * v)) * dt
+
+
 def integrate(
     velocity: VelocityFn,
     x: torch.Tensor,
@@ -104,7 +112,7 @@ def integrate(
         else:
             s_c = min(s, cfg.sigma_max_sde)
             std = cfg.eta * (s_c / (1 - s_c)) ** 0.5
-            mean = x + (v + std**2 / (2 * s) * (x + (1 - s) * v)) * dt
+            mean = sde_mean(x, v, s, dt, std)
             if s_next > 0:
                 z = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x.dtype)
                 x = mean + std * (-dt) ** 0.5 * z

@@ -14,6 +14,7 @@ from harness.probing import ProbeRunner, probe_set_problems
 from harness.runner import RunError, RunOptions, method_config, run
 from trainers.apo import APOConfig
 from trainers.fcrm import FCRMConfig
+from trainers.group_rl import GroupRLConfig
 from trainers.preference import PreferenceConfig
 from trainers.sft import SFTConfig
 from trainers.shift import ShiftConfig
@@ -33,7 +34,8 @@ def _walk(cfg, split):
 
 def _trained_clips(cfg) -> set[tuple[str, int]]:
     """Every (split, clip index) the method's trainer draws, written out from its config as each
-    trainer indexes its clips (trainers/sft.py, preference.py, apo.py, fcrm.py + fcrm_data.py, shift.py)."""
+    trainer indexes its clips (trainers/sft.py, preference.py, apo.py, fcrm.py + fcrm_data.py, shift.py,
+    group_rl.py's trainers)."""
     out: set[tuple[str, int]] = set()
 
     def pairs(p):
@@ -54,6 +56,8 @@ def _trained_clips(cfg) -> set[tuple[str, int]]:
             out.update((cfg.split, i) for i in range(cfg.condition_pool))
         if cfg.offline is not None and cfg.offline.source == "world":
             out.update((cfg.offline.split, cfg.offline.start + i) for i in range(cfg.offline.count))
+    elif isinstance(cfg, GroupRLConfig):  # flow-grpo, diffusionnft, awm: randint(condition_pool)
+        out.update((cfg.split, i) for i in range(cfg.condition_pool))
     elif isinstance(cfg, ShiftConfig):
         out.update((cfg.split, i) for i in range(cfg.condition_pool))
         out.update((cfg.real.split, cfg.real.start + i) for i in range(cfg.real.count))

@@ -68,19 +68,9 @@ from trainers.fcrm_objective import (
 )
 from trainers.optimizer import AdamWSettings
 from trainers.registry import register_trainer
-from trainers.rewards import RewardInputs, build_reward
+from trainers.rewards import RewardConfig, RewardInputs, build_reward
 
 log = logging.getLogger(__name__)
-
-
-class RewardConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "latent_rm"
-    path: str | None = Field(None, description="latent_rm only: a reward model directory (default: shipped)")
-
-    def options(self) -> dict[str, Any]:
-        return {"path": self.path} if self.name == "latent_rm" else {}
 
 
 class ReplayConfig(BaseModel):
@@ -149,25 +139,7 @@ class FCRMConfig(TrainerConfig):
         return [self.reward.name]
 
     def preset_problems(self, preset, where: str) -> list[str]:
-        from trainers.reward_model import missing_file
-        from trainers.rewards import REWARDS
-
-        name = self.reward.name
-        if name not in REWARDS:
-            return [f"{where}.reward.name={name!r} is not a registered reward; registered: "
-                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness "
-                                                         "build latent-rm --pairs`, or aesthetic)" if preset.adapter
-                                                         else "")]
-        if name == "oracle" and preset.data is not None:
-            return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
-                    "(a head fitted by `harness build latent-rm --pairs`), aesthetic or luminance"]
-        if name == "latent_rm" and (missing := missing_file(self.reward.path)):
-            return [f"{where}.reward: {missing}"]
-        if name == "latent_rm" and preset.adapter is not None and self.reward.path is None:
-            return [f"{where}.reward: the shipped latent_rm reads the tiny world's model, not "
-                    f"{preset.adapter.family}; fit one with `harness build latent-rm --preset {preset.name} --pairs "
-                    f"footage --out DIR` and set {where}.reward.path=DIR"]
-        return []
+        return self.reward.preset_problems(preset, where)
 
     def batch_layout(self) -> list[tuple[str, int, int]]:
         return [*super().batch_layout(),

@@ -1,4 +1,4 @@
-"""Reward registry shared by the reward-driven trainers (FCRM, later SHIFT).
+"""Reward registry shared by the reward-driven trainers (FCRM; the baselines flow-grpo, diffusionnft, awm).
 
 A reward scores clean samples x0 in the model's space, one scalar per sample::
 
@@ -24,6 +24,9 @@ Trainers treat a non-finite reward as "drop this sample" and count it.
   aesthetic_quality and DDPO's aesthetic reward) per frame, on its own 1-10 scale, averaged
   over frames. One of the paper's pixel-space evaluation scores; its weights come from the
   local cache (``harness weights prefetch clip_vit_l14 laion_aesthetic_l14``).
+
+A method names its reward with ``RewardConfig`` (``reward: {name, path}`` in its preset section),
+which also says, before any work, why a reward cannot serve a preset.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import PresetConfig
 from harness.data.preferences import oracle_score
@@ -172,3 +176,37 @@ class AestheticReward(Reward):
         per_video = embedder.embed_many(self.frames(x0))  # frames of every sample share batches
         return torch.tensor([float(head(torch.from_numpy(f).float().to(embedder.device)).mean()) for f in per_video],
                             dtype=torch.float64)
+
+
+class RewardConfig(BaseModel):
+    """A reward-driven method's training reward: a registered reward by name (default: the learned
+    latent reward model, held out from every evaluation metric's judge) and its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "latent_rm"
+    path: str | None = Field(None, description="latent_rm only: a reward model directory (default: shipped)")
+
+    def options(self) -> dict[str, Any]:
+        return {"path": self.path} if self.name == "latent_rm" else {}
+
+    def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
+        """What makes this reward unusable on ``preset`` (``where``: the method's section), each with the fix."""
+        from trainers.reward_model import missing_file
+
+        name = self.name
+        if name not in REWARDS:
+            return [f"{where}.reward.name={name!r} is not a registered reward; registered: "
+                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness "
+                                                         "train-reward --pairs`, or aesthetic)" if preset.adapter
+                                                         else "")]
+        if name == "oracle" and preset.data is not None:
+            return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
+                    "(a head fitted by `harness train-reward --pairs`), aesthetic or luminance"]
+        if name == "latent_rm" and (missing := missing_file(self.path)):
+            return [f"{where}.reward: {missing}"]
+        if name == "latent_rm" and preset.adapter is not None and self.path is None:
+            return [f"{where}.reward: the shipped latent_rm reads the tiny world's model, not "
+                    f"{preset.adapter.family}; fit one with `harness train-reward --preset {preset.name} --pairs "
+                    f"footage --out DIR` and set {where}.reward.path=DIR"]
+        return []
