@@ -197,16 +197,16 @@ class RewardConfig(BaseModel):
         name = self.name
         if name not in REWARDS:
             return [f"{where}.reward.name={name!r} is not a registered reward; registered: "
-                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness "
-                                                         "train-reward --pairs`, or aesthetic)" if preset.adapter
+                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness build "
+                                                         "latent-rm --pairs`, or aesthetic)" if preset.adapter
                                                          else "")]
         if name == "oracle" and preset.data is not None:
             return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
-                    "(a head fitted by `harness train-reward --pairs`), aesthetic or luminance"]
+                    "(a head fitted by `harness build latent-rm --pairs`), aesthetic or luminance"]
         if name == "latent_rm" and (missing := missing_file(self.path)):
             return [f"{where}.reward: {missing}"]
         if name == "latent_rm" and preset.adapter is not None and self.path is None:
             return [f"{where}.reward: the shipped latent_rm reads the tiny world's model, not "
-                    f"{preset.adapter.family}; fit one with `harness train-reward --preset {preset.name} --pairs "
+                    f"{preset.adapter.family}; fit one with `harness build latent-rm --preset {preset.name} --pairs "
                     f"footage --out DIR` and set {where}.reward.path=DIR"]
         return []
