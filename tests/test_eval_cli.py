@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from harness.data.video_io import write_video
 from harness.data.world import make_clip
+from harness.scorers.backends.features import TinyFeatures
 from harness.store import ResultStore
-from metrics.backends.features import TinyFeatures
 
 runner = CliRunner()
 

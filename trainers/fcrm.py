@@ -135,7 +135,7 @@ class FCRMConfig(TrainerConfig):
         return [self.reward.name]
 
     def preset_problems(self, preset, where: str) -> list[str]:
-        from trainers.reward_model import missing_file
+        from harness.scorers.latent_rm import missing_file
         from trainers.rewards import REWARDS
 
         name = self.reward.name

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.interpolation import InterpolationBackend, register_interpolation_backend
+from harness.scorers.backends.real.common import load_strict, read_state_dict
 from harness.weights import ResolvedWeight, random_initialiser, resolve
-from metrics.backends.interpolation import InterpolationBackend, register_interpolation_backend
-from metrics.backends.real.common import load_strict, read_state_dict
 
 DIVISOR = 16
 # The 4-level correlation pyramid starts at 1/8 scale, so its last level is 1/64: at 1 px upstream's

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from metrics.backends.flow import FlowBackend, check_frame, resolve_flow
+from harness.scorers.backends.flow import FlowBackend, check_frame, resolve_flow
 
 
 class InterpolationBackend(ABC):
@@ -74,11 +74,11 @@ def register_interpolation_backend(name: str, factory: Callable[..., Interpolati
 
 
 def _import_real() -> None:
-    import metrics.backends.real  # noqa: F401  (backends with learned weights register on import; torch is heavy)
+    import harness.scorers.backends.real  # noqa: F401  (backends with learned weights register on import; torch is heavy)
 
 
 def list_interpolation_backends() -> list[str]:
-    from metrics.backends.flow import list_flow_backends
+    from harness.scorers.backends.flow import list_flow_backends
 
     _import_real()
     return sorted(_NAMED) + [_PREFIX + f for f in list_flow_backends()]
@@ -87,7 +87,7 @@ def list_interpolation_backends() -> list[str]:
 def get_interpolation_backend(name: str, **options: Any) -> InterpolationBackend:
     """A named backend (e.g. ``amt-s``) or ``flowinterp-<flow>`` (e.g. ``flowinterp-dis``, options go to the
     flow backend)."""
-    from metrics.backends.flow import list_flow_backends
+    from harness.scorers.backends.flow import list_flow_backends
 
     for attempt in range(2):
         if name in _NAMED:

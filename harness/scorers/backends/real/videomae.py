@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.scorers.backends.real.common import load_strict, read_state_dict, save_random
 from harness.weights import ResolvedWeight, WeightsError, random_initialiser, resolve
-from metrics.backends.real.common import load_strict, read_state_dict, save_random
 
 VIT_G = dict(image_size=224, patch_size=14, num_channels=3, num_frames=16, tubelet_size=2, hidden_size=1408,
              num_hidden_layers=40, num_attention_heads=16, intermediate_size=6144,  # int(1408 * 48 / 11)

@@ -272,7 +272,7 @@ def list_flow_backends() -> list[str]:
 def get_flow_backend(name: str, **options: Any) -> FlowBackend:
     """A flow backend by name (``dis``, ``farneback``, ``raft``); unknown names list the registered ones."""
     if name not in _FLOW_BACKENDS:
-        import metrics.backends.real  # noqa: F401  (the weight-loading backends register on import)
+        import harness.scorers.backends.real  # noqa: F401  (the weight-loading backends register on import)
     if name not in _FLOW_BACKENDS:
         raise KeyError(f"unknown flow backend {name!r}; registered: {', '.join(list_flow_backends())}")
     return _FLOW_BACKENDS[name](**options)

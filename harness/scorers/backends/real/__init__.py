@@ -4,4 +4,4 @@ Importing this package registers each backend's random initialiser (``harness we
 init-random``) and its flow/interpolation registrations.
 """
 
-from metrics.backends.real import amt, cotracker, dreamsim, i3d, musiq, raft, sea_raft, videomae, vit  # noqa: F401  (registration side effects)
+from harness.scorers.backends.real import amt, cotracker, dreamsim, i3d, musiq, raft, sea_raft, videomae, vit  # noqa: F401  (registration side effects)

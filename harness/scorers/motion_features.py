@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metrics.backends.flow import FlowBackend, sample_points
-from metrics.backends.tracking import FlowChainTracker, FlowFields, Tracker
+from harness.scorers.backends.flow import FlowBackend, sample_points
+from harness.scorers.backends.tracking import FlowChainTracker, FlowFields, Tracker
 
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0  # d/dx per pixel
 LMR_STEP_DIM = 13  # drift 2, visibility 1, confidence 1, correlation 9
@@ -93,7 +93,7 @@ def flow_fields(frames: np.ndarray, flow: FlowBackend | Tracker) -> FlowFields:
     """The consecutive flows both features share (one flow pass per video)."""
     if isinstance(flow, FlowChainTracker):
         return flow.fields(list(frames))
-    from metrics.backends.flow import consecutive_flows
+    from harness.scorers.backends.flow import consecutive_flows
 
     assert isinstance(flow, FlowBackend)
     fw, bw, conf = consecutive_flows(flow, list(frames))

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.real.common import load_strict, load_torchscript, read_state_dict, save_random
 from harness.weights import manifest_entry, random_initialiser, resolve
-from metrics.backends.real.common import load_strict, load_torchscript, read_state_dict, save_random
 
 # (in_channels, [b0, b1a, b1b, b2a, b2b, b3b]) of each Inception block, as in the TF graph
 MIXED = {

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metrics.backends.flow import check_frame, consecutive_flows, resolve_flow, sample_points
+from harness.scorers.backends.flow import check_frame, consecutive_flows, resolve_flow, sample_points
 
 
 @dataclass
@@ -98,11 +98,11 @@ def list_trackers() -> list[str]:
 def get_tracker(name: str, **options: Any) -> Tracker:
     """A tracker by name (``flow_chain``, ``cotracker3``, ``cotracker2``); unknown names list the registered ones.
 
-    The weight-loading trackers register when ``metrics.backends.real`` is imported, which an
+    The weight-loading trackers register when ``harness.scorers.backends.real`` is imported, which an
     unknown name triggers here; constructing one needs no weight file (tracking does).
     """
     if name not in _TRACKERS:
-        import metrics.backends.real  # noqa: F401  (the weight-loading trackers register on import)
+        import harness.scorers.backends.real  # noqa: F401  (the weight-loading trackers register on import)
     if name not in _TRACKERS:
         raise KeyError(f"unknown tracker {name!r}; registered: {', '.join(list_trackers())}")
     return _TRACKERS[name](**options)

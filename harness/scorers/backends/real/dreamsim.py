@@ -63,9 +63,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve_all
-from metrics.backends.real.common import load_strict, read_state_dict
-from metrics.backends.real.vit import (
+from harness.scorers.backends.real.common import load_strict, read_state_dict
+from harness.scorers.backends.real.vit import (
     CLIP_MEAN,
     CLIP_STD,
     EMBEDDERS,
@@ -75,6 +74,7 @@ from metrics.backends.real.vit import (
     FrameEmbedder,
     Transform,
 )
+from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve_all
 
 DIM, DEPTH, EMBED_DIM = 768, 12, 512
 BRANCHES = ("dino_vitb16", "clip_vitb16", "open_clip_vitb16")  # upstream's extractor_list order

@@ -1,7 +1,7 @@
 """Swappable estimators the metrics and motion rewards are built on (optical flow, frame
 interpolation, point tracking)."""
 
-from metrics.backends.flow import (
+from harness.scorers.backends.flow import (
     DISFlow,
     FarnebackFlow,
     FlowBackend,
@@ -9,13 +9,13 @@ from metrics.backends.flow import (
     list_flow_backends,
     register_flow_backend,
 )
-from metrics.backends.interpolation import (
+from harness.scorers.backends.interpolation import (
     FlowInterpolator,
     InterpolationBackend,
     get_interpolation_backend,
     list_interpolation_backends,
 )
-from metrics.backends.tracking import FlowChainTracker, Tracker, get_tracker, list_trackers, register_tracker
+from harness.scorers.backends.tracking import FlowChainTracker, Tracker, get_tracker, list_trackers, register_tracker
 
 __all__ = [
     "DISFlow", "FarnebackFlow", "FlowBackend", "FlowInterpolator", "InterpolationBackend",

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.real.common import load_strict, read_state_dict, save_random
 from harness.weights import ResolvedWeight, random_initialiser, resolve
-from metrics.backends.real.common import load_strict, read_state_dict, save_random
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.flow import check_frame
+from harness.scorers.backends.real.common import load_strict, read_state_dict, save_random
+from harness.scorers.backends.real.raft import ResidualBlock
+from harness.scorers.backends.tracking import FlowFields, Tracker, Tracks, register_tracker
 from harness.weights import ResolvedWeight, manifest_entry, random_initialiser, resolve
-from metrics.backends.flow import check_frame
-from metrics.backends.real.common import load_strict, read_state_dict, save_random
-from metrics.backends.real.raft import ResidualBlock
-from metrics.backends.tracking import FlowFields, Tracker, Tracks, register_tracker
 
 STRIDE = 4
 LATENT = 128  # feature channels

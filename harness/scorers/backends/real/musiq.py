@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.real.common import load_strict, read_state_dict, save_random
 from harness.weights import random_initialiser, resolve
-from metrics.backends.real.common import load_strict, read_state_dict, save_random
 
 PATCH = 32
 GRID = 10  # hash grid for the spatial embedding

@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.flow import register_flow_backend
+from harness.scorers.backends.real.common import load_strict, read_state_dict
+from harness.scorers.backends.real.raft import BasicMotionEncoder, InputPadder, RAFTFlow, coords_grid, upsample_flow
 from harness.weights import ResolvedWeight, WeightsError, random_initialiser, resolve
-from metrics.backends.flow import register_flow_backend
-from metrics.backends.real.common import load_strict, read_state_dict
-from metrics.backends.real.raft import BasicMotionEncoder, InputPadder, RAFTFlow, coords_grid, upsample_flow
 
 # config/eval/spring-M.json ("pretrain": "resnet34" sets the blocks per stage)
 DIM = 128

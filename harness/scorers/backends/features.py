@@ -2,7 +2,7 @@
 
 ``tiny`` (the tiny world's learned extractors, shipped with the package) has a subject
 and a background head; the real embedders (``dino-vitb16``, ``dino-vitb16-i2v``,
-``clip-vitb32``, ``clip-vitl14``) live in ``metrics.backends.real.vit`` and load upstream
+``clip-vitb32``, ``clip-vitl14``) live in ``harness.scorers.backends.real.vit`` and load upstream
 weights from the local cache. Models are loaded once per process.
 
 ``shared_features(videos)`` opens a cache for one evaluation: the first metric asking
@@ -38,7 +38,7 @@ class TinyFeatures:
     name = "tiny"
 
     def __init__(self, directory: Path = TINY_FEATURES_DIR):
-        from harness.tiny_features import load_features
+        from harness.scorers.tiny_features import load_features
 
         self.directory = directory
         self.frame_encoder, self.clip_classifier = load_features(directory)
@@ -100,8 +100,8 @@ def get_embedder(name: str, head: str = "subject"):
     missing file fails here; the loaded model itself is cached per file)."""
     if name == "tiny":
         return _tiny_embedder(head)
-    import metrics.backends.real  # noqa: F401  (every real module registers its embedders in EMBEDDERS)
-    from metrics.backends.real.vit import EMBEDDERS
+    import harness.scorers.backends.real  # noqa: F401  (every real module registers its embedders in EMBEDDERS)
+    from harness.scorers.backends.real.vit import EMBEDDERS
 
     if name not in EMBEDDERS:
         raise ValueError(f"unknown features {name!r}; registered: tiny, {', '.join(sorted(EMBEDDERS))}")

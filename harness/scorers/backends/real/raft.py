@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.scorers.backends.flow import FlowBackend, register_flow_backend
+from harness.scorers.backends.real.common import load_strict, read_state_dict, save_random
 from harness.weights import ResolvedWeight, WeightsError, manifest_entry, random_initialiser, resolve
-from metrics.backends.flow import FlowBackend, register_flow_backend
-from metrics.backends.real.common import load_strict, read_state_dict, save_random
 
 HIDDEN = CONTEXT = 128
 CORR_LEVELS, CORR_RADIUS = 4, 4
