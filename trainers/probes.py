@@ -1,5 +1,9 @@
 """Training probes: metrics measured on the model while it trains (docs/metrics-probes.md).
 
+They read the trainers' objectives (pair errors, the DPO loss), so they live with the trainers;
+their specs (name, version, direction: what ``harness list metrics`` shows and results are
+stored under) are declared in metrics/probe_specs.py.
+
 The probes here are measured on one held-out probe set, the same for every method: preference
 pairs of clips no method trains on (``probes.split`` from ``probes.start``; harness/probing.py
 refuses a run whose methods draw from them), named in the identity as ``set=heldout-<split>-<start>``.
@@ -41,6 +45,7 @@ import torch
 
 from harness.data.preferences import PairSet
 from metrics.base import MetricSpec, format_identity
+from metrics.probe_specs import PROBE_SPECS
 from trainers.preference import pair_errors
 from trainers.preference_losses import PairErrors, dpo_loss
 
@@ -51,6 +56,9 @@ def register_probe(spec: MetricSpec) -> Callable[[type[TrainingProbe]], type[Tra
     def wrap(cls: type[TrainingProbe]) -> type[TrainingProbe]:
         if spec.kind != "training-probe":
             raise ValueError(f"{spec.name}: probes have kind 'training-probe', not {spec.kind!r}")
+        if PROBE_SPECS.get(spec.name) is not spec:
+            raise ValueError(f"{spec.name}: declare the probe's spec in metrics/probe_specs.py (PROBE_SPECS), "
+                             "where the metric registry lists it")
         cls.spec = spec
         PROBES[spec.name] = cls
         return cls
@@ -110,12 +118,7 @@ def _logp(err: torch.Tensor, draws: int) -> torch.Tensor:
     return -PairErrors.per_sample(err).reshape(draws, -1).mean(dim=0)
 
 
-@register_probe(MetricSpec(
-    name="likelihood_displacement", version="1", higher_is_better=True, kind="training-probe",
-    aggregation="series", vbench_range=None, inputs=(), weights=(),
-    description="chosen samples' ELBO-proxy log-likelihood minus the reference's, on fixed probe pairs "
-                "and draws (negative = likelihood displacement)",
-))
+@register_probe(PROBE_SPECS["likelihood_displacement"])
 class LikelihoodDisplacement(TrainingProbe):
     def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0,
                  probe_set: str | None = None):
@@ -169,13 +172,7 @@ def not_pairwise_reason(trainer) -> str | None:
     return "not a pairwise preference loss: Gamma compares a pairwise preference loss with DPO on the same pairs"
 
 
-@register_probe(MetricSpec(
-    name="gamma", version="2", higher_is_better=True, kind="training-probe", aggregation="series",
-    vbench_range=None, inputs=(), weights=(),
-    description="PG-DPO's Gamma on the held-out pairs (pairwise preference methods only): the method's "
-                "first-order gain in the chosen log-likelihood over a DPO step at probes.beta; per checkpoint, "
-                "the share of probed steps with Gamma > 0",
-))
+@register_probe(PROBE_SPECS["gamma"])
 class Gamma(TrainingProbe):
     """Measured only for trainers whose loss is a pairwise preference loss (``pairwise_preference``:
     dpo, pgdpo, apo), whose objective on the held-out pairs (``pair_loss``) is what Eq. 10 compares
@@ -208,13 +205,7 @@ class Gamma(TrainingProbe):
         return sum(v > 0 for v in values) / len(values)
 
 
-@register_probe(MetricSpec(
-    name="chosen_logp_step", version="1", higher_is_better=True, kind="training-probe", aggregation="series",
-    vbench_range=None, inputs=(), weights=(),
-    description="does the method's coming update (its own loss on its own batch) raise the held-out chosen "
-                "samples' log-likelihood? cosine between the update and grad log p(chosen); per checkpoint, the "
-                "share of probed steps with cosine > 0",
-))
+@register_probe(PROBE_SPECS["chosen_logp_step"])
 class ChosenLogpStep(TrainingProbe):
     """The cross-method probe: the same question for every method, whatever its loss. g_method is the
     gradient of the method's loss for its coming step, on its own batch (``trainer.coming_loss``,
