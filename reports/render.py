@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.store import open_readonly
+from metrics.identity import directions_for
 from metrics.judges import overlaps
 from reports.claims import RunData, check_claims, claims_markdown
 from reports.distortion import distortion_markdown, distortion_table
@@ -19,7 +20,6 @@ from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table
 from reports.gallery import build_gallery, eval_captions
 from reports.hacking import hacking_markdown, hacking_table
 from reports.html import build_page
-from reports.identity import directions_for
 from reports.plots import metric_curves, training_curves
 from reports.probes import displacement_plot, gamma_plot, probe_caption, probe_logs, probe_summary
 from reports.run_info import load_run_info
