@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.build.base import check_output_dir, judge_samples
 from harness.config import PresetConfig
 from harness.data.batches import split_batch
 from harness.models.base import Conditioning
 from harness.models.tiny_wan import TinyWanAdapter
-from harness.build.base import check_output_dir, judge_samples
 from harness.sampling import SamplerConfig, initial_noise, integrate
 
 DEFAULT_TIMESTEPS = (1000.0, 757.0, 522.0)
