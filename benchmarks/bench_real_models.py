@@ -90,7 +90,7 @@ def write_pipeline(family: str, size: str, directory: Path) -> None:
 
 
 def shift_discriminators(preset, out: Path) -> dict[str, str]:
-    from trainers.motion_reward import MotionDiscriminator, save_discriminator
+    from harness.scorers.motion_rm import MotionDiscriminator, save_discriminator
 
     paths = {}
     for kind in ("imr", "lmr"):

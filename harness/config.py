@@ -70,7 +70,7 @@ class EvalSetConfig(BaseModel):
 
 
 class ProbesConfig(BaseModel):
-    """Training probes (metrics/probes.py), measured on every method while it trains."""
+    """Training probes (trainers/probes.py), measured on every method while it trains."""
 
     model_config = ConfigDict(extra="forbid")
 

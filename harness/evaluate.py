@@ -30,10 +30,10 @@ from harness.data.world import WorldCondition
 from harness.distributed import current
 from harness.models.base import ModelAdapter
 from harness.sampling import SamplerConfig, sample, sigma_schedule
+from harness.scorers.backends.features import shared_features
+from harness.scorers.backends.flow import shared_flows
 from harness.store import ResultStore, bootstrap_ci
 from harness.weights import WeightsError
-from metrics.backends.features import shared_features
-from metrics.backends.flow import shared_flows
 from metrics.base import Metric, VideoSample
 from metrics.registry import expand_metrics, get_metric
 from metrics.rollups import SHIFT_MOTION, VBENCH_I2V_RANGES, shift_rollup, vbench_i2v_rollup
@@ -299,17 +299,21 @@ def _isnan(x: object) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
+def is_final(step: int, steps: int | None) -> bool:
+    """Whether a checkpoint takes the final (larger) eval set, ``eval.final_num_videos``: a starting model
+    (step 0: the base model, or a method's own) or a method's last step; the others take ``eval.num_videos``."""
+    return step == 0 or (steps is not None and step == steps)
+
+
 # -- `harness eval`: a model directory, a run, or a folder of videos -------------------------------
 
 def checkpoint_weights(preset: PresetConfig, path: Path, base_checkpoint: str | None = None) -> str:
     """The weights identity of a run checkpoint (its LoRA on the preset's base) or a model directory."""
-    from harness.config import package_path
-    from harness.models.registry import base_identity
+    from harness.models.starting import base_weights
     from harness.rundir import LORA, dir_digest, file_digest
 
     if (path / LORA).is_file():
-        base = package_path(base_checkpoint) if base_checkpoint else preset.base_checkpoint_path()
-        return f"{base_identity(preset.adapter, base)}+lora:{file_digest(path / LORA)}"
+        return f"{base_weights(preset, base_checkpoint)}+lora:{file_digest(path / LORA)}"
     return f"tiny:{dir_digest(path)}"
 
 
@@ -320,9 +324,9 @@ def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -
     the run that holds it (``<run>/checkpoints/<method>/seed<k>/step<n>``)."""
     from safetensors.torch import load_file
 
+    from harness.models.starting import base_adapter
     from harness.models.tiny_wan import TinyWanAdapter
     from harness.rundir import LORA
-    from harness.runner import base_adapter  # the runner's own choice of base (it imports this module)
 
     if (path / "adapter.json").is_file():
         adapter = TinyWanAdapter.load(path)
@@ -365,6 +369,7 @@ def _method_settings(path: Path, methods: dict | None) -> dict:
 def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progress: bool = True) -> Path:
     """Compute metrics missing from every checkpoint of a run (e.g. a metric added later)."""
     from harness.config import PresetConfig as Preset
+    from harness.models.starting import base_adapter, base_weights
     from harness.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -379,29 +384,17 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
                 else None
             cfg = (info.get("methods") or {}).get(row.method) or {}
             if row.method == "base" or not (path / "lora.safetensors").is_file():
-                weights = _base_weights(preset, cfg.get("base_checkpoint"))
+                weights = base_weights(preset, cfg.get("base_checkpoint"))
                 def load(cfg=cfg):
-                    from harness.runner import base_adapter
-
                     return base_adapter(preset, cfg.get("base_checkpoint"))
             else:
                 weights = checkpoint_weights(preset, path, cfg.get("base_checkpoint"))
                 def load(path=path):
                     return adapter_for(preset, path, info["methods"])
-            from harness.runner import is_final
-
             final = row.method == "base" or is_final(int(row.step), cfg.get("steps"))
             evaluator.evaluate(store, int(row.checkpoint_id), load, path / "samples.npz", show_progress, sampler,
                                weights=weights, final=final)
     return run.results
-
-
-def _base_weights(preset: PresetConfig, base_checkpoint: str | None = None) -> str:
-    from harness.config import package_path
-    from harness.models.registry import base_identity
-
-    return base_identity(preset.adapter, package_path(base_checkpoint) if base_checkpoint
-                         else preset.base_checkpoint_path())
 
 
 def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> ResultStore:

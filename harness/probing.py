@@ -1,4 +1,4 @@
-"""Runs the training probes of a preset inside the outer loop (see metrics/probes.py).
+"""Runs the training probes of a preset inside the outer loop (see trainers/probes.py).
 
 Probe values go to the train logs as ``probe/<name>/<key>`` at step 0, every
 ``probes.every`` steps and at each checkpoint; at a checkpoint each probe's summary
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from harness.config import PresetConfig
 from harness.store import ResultStore
-from metrics.probes import PROBES, TrainingProbe
 from trainers.base import Trainer
 from trainers.preference import PairsConfig, load_pairs
+from trainers.probes import PROBES, TrainingProbe
 
 
 class ProbeRunner:

@@ -77,7 +77,7 @@ def run_entries(run_dir: Path) -> pd.DataFrame:
         agg = store.aggregates()
     if agg.empty:
         raise LeaderboardError(f"{run_dir} has no evaluated checkpoint yet")
-    from reports.identity import directions_for
+    from metrics.identity import directions_for
 
     directions = directions_for(sorted(agg["metric"].unique()))
     rows = []

@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import PresetConfig, package_path
+from harness.config import PresetConfig
 from harness.data.preferences import PairsError
 from harness.distributed import DistributedConfigError, NoStore, check_divisible, current
-from harness.evaluate import Evaluator, checkpoint_weights
+from harness.evaluate import Evaluator, checkpoint_weights, is_final
 from harness.models.base import ModelAdapter
-from harness.models.registry import base_identity, check_adapter_dir, load_adapter
-from harness.models.tiny_wan import TinyWanAdapter
+from harness.models.registry import check_adapter_dir
+from harness.models.starting import BaseCheckpointError, base_adapter, base_weights
 from harness.probing import ProbeRunner, probe_set_problems
 from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
@@ -95,17 +95,6 @@ def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> Traine
         return cls.config_class(**raw)
     except Exception as exc:  # pydantic ValidationError: name the method section
         raise RunError(f"invalid settings for method {method!r} (preset section methods.{method}): {exc}") from exc
-
-
-def base_adapter(preset: PresetConfig, checkpoint: str | None = None) -> ModelAdapter:
-    """The model every method starts from: the preset's real family, else the tiny model (or a
-    method's own tiny starting checkpoint, e.g. a few-step generator)."""
-    if preset.adapter is not None:
-        if checkpoint:
-            raise RunError(f"methods.*.base_checkpoint={checkpoint!r} is for the tiny model; preset "
-                           f"{preset.name!r} loads {preset.adapter.family} from adapter.path")
-        return load_adapter(preset.adapter)
-    return TinyWanAdapter.load(package_path(checkpoint) if checkpoint else preset.base_checkpoint_path())
 
 
 def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
@@ -231,25 +220,15 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, configs: dict[s
     base_ckpt = store.checkpoint(run_id, "base", 0, 0, rundir.relative(base_dir), preset.sampler.model_dump())
     log.info("evaluating the base model (step 0)")
     evaluator.evaluate(store, base_ckpt, lambda: _eval_mode(base_adapter(preset)), base_dir / SAMPLES,
-                       opts.show_progress, weights=_base_weights(preset), final=True)
+                       opts.show_progress, weights=base_weights(preset), final=True)
     for method, cfg in configs.items():
         for seed in seeds:
             _train_one(preset, rundir, store, run_id, evaluator, method, cfg, seed, opts.show_progress)
 
 
-def is_final(step: int, steps: int | None) -> bool:
-    """Whether a checkpoint takes the final (larger) eval set, ``eval.final_num_videos``: a starting model
-    (step 0: the base model, or a method's own) or a method's last step; the others take ``eval.num_videos``."""
-    return step == 0 or (steps is not None and step == steps)
-
-
 def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:
     adapter.model.eval()
     return adapter
-
-
-def _base_weights(preset: PresetConfig, checkpoint: str | None = None) -> str:
-    return base_identity(preset.adapter, package_path(checkpoint) if checkpoint else preset.base_checkpoint_path())
 
 
 def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed: int, steps: list[int],
@@ -278,7 +257,10 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
                method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
     log.info("%s seed %d: preparing the trainer", method, seed)
     torch.manual_seed(seed)
-    adapter = base_adapter(preset, cfg.base_checkpoint)
+    try:
+        adapter = base_adapter(preset, cfg.base_checkpoint)
+    except BaseCheckpointError as exc:
+        raise RunError(str(exc)) from exc
     try:
         # One cache for the run: rank 0 decides whether a file is there and is its only writer (the
         # ranks build its content together, trainers/preference.py:load_pairs).
@@ -300,7 +282,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         adapter.model.eval()
         log.info("%s seed %d: evaluating step 0 (its own base model or sampler)", method, seed)
         evaluator.evaluate(store, record(path, 0), adapter, path / SAMPLES, show_progress, trainer.eval_sampler(0),
-                           weights=_base_weights(preset, cfg.base_checkpoint), final=True)
+                           weights=base_weights(preset, cfg.base_checkpoint), final=True)
     done_steps = d.broadcast(rundir.complete_steps(method, seed, cfg.steps))  # rank 0's view of the disk
     start = done_steps[-1] if done_steps else 0
 

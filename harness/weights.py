@@ -6,7 +6,7 @@ sha256 and returns where it is and where it came from. A missing or corrupt file
 with the file name, the expected sha256 and the command that fetches it. ``prefetch`` is
 the only code in the harness that touches the network.
 
-The manifest is the YAML files in ``metrics/backends/manifest/`` (one per backend family).
+The manifest is the YAML files in ``harness/scorers/backends/manifest/`` (one per backend family).
 Where the upstream publisher states a checksum (OpenAI CLIP's URLs carry the file's
 sha256) the entry pins it; otherwise ``sha256`` is null and the checksum observed by the
 first ``prefetch`` is pinned in the cache's lock file (``weights.lock.json``): trust on
@@ -46,7 +46,7 @@ import yaml
 CACHE_ENV = "HARNESS_WEIGHTS"
 LOCK_NAME = "weights.lock.json"
 HASHES_NAME = ".sha256-cache.json"
-MANIFEST_DIR = Path(str(resources.files("metrics"))) / "backends" / "manifest"
+MANIFEST_DIR = Path(str(resources.files("harness"))) / "scorers" / "backends" / "manifest"
 ORIGINS = ("upstream", "upstream-unpinned", "user-pinned", "random-init")
 # formats whose loader can run code: loaded only with a pinned digest (verified_bytes)
 EXECUTABLE_FORMATS = frozenset({"torchscript"})
@@ -394,7 +394,7 @@ def init_random(names: Iterable[str] | None = None, root: Path | None = None, fo
     For tests and dry runs on machines without the real weights; never overwrites a
     real file unless ``force``.
     """
-    import metrics.backends.real  # noqa: F401  (registers the random initialisers)
+    import harness.scorers.backends.real  # noqa: F401  (registers the random initialisers)
 
     root = root or cache_root()
     chosen = list(names) if names else sorted(_RANDOM_WRITERS)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.world import WorldCondition
-from metrics.backends.tracking import Tracker, get_tracker, list_trackers
+from harness.scorers.backends.tracking import Tracker, get_tracker, list_trackers
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.registry import register
 
@@ -216,7 +216,7 @@ def resolve_tracker(tracker: str | Tracker, options: dict[str, Any] | None = Non
             raise ValueError("tracker_options only apply when the tracker is given by name")
         return tracker
     if tracker not in list_trackers():
-        import metrics.backends.real  # noqa: F401  (trackers with learned weights register on import)
+        import harness.scorers.backends.real  # noqa: F401  (trackers with learned weights register on import)
     return get_tracker(tracker, **(options or {}))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from metrics.backends.features import TINY_WEIGHTS, frame_features, get_embedder
+from harness.scorers.backends.features import TINY_WEIGHTS, frame_features, get_embedder
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.registry import register
 

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data.world import WorldCondition, make_clip
-from metrics.backends.features import TINY_WEIGHTS, get_feature_backend
+from harness.scorers.backends.features import TINY_WEIGHTS, get_feature_backend
 from metrics.base import Metric, MetricSpec, VideoSample
 from metrics.frechet import FeatureStats, frechet_from_stats
 from metrics.registry import register
@@ -110,11 +110,11 @@ def preprocess_clip(clip: np.ndarray, size: int, resize: str) -> torch.Tensor:
 
 def _real_extractor(features: str, output: str):
     if features in ("i3d", "i3d-torchscript"):
-        from metrics.backends.real.i3d import I3DExtractor
+        from harness.scorers.backends.real.i3d import I3DExtractor
 
         weight = "i3d_kinetics400" if features == "i3d" else "i3d_torchscript"
         return I3DExtractor(weight=weight, output=output)
-    from metrics.backends.real.videomae import VideoMAEv2Extractor
+    from harness.scorers.backends.real.videomae import VideoMAEv2Extractor
 
     # Content-debiased FVD (Ge et al. 2024, the cd-fvd package) reads the SSv2-finetuned ViT-g.
     weight = "videomae_v2_g_ssv2" if features == "videomae-v2" else "videomae_v2_g_k710"

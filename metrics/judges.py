@@ -20,11 +20,11 @@ MARK = "†"
 
 
 def _specs() -> dict[str, object]:
-    from metrics.probes import PROBES
+    from metrics.probe_specs import PROBE_SPECS
     from metrics.registry import list_metrics
 
     out = {s.name: s for s in list_metrics()}
-    out.update({name: cls.spec for name, cls in PROBES.items()})
+    out.update(PROBE_SPECS)
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from metrics.backends.flow import FlowBackend, resolve_flow
+from harness.scorers.backends.flow import FlowBackend, resolve_flow
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.flow_stats import consecutive_pairs, mean_magnitude, sample_interval, top_fraction_mean
 from metrics.registry import register

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from metrics.backends.interpolation import InterpolationBackend, resolve_interpolation
+from harness.scorers.backends.interpolation import InterpolationBackend, resolve_interpolation
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.registry import register
 

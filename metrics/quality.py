@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metrics.backends.features import frame_features, get_embedder
+from harness.scorers.backends.features import frame_features, get_embedder
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.registry import register
 
@@ -29,7 +29,7 @@ from metrics.registry import register
 ))
 class AestheticQuality(PerVideoMetric):
     def __init__(self, features: str = "clip-vitl14") -> None:
-        from metrics.backends.real.vit import laion_aesthetic
+        from harness.scorers.backends.real.vit import laion_aesthetic
 
         if features != "clip-vitl14":
             raise ValueError(f"aesthetic_quality: the LAION head reads clip-vitl14 features, not {features!r}")
@@ -55,8 +55,8 @@ class AestheticQuality(PerVideoMetric):
 ))
 class ImagingQuality(PerVideoMetric):
     def __init__(self, device: str | None = None, batch: int = 16) -> None:
-        from metrics.backends.real.musiq import MusiqScorer
-        from metrics.backends.real.vit import default_device
+        from harness.scorers.backends.real.musiq import MusiqScorer
+        from harness.scorers.backends.real.vit import default_device
 
         self.scorer = MusiqScorer(device=device or default_device(), batch=batch)
         super().__init__()

@@ -3,6 +3,9 @@
 A metric's options are the keyword arguments of its ``__init__``; asking for an
 option it does not have fails loudly (a typo in a config must not silently fall
 back to a default and store numbers under the wrong identity).
+
+The built-in metrics are registered by ``metrics/__init__.py``, which Python runs before any
+submodule (this one included) is imported, so the registry never imports them itself.
 """
 
 from __future__ import annotations
@@ -35,10 +38,6 @@ def register(spec: MetricSpec) -> Callable[[type[Metric]], type[Metric]]:
     return wrap
 
 
-def _ensure_builtin() -> None:
-    import metrics  # noqa: F401  (importing the package registers the built-in metrics)
-
-
 def metric_options(name: str) -> dict[str, Any]:
     """Allowed options of a metric and their defaults."""
     cls = _lookup(name)
@@ -48,11 +47,10 @@ def metric_options(name: str) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> type[Metric]:
-    _ensure_builtin()
     if name not in _REGISTRY:
-        from metrics.probes import PROBES
+        from metrics.probe_specs import PROBE_SPECS
 
-        if name in PROBES:
+        if name in PROBE_SPECS:
             raise KeyError(f"{name!r} is a training probe: it is measured while a method trains "
                            "(preset probes.names), not on videos")
         raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(_REGISTRY)) or '(none)'}")
@@ -105,8 +103,7 @@ def expand_metrics(names: list[str], backends: dict[str, dict[str, Any]] | None 
 
 def list_metrics() -> list[MetricSpec]:
     """Specs of all registered metrics, sorted by name."""
-    _ensure_builtin()
-    from metrics.probes import PROBES  # probes read trainers' objectives: imported on demand
+    from metrics.probe_specs import PROBE_SPECS
 
-    specs = {**{k: c.spec for k, c in _REGISTRY.items()}, **{k: c.spec for k, c in PROBES.items()}}
+    specs = {**{k: c.spec for k, c in _REGISTRY.items()}, **PROBE_SPECS}
     return [specs[k] for k in sorted(specs)]

@@ -31,7 +31,7 @@ from metrics.registry import register
 ))
 class LatentReward(PerVideoMetric):
     def __init__(self, path: str | None = None) -> None:
-        from trainers.reward_model import load_reward_model
+        from harness.scorers.latent_rm import load_reward_model
 
         self.model = load_reward_model(path)
         super().__init__()
@@ -44,7 +44,7 @@ class LatentReward(PerVideoMetric):
 
     def score_many(self, samples: list[VideoSample]) -> list[tuple[float | None, float, dict[str, Any]]]:
         """One forward per batch of videos (the model's own batching), not one per video."""
-        from trainers.reward_model import video_scorer
+        from harness.scorers.latent_rm import video_scorer
 
         for s in samples:
             if s.first_frame is None or s.caption is None:
@@ -77,7 +77,7 @@ class _MotionReward(PerVideoMetric):
     kind = ""
 
     def __init__(self, path: str | None = None, clip: float = 10.0) -> None:
-        from trainers.motion_reward import load_discriminator
+        from harness.scorers.motion_rm import load_discriminator
 
         self.model = load_discriminator(self.kind, path)
         self.clip = clip

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from metrics.backends.flow import FlowBackend, resolve_flow
+from harness.scorers.backends.flow import FlowBackend, resolve_flow
 from metrics.base import MetricSpec, PerVideoMetric, VideoSample
 from metrics.flow_stats import consecutive_pairs, top_fraction_mean
 from metrics.registry import register

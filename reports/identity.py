@@ -1,83 +1,19 @@
-"""Metric identities (``name[backend]``): parsing, direction and number format shared by every renderer.
+"""How metric identities and their numbers are shown: arrows, decimals, column labels, file names.
 
-Keeping this in one place means the Markdown, LaTeX and HTML tables and the plots all agree on which
-way is better and how many decimals a number gets.
+Shared by every renderer, so that the Markdown, LaTeX and HTML tables and the plots all agree on how
+many decimals a number gets; the identities' parsing and direction are metrics/identity.py.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-log = logging.getLogger(__name__)
+from metrics.identity import ROLLUP_PREFIX, metric_backend, metric_name
 
-ROLLUP_PREFIX = "rollup:"
-_IDENTITY = re.compile(r"(?P<name>[^\[]*)(?:\[(?P<backend>.*)\])?")
 # Distances between feature distributions: large numbers where a third decimal is noise.
 _LARGE_SCALE = ("fvd", "kvd", "fid")
-
-
-def metric_name(identity: str) -> str:
-    """The part before ``[``: what the registry knows the metric by."""
-    return identity.split("[", 1)[0]
-
-
-def metric_backend(identity: str) -> str | None:
-    """The bracketed part (``features=tiny``), or None for a bare name."""
-    match = _IDENTITY.fullmatch(identity)
-    return match.group("backend") if match else None
-
-
-def is_rollup(identity: str) -> bool:
-    return identity.startswith(ROLLUP_PREFIX)
-
-
-def _registry_directions() -> dict[str, bool | None]:
-    """``higher_is_better`` by metric name; empty when the registry cannot be imported or listed.
-
-    Direction only decorates a table (arrows, bold), so a registry that is missing or broken must not
-    stop a report from rendering: it is logged and the arrows are left out.
-    """
-    try:
-        from metrics.registry import list_metrics
-
-        specs = list_metrics()
-    except Exception as exc:  # see docstring
-        log.warning("metric directions unavailable (metrics.registry: %s); tables get no arrows", exc)
-        return {}
-    out: dict[str, bool | None] = {}
-    for spec in specs:
-        hib = getattr(spec, "higher_is_better", None)
-        out[str(spec.name)] = None if hib is None else bool(hib)
-    return out
-
-
-def metric_direction(identity: str) -> bool | None:
-    """True: higher is better, False: lower is better, None: unknown (no arrow, no bold)."""
-    return directions_for([identity])[identity]
-
-
-def directions_for(identities: Iterable[str],
-                   overrides: Mapping[str, bool | None] | None = None) -> dict[str, bool | None]:
-    """Directions of many identities with one registry look-up; ``overrides`` (by identity or name) win."""
-    identities = list(identities)
-    overrides = dict(overrides or {})
-    needs_registry = any(i not in overrides and metric_name(i) not in overrides and not is_rollup(i)
-                         for i in identities)
-    known = _registry_directions() if needs_registry else {}
-    out: dict[str, bool | None] = {}
-    for ident in identities:
-        if ident in overrides:
-            out[ident] = overrides[ident]
-        elif metric_name(ident) in overrides:
-            out[ident] = overrides[metric_name(ident)]
-        elif is_rollup(ident):
-            out[ident] = True
-        else:
-            out[ident] = known.get(metric_name(ident))
-    return out
 
 
 def arrow(direction: bool | None, up: str = "↑", down: str = "↓") -> str:

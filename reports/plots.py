@@ -14,7 +14,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from reports.identity import arrow, directions_for, slug
+from metrics.identity import directions_for
+from reports.identity import arrow, slug
 from reports.tables import BASE, clean_aggregates, method_order, metric_order
 
 _SIZE = (6.0, 3.8)

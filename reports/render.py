@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 from harness.store import open_readonly
+from metrics.identity import directions_for
 from metrics.judges import overlaps
 from reports.gallery import build_gallery, eval_captions
 from reports.html import build_page
-from reports.identity import directions_for
 from reports.plots import metric_curves, training_curves
 from reports.run_info import load_run_info
 from reports.sections import ReportInputs, page_fragment, registered_sections

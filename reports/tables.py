@@ -14,17 +14,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from metrics.identity import directions_for, is_rollup, metric_backend
 from metrics.judges import MARK
-from reports.identity import (
-    arrow,
-    backend_summary,
-    column_labels,
-    decimals_for,
-    directions_for,
-    format_number,
-    is_rollup,
-    metric_backend,
-)
+from reports.identity import arrow, backend_summary, column_labels, decimals_for, format_number
 
 BASE = "base"
 TINY_DISCLAIMER = ("Numbers from the tiny preset are about the synthetic tiny world; they are not VBench "

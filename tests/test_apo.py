@@ -160,7 +160,7 @@ def test_rankers(tmp_path):
 
 
 def test_gamma_of_apo_uses_its_window_objective_on_the_probe_pairs(tmp_path):
-    from metrics.probes import Gamma
+    from trainers.probes import Gamma
 
     trainer = _trainer(tmp_path, [{"kind": "offline", "steps": 2, "pairs": PAIRS}])
     trainer.train_step(0)

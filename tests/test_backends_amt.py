@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import metrics.backends.real.amt as amt  # registers the amt_s random initialiser and the amt-s backend
+import harness.scorers.backends.real.amt as amt  # registers the amt_s random initialiser and the amt-s backend
+from harness.scorers.backends.interpolation import get_interpolation_backend, list_interpolation_backends
+from harness.scorers.backends.real.common import load_strict, read_state_dict
 from harness.weights import WeightsError, init_random, resolve
 from metrics import VideoSample, get_metric
-from metrics.backends.interpolation import get_interpolation_backend, list_interpolation_backends
-from metrics.backends.real.common import load_strict, read_state_dict
 from metrics.synthetic import translating_texture
 
 SIZE = (118, 131)  # not multiples of 16: padded to 128x144, the smallest AMT-S handles (see MIN_PADDED_SIDE)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import metrics.backends.tracking as tracking_mod
+import harness.scorers.backends.tracking as tracking_mod
+from harness.scorers.backends.real.common import load_strict, read_state_dict
 from harness.weights import ResolvedWeight, WeightsError, init_random
-from metrics.backends.real.common import load_strict, read_state_dict
 from metrics.synthetic import texture_video
 
 SMALL = {"interp_shape": (32, 48)}
@@ -23,7 +23,7 @@ def _import_without_registering():
     """The module, imported (once) while the tracker registry is a throwaway copy."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tracking_mod, "_TRACKERS", dict(tracking_mod._TRACKERS))
-        return importlib.import_module("metrics.backends.real.cotracker")
+        return importlib.import_module("harness.scorers.backends.real.cotracker")
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def weights_dir(tmp_path_factory):
         mp.setenv("HARNESS_WEIGHTS", str(root))
         init_random(["cotracker3", "cotracker2"], log=lambda _: None)
     yield root
-    importlib.import_module("metrics.backends.real.cotracker")._load.cache_clear()  # free the ~300 MB of models
+    importlib.import_module("harness.scorers.backends.real.cotracker")._load.cache_clear()  # free the ~300 MB of models
 
 
 @pytest.fixture

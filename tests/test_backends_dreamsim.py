@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from harness import weights
+from harness.scorers.backends.real import dreamsim as ds
+from harness.scorers.backends.real import vit
+from harness.scorers.backends.real.common import load_strict, read_state_dict
 from harness.weights import WeightsError
-from metrics.backends.real import dreamsim as ds
-from metrics.backends.real import vit
-from metrics.backends.real.common import load_strict, read_state_dict
 
 ALL = ["dino_vitb16", *ds.WEIGHTS[1:]]
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from harness import weights
+from harness.scorers.backends.real import i3d as i3d_mod  # imported before init_random: registers the initialisers
+from harness.scorers.backends.real import videomae as vm
+from harness.scorers.backends.real.common import load_strict
 from harness.weights import WeightsError
-from metrics.backends.real import i3d as i3d_mod  # imported before init_random: registers the initialisers
-from metrics.backends.real import videomae as vm
-from metrics.backends.real.common import load_strict
 
 QUIET = {"log": lambda _msg: None}
 TINY = dict(image_size=28, patch_size=14, num_frames=4, tubelet_size=2, hidden_size=64, num_hidden_layers=2,

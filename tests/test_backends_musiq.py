@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import metrics.backends.real.musiq as musiq  # registers the musiq_spaq random initialiser
+import harness.scorers.backends.real.musiq as musiq  # registers the musiq_spaq random initialiser
+from harness.scorers.backends.real.common import read_state_dict
 from harness.weights import WeightsError, init_random, resolve
-from metrics.backends.real.common import read_state_dict
 
 
 @pytest.fixture(scope="module")

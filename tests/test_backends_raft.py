@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import metrics.backends.flow as flow_mod
+import harness.scorers.backends.flow as flow_mod
+from harness.scorers.backends.real.common import load_strict, read_state_dict
 from harness.weights import ResolvedWeight, WeightsError, init_random
-from metrics.backends.real.common import load_strict, read_state_dict
 from metrics.synthetic import texture_video
 
 
@@ -17,7 +17,7 @@ def raft(monkeypatch):
     """The raft module, registered as a flow backend for this test only: the registry is a copy
     restored afterwards, so tests elsewhere that list the weights-free backends are not affected."""
     monkeypatch.setattr(flow_mod, "_FLOW_BACKENDS", dict(flow_mod._FLOW_BACKENDS))
-    mod = importlib.import_module("metrics.backends.real.raft")  # also registers its random initialiser
+    mod = importlib.import_module("harness.scorers.backends.real.raft")  # also registers its random initialiser
     flow_mod.register_flow_backend(mod.RAFTFlow)
     return mod
 

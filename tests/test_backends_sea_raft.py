@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-import metrics.backends.flow as flow_mod
+import harness.scorers.backends.flow as flow_mod
 from harness.weights import ResolvedWeight, WeightsError, init_random
 from metrics.synthetic import texture_video
 
@@ -18,7 +18,7 @@ def sea_raft(monkeypatch):
     """The sea_raft module, registered as a flow backend for this test only: the registry is a copy
     restored afterwards, so tests elsewhere that list the registered backends are not affected."""
     monkeypatch.setattr(flow_mod, "_FLOW_BACKENDS", dict(flow_mod._FLOW_BACKENDS))
-    mod = importlib.import_module("metrics.backends.real.sea_raft")  # also registers its random initialiser
+    mod = importlib.import_module("harness.scorers.backends.real.sea_raft")  # also registers its random initialiser
     flow_mod.register_flow_backend(mod.SEARAFTFlow)
     return mod
 
@@ -26,7 +26,7 @@ def sea_raft(monkeypatch):
 @pytest.fixture(scope="module")
 def random_cache(tmp_path_factory):
     """One random-init cache for the module (writing and hashing the 80 MB file takes a second)."""
-    importlib.import_module("metrics.backends.real.sea_raft")  # registers the random initialiser
+    importlib.import_module("harness.scorers.backends.real.sea_raft")  # registers the random initialiser
     root = tmp_path_factory.mktemp("weights")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HARNESS_WEIGHTS", str(root))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from harness import weights
+from harness.scorers.backends.real import vit
+from harness.scorers.backends.real.common import load_strict
 from harness.weights import WeightsError
-from metrics.backends.real import vit
-from metrics.backends.real.common import load_strict
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def test_real_feature_metrics_carry_the_random_weights_mark(cache):
 
 
 def test_shared_features_compute_each_embedder_once_per_set(monkeypatch):
+    from harness.scorers.backends import features
     from metrics import VideoSample, get_metric
-    from metrics.backends import features
 
     calls = []
     real = features.TinyEmbedder.embed_many

@@ -34,7 +34,7 @@ def test_noise_from_a_cpu_generator_meets_latents_on_the_models_device():
 
 
 def test_latent_reward_head_runs_where_its_features_are():
-    from trainers.reward_model import RewardHead
+    from harness.scorers.latent_rm import RewardHead
 
     head = RewardHead(feature_dim=8, text_dim=4).to(META)
     assert head(torch.randn(2, 5, 8, device=META), torch.randn(2, 3, 4, device=META)).shape == (2,)

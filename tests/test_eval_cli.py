@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from harness.data.video_io import write_video
 from harness.data.world import make_clip
+from harness.scorers.backends.features import TinyFeatures
 from harness.store import ResultStore
-from metrics.backends.features import TinyFeatures
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def test_eval_a_model_directory(tmp_path):
 
 
 def test_missing_feature_weights_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"frame_encoder.safetensors.*harness train-features"):
+    with pytest.raises(FileNotFoundError, match=r"frame_encoder.safetensors.*harness build features"):
         TinyFeatures(tmp_path)
 
 

@@ -8,9 +8,10 @@ import torch
 
 from harness.config import load_preset, parse_override
 from harness.models.tiny_wan import TinyWanAdapter
+from harness.scorers.errors import RewardError
 from trainers.fcrm import FCRMConfig, FCRMTrainer
 from trainers.fcrm_data import FCRMDataError
-from trainers.rewards import REWARDS, Reward, RewardError, RewardInputs, build_reward, register_reward
+from trainers.rewards import REWARDS, Reward, RewardInputs, build_reward, register_reward
 
 SMALL = {"conditions": 2, "group_size": 2, "batch_size": 2, "inner_steps": 2, "offline": {"count": 6}}
 
@@ -147,7 +148,7 @@ def test_aesthetic_reward_by_hand(preset, tmp_path, monkeypatch):
     """The real-footage reward: LAION's linear head on each frame's CLIP embedding, averaged over frames;
     its weights come from the cache, and missing ones fail before any training with the prefetch command."""
     from harness import weights
-    from metrics.backends.real import vit
+    from harness.scorers.backends.real import vit
 
     monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
     adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
@@ -173,7 +174,7 @@ def test_aesthetic_reward_by_hand(preset, tmp_path, monkeypatch):
 
 
 def test_missing_reward_model_names_the_file_and_the_command(preset, tmp_path):
-    with pytest.raises(RewardError, match=r"head.safetensors.*harness train-reward"):
+    with pytest.raises(RewardError, match=r"head.safetensors.*harness build latent-rm"):
         build_reward("latent_rm", TinyWanAdapter.load(preset.base_checkpoint_path()), preset, path=str(tmp_path))
 
 

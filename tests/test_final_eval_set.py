@@ -105,16 +105,16 @@ def test_resume_evaluates_the_same_sets(finished, tmp_path):
 
 def test_changing_the_set_resamples(tmp_path):
     """The same checkpoint evaluated on the other set is sampled again, never read from the other size."""
-    from harness.runner import _base_weights, base_adapter
+    from harness.models.starting import base_adapter, base_weights
 
     preset = _preset()
     ev = Evaluator(preset, ["motion_score"])
     path = tmp_path / "samples.npz"
     adapter = base_adapter(preset)
     adapter.model.eval()
-    small = ev.samples_for(adapter, path, False, None, ev.inputs_key(_base_weights(preset)))
+    small = ev.samples_for(adapter, path, False, None, ev.inputs_key(base_weights(preset)))
     ev.use_set(True)
-    big = ev.samples_for(adapter, path, False, None, ev.inputs_key(_base_weights(preset)))
+    big = ev.samples_for(adapter, path, False, None, ev.inputs_key(base_weights(preset)))
     assert len(small) == SMALL and len(big) == FINAL
     np.testing.assert_array_equal(big[:SMALL], small)  # nested: the same clips and seeds
 

@@ -181,8 +181,8 @@ def test_motion_smoothness_formula_with_upstream_quantisation():
 
 # -- preprocessing (torchvision 0.28 and PIL, as upstream calls them) ---------------------------------------------
 def _transforms():
-    from metrics.backends.real.dreamsim import DreamSimEmbedder
-    from metrics.backends.real.vit import ClipEmbedder, DinoEmbedder, DinoI2VEmbedder
+    from harness.scorers.backends.real.dreamsim import DreamSimEmbedder
+    from harness.scorers.backends.real.vit import ClipEmbedder, DinoEmbedder, DinoI2VEmbedder
 
     dino_i2v, dreamsim = DinoI2VEmbedder.transform, DreamSimEmbedder.transform
     dino, clip = DinoEmbedder.transform, ClipEmbedder.transform
@@ -229,8 +229,8 @@ def test_i2v_preprocessing_needs_antialias_and_pil(case):
 # -- dynamic degree and the static filter on RAFT's padded field ------------------------------------------------
 @pytest.fixture(scope="module")
 def raft_flow(tmp_path_factory):
+    from harness.scorers.backends.real.raft import RAFTFlow  # registers the random initialiser of raft_things
     from harness.weights import init_random
-    from metrics.backends.real.raft import RAFTFlow  # registers the random initialiser of raft_things
 
     mp = pytest.MonkeyPatch()
     mp.setenv("HARNESS_WEIGHTS", str(tmp_path_factory.mktemp("weights")))
@@ -240,8 +240,8 @@ def raft_flow(tmp_path_factory):
 
 
 def test_dynamic_degree_on_padded_flow_matches_upstream(raft_flow):
-    from metrics.backends.flow import shared_flows
-    from metrics.backends.real.raft import InputPadder
+    from harness.scorers.backends.flow import shared_flows
+    from harness.scorers.backends.real.raft import InputPadder
     from metrics.dynamic_degree import dynamic_check
     from metrics.flow_stats import top_fraction_mean
 
@@ -274,8 +274,8 @@ def test_static_filter_on_padded_flow_matches_upstream(raft_flow):
 # -- i2v_subject and subject_consistency end to end on upstream DINO (random weights) -------------------------------
 @pytest.fixture(scope="module")
 def dino_cache(tmp_path_factory):
+    from harness.scorers.backends.real import vit  # noqa: F401  (registers the random initialiser of dino_vitb16)
     from harness.weights import init_random
-    from metrics.backends.real import vit  # noqa: F401  (registers the random initialiser of dino_vitb16)
 
     mp = pytest.MonkeyPatch()
     mp.setenv("HARNESS_WEIGHTS", str(tmp_path_factory.mktemp("weights")))
@@ -303,8 +303,8 @@ def test_dino_dimensions_end_to_end_match_upstream(dino_cache):
 
 # -- motion smoothness end to end on upstream AMT-S (random weights) --------------------------------------------
 def test_motion_smoothness_end_to_end_matches_upstream_amt(tmp_path, monkeypatch):
+    from harness.scorers.backends.real import amt  # noqa: F401  (registers the amt-s backend and its random initialiser)
     from harness.weights import init_random
-    from metrics.backends.real import amt  # noqa: F401  (registers the amt-s backend and its random initialiser)
     from metrics.motion_smoothness import MotionSmoothness
 
     monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
@@ -317,8 +317,8 @@ def test_motion_smoothness_end_to_end_matches_upstream_amt(tmp_path, monkeypatch
 
 # -- background_consistency end to end on upstream CLIP ViT-B/32 (random weights) ---------------------------------
 def test_background_consistency_end_to_end_matches_upstream_clip(tmp_path, monkeypatch):
+    from harness.scorers.backends.real import vit  # noqa: F401  (registers the random initialiser of clip_vit_b32)
     from harness.weights import init_random
-    from metrics.backends.real import vit  # noqa: F401  (registers the random initialiser of clip_vit_b32)
 
     monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
     init_random(["clip_vit_b32"], log=lambda _: None)  # the seeded file make_golden.py loaded into upstream's CLIP

@@ -64,7 +64,7 @@ def test_training_pairs_and_ranker_never_call_the_oracle(monkeypatch, tmp_path):
     broken; the named oracle variant does call it."""
     import harness.data.oracle as oracle
     import harness.data.preferences as prefs
-    from harness.runner import base_adapter
+    from harness.models.starting import base_adapter
     from trainers.preference import PairsConfig, load_pairs
     from trainers.rankers import RankCondition, get_ranker
 

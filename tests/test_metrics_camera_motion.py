@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from harness.data.world import WorldCondition, WorldConfig, render, sample_spec
+from harness.scorers.backends.tracking import Tracker, Tracks
 from metrics import VideoSample, get_metric
-from metrics.backends.tracking import Tracker, Tracks
 from metrics.camera_motion import (
     CAMERA_LABELS,
     camera_target,

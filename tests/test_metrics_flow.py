@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.scorers.backends.flow import DISFlow, FarnebackFlow, get_flow_backend
 from metrics import VideoSample, get_metric
-from metrics.backends.flow import DISFlow, FarnebackFlow, get_flow_backend
 from metrics.synthetic import translating_texture
 
 cv2.setNumThreads(1)
@@ -74,7 +74,7 @@ def test_motion_score_is_zero_for_a_static_video():
 
 
 def test_shared_flows_computes_each_pair_once_with_identical_results(monkeypatch):
-    from metrics.backends.flow import shared_flows
+    from harness.scorers.backends.flow import shared_flows
 
     videos = [translating_texture(s, num_frames=6, size=16, seed=k) for k, s in enumerate((1.0, 2.0))]
     names = ["motion_score", "dynamic_degree", "temporal_flickering", "motion_smoothness"]
@@ -102,7 +102,7 @@ def test_shared_flows_computes_each_pair_once_with_identical_results(monkeypatch
 
 
 def test_shared_flows_keys_on_backend_identity_and_content_and_stays_bounded():
-    from metrics.backends.flow import shared_flows
+    from harness.scorers.backends.flow import shared_flows
 
     frames = translating_texture(1.0, num_frames=3, size=16, seed=0)
     with shared_flows(max_bytes=3 * 16 * 16 * 2 * 4) as cache:

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.scorers.backends.flow import DISFlow
 from metrics import UnknownOptionError, VideoSample, get_metric, list_metrics
-from metrics.backends.flow import DISFlow
 from metrics.synthetic import translating_texture
 
 cv2.setNumThreads(1)

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.scorers.backends.flow import FlowBackend
 from metrics import VideoSample, get_metric
-from metrics.backends.flow import FlowBackend
 from metrics.dynamic_degree import dynamic_check
 from metrics.synthetic import texture_video, translating_texture
 from metrics.temporal_flickering import static_filter

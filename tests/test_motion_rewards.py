@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.backends.flow import fb_confidence, sample_points, warp
-from metrics.backends.tracking import get_tracker, list_trackers
-from trainers.motion_features import LMR_STEP_DIM, lmr_features, lmr_input_dim, random_queries, transport_residual
+from harness.scorers.backends.flow import fb_confidence, sample_points, warp
+from harness.scorers.backends.tracking import get_tracker, list_trackers
+from harness.scorers.motion_features import (
+    LMR_STEP_DIM,
+    lmr_features,
+    lmr_input_dim,
+    random_queries,
+    transport_residual,
+)
 
 H = W = 32
 T = 6
@@ -100,8 +106,8 @@ def test_lmr_descriptor_layout():
 
 
 def test_discriminators_score_and_missing_weights_are_named(tmp_path):
-    from trainers.motion_reward import MotionDiscriminator, load_discriminator, rewards_from_logits
-    from trainers.rewards import RewardError
+    from harness.scorers.errors import RewardError
+    from harness.scorers.motion_rm import MotionDiscriminator, load_discriminator, rewards_from_logits
 
     for kind in ("imr", "lmr"):
         disc = load_discriminator(kind)  # the shipped, pre-trained ones
@@ -110,7 +116,7 @@ def test_discriminators_score_and_missing_weights_are_named(tmp_path):
         logit = disc(disc.features([video], [0]))
         assert logit.shape == (1,) and torch.isfinite(logit).all()
         with pytest.raises(RewardError, match=rf"{kind} motion reward model file missing: .*model.safetensors.*"
-                                              rf"harness train-motion-reward"):
+                                              rf"harness build motion-rm"):
             load_discriminator(kind, tmp_path / "none")
     assert torch.equal(rewards_from_logits(torch.tensor([-20.0, 3.0, 30.0])), torch.tensor([-10.0, 3.0, 10.0]))
     assert torch.allclose(rewards_from_logits(torch.tensor([0.0]), "sigmoid"), torch.tensor([0.5]))
@@ -153,7 +159,7 @@ def test_motion_reward_metrics():
 def test_default_map_size_keeps_small_clips_native_and_scales_real_ones():
     """The working size of the motion features: native up to 32 px on the shorter side, else that side
     at 32 px with the aspect kept, sides multiples of the ViT's patch (4)."""
-    from trainers.motion_reward import MotionDiscriminator, default_map_size
+    from harness.scorers.motion_rm import MotionDiscriminator, default_map_size
 
     assert default_map_size(16, 16) is None and default_map_size(32, 48) is None
     assert default_map_size(320, 576) == (32, 56)  # 57.6 -> 56

@@ -8,8 +8,8 @@ from harness.config import load_preset, parse_override
 from harness.data.preferences import PairsError, PairSet, build_rollout_pairs
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
-from metrics.probes import Gamma, LikelihoodDisplacement
 from trainers import preference
+from trainers.probes import Gamma, LikelihoodDisplacement
 from trainers.registry import get_trainer
 
 FAST = ["sampler.num_steps=2", "probes.pairs=3", "probes.draws=2", "probes.per_condition=2"]

@@ -10,9 +10,10 @@ import torch
 
 from harness.config import load_preset, parse_override
 from harness.models.tiny_wan import TinyWanAdapter
-from metrics.probes import PROBES, ChosenLogpStep
+from metrics.probe_specs import PROBE_SPECS
 from trainers import preference
 from trainers.preference_losses import dpo_loss, pgdpo_loss
+from trainers.probes import PROBES, ChosenLogpStep
 from trainers.registry import get_trainer
 
 FAST = ["sampler.num_steps=2", "probes.pairs=3", "probes.draws=2", "probes.per_condition=2"]
@@ -30,6 +31,15 @@ def _trainer(method, preset, tmp_path, **overrides):
     adapter = TinyWanAdapter.load(preset.base_checkpoint_path())
     torch.manual_seed(0)
     return cls(adapter, preset, cls.config_class(**raw), 0, workdir=tmp_path / "cache")
+
+
+def test_every_probe_spec_has_its_probe_and_the_registry_lists_them():
+    from metrics.registry import list_metrics
+
+    assert set(PROBES) == set(PROBE_SPECS)
+    assert all(PROBES[name].spec is spec for name, spec in PROBE_SPECS.items())
+    listed = {s.name: s for s in list_metrics() if s.kind == "training-probe"}
+    assert listed == PROBE_SPECS
 
 
 # -- which trainer is a pairwise preference trainer: declared by the class --------------------------

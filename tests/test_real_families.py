@@ -53,7 +53,7 @@ def _preset(root, family, **adapter):
 def _shift_rewards(preset, tmp_path):
     """SHIFT's discriminators read the preset's clip shape: random ones of that shape (the shipped
     ones are trained for 8 frames at 16 px)."""
-    from trainers.motion_reward import MotionDiscriminator, save_discriminator
+    from harness.scorers.motion_rm import MotionDiscriminator, save_discriminator
 
     paths = {}
     for kind in ("imr", "lmr"):
@@ -205,9 +205,10 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
     tiny-world ones are refused naming the command that builds the right ones."""
     import numpy as np
 
+    from harness.build.motion_rm import train_motion_rewards
     from harness.data.video_io import write_video
-    from trainers.motion_reward import load_discriminator, train_motion_rewards
-    from trainers.rewards import RewardError
+    from harness.scorers.errors import RewardError
+    from harness.scorers.motion_rm import load_discriminator
 
     rng = np.random.default_rng(0)
     rows = ["video,caption"]
@@ -247,7 +248,7 @@ def test_shift_discriminators_train_and_run_on_a_real_clip_shape(pipelines, tmp_
     cls = trainer_for("shift", section)
     torch.manual_seed(0)
     with pytest.raises(ConfigError, match="methods.shift: the imr reward model reads 8 frames of 16x16 px.*"
-                                          "train-motion-reward --preset tiny"):
+                                          "build motion-rm --preset tiny"):
         cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w0")
     section["reward_paths"] = {k: str(tmp_path / "rm" / k) for k in ("imr", "lmr")}
     trainer = cls(load_adapter(preset.adapter), preset, cls.config_class(**section), 0, workdir=tmp_path / "w")
@@ -264,9 +265,11 @@ def test_fcrm_latent_reward_model_is_fitted_to_pairs_on_a_real_family(pipelines,
     tiny world's head and a UNet family are refused, each naming the fix."""
     import numpy as np
 
+    from harness.build.latent_rm import train_reward_on_pairs
     from harness.data.video_io import write_video
-    from trainers.reward_model import block_features, load_reward_model, train_reward_on_pairs
-    from trainers.rewards import RewardError, build_reward
+    from harness.scorers.errors import RewardError
+    from harness.scorers.latent_rm import block_features, load_reward_model
+    from trainers.rewards import build_reward
 
     rng = np.random.default_rng(0)
     rows = ["video,caption"]
@@ -307,7 +310,7 @@ def test_fcrm_latent_reward_model_is_fitted_to_pairs_on_a_real_family(pipelines,
     torch.testing.assert_close(trainer.reward.model.score(x0, cond), fresh.score(x0, cond), rtol=1e-5, atol=1e-6)
     assert trainer.adapter.model.training
 
-    with pytest.raises(RewardError, match="fitted on the features of .*not on this model.*train-reward --preset"):
+    with pytest.raises(RewardError, match="fitted on the features of .*not on this model.*build latent-rm --preset"):
         load_reward_model(tmp_path / "rm", load_adapter(preset.adapter.model_copy(
             update={"path": str(pipelines / "wan21-i2v"), "family": "wan21-i2v"})))
     shipped = {**SMALL["fcrm"], "reward": {"name": "latent_rm"}}

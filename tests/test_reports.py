@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness.store import ResultStore
-from reports import identity
+from metrics import identity
 from reports.gallery import filmstrip
 from reports.render import render_report
 from reports.tables import TINY_DISCLAIMER, final_table, steps_to_markdown, to_latex, to_markdown

@@ -9,8 +9,9 @@ import math
 
 import torch
 
+from harness.build.latent_rm import train_reward_model
 from harness.config import load_preset
-from trainers.reward_model import HEAD_FILE, RECORD_FILE, load_reward_model, train_reward_model
+from harness.scorers.latent_rm import HEAD_FILE, RECORD_FILE, load_reward_model
 
 
 def test_tiny_reward_model_trains_records_and_loads(tmp_path):
@@ -29,8 +30,8 @@ def test_tiny_reward_model_trains_records_and_loads(tmp_path):
 def test_pairwise_reward_model_on_the_tiny_world(tmp_path):
     """`build latent-rm --pairs rollouts` on the tiny preset (oracle-judged pairs): the record names the
     tiny backbone, and the head loads onto the base model it was fitted on, read through the policy."""
-    from harness.runner import base_adapter
-    from trainers.reward_model import train_reward_on_pairs
+    from harness.build.latent_rm import train_reward_on_pairs
+    from harness.models.starting import base_adapter
 
     preset = load_preset("tiny", [{"sampler": {"num_steps": 2}}])
     record = train_reward_on_pairs(preset, "rollouts", tmp_path, conditions=6, steps=3, batch_size=4,

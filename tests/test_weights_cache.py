@@ -39,7 +39,7 @@ def test_missing_file_names_the_file_the_checksum_and_the_prefetch_command(cache
 
 
 def test_random_init_is_marked_and_a_changed_file_is_refused(cache):
-    import metrics.backends.real  # noqa: F401
+    import harness.scorers.backends.real  # noqa: F401
 
     (r,) = weights.init_random(["laion_aesthetic_l14"], log=lambda _: None)
     assert r.is_random and r.origin == "random-init" and r.path.is_file()

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from harness import weights
 from harness.cli import app
+from harness.scorers.backends.real import i3d as i3d_mod
+from harness.scorers.backends.real.common import load_torchscript, read_state_dict
 from harness.weights import WeightsError
-from metrics.backends.real import i3d as i3d_mod
-from metrics.backends.real.common import load_torchscript, read_state_dict
 
 QUIET = {"log": lambda _msg: None}
 
@@ -158,7 +158,7 @@ def test_a_state_dict_entry_that_fails_the_safe_load_never_reaches_jit_load(cach
 
 
 def test_random_init_files_of_torchscript_entries_still_load_and_are_never_pinned(cache, jit_calls):
-    import metrics.backends.real  # noqa: F401
+    import harness.scorers.backends.real  # noqa: F401
 
     _, calls = jit_calls
     (r,) = weights.init_random(["clip_vit_b32"], **QUIET)  # a state dict, read without jit

@@ -79,7 +79,7 @@ class Trainer(ABC):
     description: ClassVar[str] = ""
     # True when the loss is a pairwise preference loss (chosen vs rejected of one pair, compared with
     # a reference): the trainers for which PG-DPO's Gamma (DPO vs the method on the same pairs) has a
-    # meaning (metrics/probes.py). Declared by the class, never inferred from its name.
+    # meaning (trainers/probes.py). Declared by the class, never inferred from its name.
     pairwise_preference: ClassVar[bool] = False
     # Attributes that ``compute_loss`` may change (rollout rounds, buffers, running statistics):
     # ``coming_loss`` puts them back, so that a probe's replay leaves the trainer as it found it.

@@ -34,7 +34,7 @@ was not verified here); adv_clip 5 (config/base.py `train.adv_clip_max`); beta =
 (config/grpo.py, the GenEval and OCR settings); lr 3e-4 (config/base.py `train.learning_rate`,
 with LoRA); rollout_steps 10 (config/grpo.py `sample.num_steps`, eval 40); group size 24 and 48
 groups per round (config/grpo.py `num_image_per_prompt`, the README's "Important Hyperparameters"),
-each round's samples used for 2 optimiser steps (config/grpo.py
+each round's samples used for 2 optimizer steps (config/grpo.py
 `gradient_accumulation_steps = num_batches_per_epoch // 2`). Scaled for the tiny preset
 (harness/presets/tiny.yaml): group 4 x 8 conditions, 2 steps per round as the repo, half of each
 round per step (batch 16), 8 rollout steps against evaluation's 16 (the paper's 1:4 would leave

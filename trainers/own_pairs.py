@@ -1,7 +1,7 @@
 """PG-DPO's in-training measurement on each step's own training pairs (Eq. 10, Fig. 2, App. A.5.2),
 logged by the pairwise preference trainers (dpo, pgdpo, apo) as ``own_pairs/<key>`` training values.
 
-This is the paper's measurement, not the held-out cross-method probes of metrics/probes.py: it uses
+This is the paper's measurement, not the held-out cross-method probes of trainers/probes.py: it uses
 the pairs, the (t, noise) draws and the beta of the step itself, and DPO at the METHOD's own beta:
 
 * ``own_pairs/gamma`` = -lr * g_logp_w . (g_method - g_dpo): Gamma of the step (Eq. 10), g_logp_w the

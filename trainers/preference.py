@@ -9,7 +9,6 @@ between policy and reference, as Diffusion-DPO does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from abc import abstractmethod
@@ -30,7 +29,7 @@ from harness.data.preferences import (
 )
 from harness.data.source import clip_length, data_file, frame_size
 from harness.distributed import current
-from harness.models.base import Conditioning, ModelAdapter
+from harness.models.base import Conditioning, ModelAdapter, weights_digest
 from harness.sampling import SamplerConfig
 from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
@@ -111,18 +110,6 @@ class PreferenceConfig(DPOObjectiveConfig):
         return pair_signals(self.pairs)
 
 
-def weights_digest(adapter: ModelAdapter) -> str:
-    """Hash of the base weights (LoRA tensors excluded, and peft's ``base_layer`` renaming undone, so
-    that a model gives one digest with or without adapters): part of the pair cache key."""
-    h = hashlib.sha256()
-    for name, tensor in sorted((k.replace(".base_layer.", "."), v) for k, v in adapter.model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | None,
                show_progress: bool = False, start: int = 0, sampler: SamplerConfig | None = None) -> PairSet:
     """The pair set ``cfg`` describes, from the run's cache when it was built before. Its conditions
@@ -178,7 +165,7 @@ def pair_judge(cfg: PairsConfig):
     """(name in the cache key, batch judge or None for the oracle) of a rollout pair set."""
     if cfg.judge == "oracle":
         return "oracle", None
-    from trainers.reward_model import load_reward_model, video_scorer
+    from harness.scorers.latent_rm import load_reward_model, video_scorer
 
     rm = load_reward_model(cfg.judge_model)
     return f"latent_rm:{rm.digest}", video_scorer(rm)

@@ -74,7 +74,7 @@ class RewardRanker(Ranker):
     name = "latent_rm"
 
     def __init__(self, model_dir: str | None = None):
-        from trainers.reward_model import load_reward_model, video_scorer
+        from harness.scorers.latent_rm import load_reward_model, video_scorer
 
         self.model = load_reward_model(model_dir)
         self._score = video_scorer(self.model)

@@ -9,7 +9,7 @@ Trainers treat a non-finite reward as "drop this sample" and count it.
 * ``latent_rm`` (space: latent): FCRM's default. A learned reward model that reads the
   frozen base transformer's intermediate features of x0 (a noise-aware feature
   extractor, as the paper's Wan-backbone reward model) with the caption tokens, through a
-  small query-attention head (trainers/reward_model.py). No decoding. The tiny world's
+  small query-attention head (harness/scorers/latent_rm.py). No decoding. The tiny world's
   head is fitted to oracle scores; a real family's (Wan) to preference pairs with the
   Bradley-Terry loss (`harness build latent-rm --pairs`), on the policy's own frozen base,
   read with its LoRA disabled.
@@ -45,11 +45,8 @@ from harness.data.preferences import oracle_score
 from harness.data.video_io import tensor_to_frames
 from harness.data.world import ClipSpec
 from harness.models.base import Conditioning, ModelAdapter
+from harness.scorers.errors import RewardError
 from harness.weights import resolve_all
-
-
-class RewardError(ValueError):
-    """A reward cannot be built or cannot score these inputs; the message says why."""
 
 
 @dataclass
@@ -136,7 +133,7 @@ class LatentRewardModelReward(Reward):
 
     def __init__(self, adapter: ModelAdapter, preset: PresetConfig, path: str | None = None):
         super().__init__(adapter, preset)
-        from trainers.reward_model import load_reward_model
+        from harness.scorers.latent_rm import load_reward_model
 
         self.model = load_reward_model(path, adapter)
         if preset.adapter is not None and not self.model.shared:
@@ -192,7 +189,7 @@ class RewardConfig(BaseModel):
 
     def preset_problems(self, preset: PresetConfig, where: str) -> list[str]:
         """What makes this reward unusable on ``preset`` (``where``: the method's section), each with the fix."""
-        from trainers.reward_model import missing_file
+        from harness.scorers.latent_rm import missing_file
 
         name = self.name
         if name not in REWARDS:

@@ -46,17 +46,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import clip_batch
 from harness.data.video_io import tensor_to_frames
-from metrics.backends.tracking import FlowFields
-from trainers.base import SmokeChanges, Trainer, TrainerConfig
-from trainers.claims import Objective, PaperClaim
-from trainers.fcrm_data import Samples, policy_rollouts
-from trainers.motion_reward import (
+from harness.scorers.backends.tracking import FlowFields
+from harness.scorers.motion_rm import (
     MotionDiscriminator,
     clip_shape_problem,
     ema_copy,
     load_discriminator,
     rewards_from_logits,
 )
+from trainers.base import SmokeChanges, Trainer, TrainerConfig
+from trainers.claims import Objective, PaperClaim
+from trainers.fcrm_data import Samples, policy_rollouts
 from trainers.objectives import denoising_loss, sample_sigmas
 from trainers.optimizer import AdamWSettings
 from trainers.registry import register_trainer

@@ -28,8 +28,8 @@ def build_base(
     ] = None,
 ) -> None:
     """Pretrain the tiny base model on the world's `pretrain` split."""
-    from harness.pretrain import OutputExistsError, TrainingDivergedError
-    from harness.pretrain import pretrain as run_pretrain
+    from harness.build.base import OutputExistsError, TrainingDivergedError
+    from harness.build.base import pretrain as run_pretrain
 
     cfg = load_cli_preset(preset, sets, [{"pretrain": {"steps": steps}}] if steps else None)
     try:
@@ -50,7 +50,7 @@ def build_features(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train the tiny world's feature extractors (frame encoder, clip classifier) used by the metrics."""
-    from harness.tiny_features import train_features
+    from harness.build.features import train_features
 
     if (out / "frame_encoder.safetensors").exists() and not force:
         fail(f"feature weights already exist in {out}; pass --force to replace them")
@@ -79,8 +79,9 @@ def build_latent_rm(
 ) -> None:
     """Train the latent reward model's head (FCRM's default reward) on the preset's frozen base model."""
     from harness.data.preferences import PairsError
-    from trainers.reward_model import HEAD_FILE, train_reward_model, train_reward_on_pairs
-    from trainers.rewards import RewardError
+    from harness.build.latent_rm import train_reward_model, train_reward_on_pairs
+    from harness.scorers.errors import RewardError
+    from harness.scorers.latent_rm import HEAD_FILE
 
     if (out / HEAD_FILE).exists() and not force:
         fail(f"reward model weights already exist in {out}; pass --force to replace them")
@@ -117,8 +118,9 @@ def build_motion_rm(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Pre-train SHIFT's pixel-motion discriminators (IMR, LMR): real clips vs base samples."""
-    from trainers.motion_reward import KINDS, WEIGHTS_FILE, train_motion_rewards
-    from trainers.rewards import RewardError
+    from harness.build.motion_rm import train_motion_rewards
+    from harness.scorers.errors import RewardError
+    from harness.scorers.motion_rm import KINDS, WEIGHTS_FILE
 
     names = split_csv(kinds) or []
     unknown = sorted(set(names) - set(KINDS))
@@ -153,7 +155,7 @@ def build_fewstep(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Distil the base model into a 3-step generator (timesteps 1000, 757, 522) for FCRM's few-step mode."""
-    from harness.fewstep import distill_fewstep
+    from harness.build.fewstep import distill_fewstep
 
     try:
         record = distill_fewstep(load_cli_preset(preset, None), out, steps=steps, force=force, show_progress=progress)

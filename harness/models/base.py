@@ -10,6 +10,7 @@ base model serves as the reference policy without a second copy in memory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -194,3 +195,16 @@ def _expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if sigma.ndim == 0:
         return sigma
     return sigma.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def weights_digest(adapter: ModelAdapter) -> str:
+    """Hash of the base weights (LoRA tensors excluded, and peft's ``base_layer`` renaming undone, so
+    that a model gives one digest with or without adapters): part of the pair cache key and of the
+    record of a latent reward model fitted on this model's features."""
+    h = hashlib.sha256()
+    for name, tensor in sorted((k.replace(".base_layer.", "."), v) for k, v in adapter.model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
