@@ -38,9 +38,11 @@ def test_builtin_methods_are_found_without_importing_helpers():
     code = ("import sys; from trainers.registry import builtin_method_modules as b; print(b()); "
             "print(sorted(m for m in sys.modules if m.startswith('trainers.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == str([f"trainers.{m}" for m in ("apo", "dpo", "fcrm", "pgdpo", "sft", "shift")])
+    modules = ("apo", "awm", "diffusionnft", "dpo", "fcrm", "flow_grpo", "pgdpo", "sft", "shift")
+    assert out[0] == str([f"trainers.{m}" for m in modules])
     assert out[1] == str(["trainers.registry"])
-    assert registry.available_methods() == ["apo", "dpo", "fcrm", "pgdpo", "sft", "shift"]
+    assert registry.available_methods() == ["apo", "awm", "diffusionnft", "dpo", "fcrm", "flow-grpo", "pgdpo", "sft",
+                                            "shift"]
 
 
 def test_a_broken_method_module_is_named(fresh_registry, monkeypatch, tmp_path):

@@ -1,60 +1,12 @@
-"""The `harness` command line: the typer app, the options and helpers its commands share.
+"""The `harness` command line, one module per command group (run, evaluation, results, regress, world,
+build, listing, weights) on the typer app of ``harness/cli/common.py``.
 
-Each command group lives in its own module and registers itself on `app` when imported (the
-imports at the end of this file). Commands import their heavy modules inside the function, so
+Importing a group module adds its commands to ``app``; the order of the imports below is the order
+`harness --help` lists them. Commands import their heavy modules inside the function, so
 `harness --help` stays fast.
 """
 
-from __future__ import annotations
+from harness.cli import run, evaluation, results, regress, world, build, listing, weights  # noqa: F401, I001
+from harness.cli.common import app
 
-import logging
-from typing import Annotated
-
-import typer
-
-app = typer.Typer(
-    help="Benchmark harness for post-training alignment of video diffusion models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="preset name or YAML file")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override a preset field, e.g. --set pretrain.steps=100 (repeatable)"),
-]
-
-
-def fail(message: str) -> None:
-    """Print ``message`` as an error and exit with status 2 (bad input)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def load_cli_preset(name: str, sets: list[str] | None, extra: list[dict] | None = None):
-    """The preset ``name`` with the ``--set`` overrides, then ``extra``; a bad preset fails the command."""
-    from harness.config import ConfigError, load_preset, parse_override
-
-    try:
-        return load_preset(name, [parse_override(s) for s in sets or []] + (extra or []))
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def split_csv(text: str | None) -> list[str] | None:
-    """The non-empty items of a comma-separated option; None when the option is not given."""
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-@app.callback()  # no docstring: typer would show it in place of the app's help
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from harness.weights import force_offline
-
-    force_offline()  # no hub downloads at run time; `harness weights prefetch` uses plain HTTP on its own
-
-
-# The command groups: each module adds its commands to `app` (so after the shared names above exist),
-# in the order `harness --help` lists them.
-from harness.cli import run, evaluation, results, regress, world, build, listing, weights  # noqa: E402, F401, I001
+__all__ = ["app"]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness.cli import PresetOpt, SetOpt, app, fail, load_cli_preset, split_csv
+from harness.cli.common import PresetOpt, SetOpt, app, fail, load_cli_preset, split_csv
 
 build_app = typer.Typer(help="Build an asset: the base model, the tiny feature extractors, the latent reward model, "
                              "SHIFT's motion rewards or the few-step generator.", no_args_is_help=True)

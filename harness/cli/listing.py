@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import PresetOpt, app, fail, load_cli_preset
+from harness.cli.common import PresetOpt, app, fail, load_cli_preset
 
 list_app = typer.Typer(help="List registered methods, metrics or presets.", no_args_is_help=True)
 app.add_typer(list_app, name="list")

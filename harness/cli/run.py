@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness.cli import PresetOpt, SetOpt, app, fail, load_cli_preset, split_csv
+from harness.cli.common import PresetOpt, SetOpt, app, fail, load_cli_preset, split_csv
 
 
 def _safe_names(option: str, names: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from harness.cli import app, fail
+from harness.cli.common import app, fail
 
 weights_app = typer.Typer(help="The local weight cache of the metric backends (the only network access).",
                           no_args_is_help=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness.cli import PresetOpt, app, fail, load_cli_preset
+from harness.cli.common import PresetOpt, app, fail, load_cli_preset
 
 
 @app.command()
