@@ -194,9 +194,9 @@ class RewardConfig(BaseModel):
         name = self.name
         if name not in REWARDS:
             return [f"{where}.reward.name={name!r} is not a registered reward; registered: "
-                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by `harness build "
-                                                         "latent-rm --pairs`, or aesthetic)" if preset.adapter
-                                                         else "")]
+                    f"{', '.join(sorted(REWARDS))}" + (" (a real family: latent_rm with a head fitted by "
+                                                         "`harness build latent-rm --pairs`, or aesthetic)"
+                                                         if preset.adapter else "")]
         if name == "oracle" and preset.data is not None:
             return [f"{where}.reward.name=oracle is the tiny world's judge and cannot score footage; use latent_rm "
                     "(a head fitted by `harness build latent-rm --pairs`), aesthetic or luminance"]

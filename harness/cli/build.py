@@ -78,8 +78,8 @@ def build_latent_rm(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train the latent reward model's head (FCRM's default reward) on the preset's frozen base model."""
-    from harness.data.preferences import PairsError
     from harness.build.latent_rm import train_reward_model, train_reward_on_pairs
+    from harness.data.preferences import PairsError
     from harness.scorers.errors import RewardError
     from harness.scorers.latent_rm import HEAD_FILE
 

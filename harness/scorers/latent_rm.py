@@ -163,8 +163,8 @@ def missing_file(path: str | Path | None) -> str | None:
     for needed in (directory / HEAD_FILE, directory / RECORD_FILE):
         if not needed.is_file():
             return (f"latent reward model file missing: {needed}; build it with `harness build latent-rm --preset tiny "
-                    f"--out {directory}` (a real family: `harness build latent-rm --preset <name> --pairs footage --out "
-                    "DIR`)")
+                    f"--out {directory}` (a real family: `harness build latent-rm --preset <name> --pairs footage "
+                    "--out DIR`)")
     return None
 
 
