@@ -14,12 +14,11 @@ Gamma is not measured and nothing is stored). Both are in the probes' identity
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import PresetConfig
 from harness.store import ResultStore
-from trainers.base import Trainer
+from trainers.base import Draw, Trainer, TrainerConfig
 from trainers.preference import PairsConfig, load_pairs
 from trainers.probes import PROBES, TrainingProbe
 
@@ -98,57 +97,10 @@ def make_probes(preset: PresetConfig, pairs, trainer=None) -> list[TrainingProbe
             for n in cfg.names if trainer is None or PROBES[n].applies(trainer) is None]
 
 
-@dataclass(frozen=True)
-class Draw:
-    """Clips ``start`` .. ``stop - 1`` of ``split`` that a method trains on (``stop`` None: no end)."""
-
-    what: str
-    split: str
-    start: int
-    stop: int | None
-
-    def span(self) -> str:
-        return f"{self.split} clips {self.start}..{'' if self.stop is None else self.stop - 1}"
-
-
-def training_draws(method: str, cfg) -> list[Draw]:
-    """Every range of clips the method's config trains on (its pairs' conditions, rollout conditions,
-    offline or real clips, SFT-style clip walks); read from the config alone, before any work."""
-    from trainers.apo import APOConfig
-    from trainers.fcrm import FCRMConfig
-    from trainers.group_rl import GroupRLConfig
-    from trainers.sft import SFTConfig
-    from trainers.shift import ShiftConfig
-
-    where = f"methods.{method}"
-    walk = "clips seed * 1000000 + step * batch_size, for every seed"
-    out: list[Draw] = []
-
-    def pairs(p: PairsConfig | None, at: str) -> None:
-        if p is not None and p.source != "file":  # a pairs file holds no clip indices of a split
-            out.append(Draw(f"{at}.pairs", p.split, 0, p.conditions))
-
-    pairs(getattr(cfg, "pairs", None), where)
-    if isinstance(cfg, APOConfig):
-        for i, stage in enumerate(cfg.stages):
-            pairs(stage.pairs, f"{where}.stages[{i}]")
-            if stage.kind in ("online", "distill"):
-                out.append(Draw(f"{where}.stages[{i}] ({stage.kind} conditions)", stage.split, 0, stage.conditions))
-    elif isinstance(cfg, FCRMConfig):
-        if cfg.behaviour != "none":
-            out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
-        if cfg.offline is not None and cfg.offline.source == "world":
-            o = cfg.offline
-            out.append(Draw(f"{where}.offline", o.split, o.start, o.start + o.count))
-    elif isinstance(cfg, GroupRLConfig):
-        out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
-    elif isinstance(cfg, ShiftConfig):
-        out.append(Draw(f"{where} (rollout conditions, condition_pool)", cfg.split, 0, cfg.condition_pool))
-        out.append(Draw(f"{where}.real", cfg.real.split, cfg.real.start, cfg.real.start + cfg.real.count))
-        out.append(Draw(f"{where}.anchor_split ({walk})", cfg.anchor_split, 0, None))
-    elif isinstance(cfg, SFTConfig) or (not out and isinstance(getattr(cfg, "split", None), str)):
-        out.append(Draw(f"{where}.split ({walk})", cfg.split, 0, None))  # an unknown method: all of its split
-    return out
+def training_draws(method: str, cfg: TrainerConfig) -> list[Draw]:
+    """Every range of clips the method's config trains on, as the config states them
+    (``TrainerConfig.training_draws``); read from the config alone, before any work."""
+    return cfg.training_draws(f"methods.{method}")
 
 
 def probe_set_problems(configs: dict, preset: PresetConfig) -> list[str]:

@@ -46,7 +46,7 @@ from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
 from harness.models.base import Conditioning
 from harness.sampling import SamplerConfig, guided_velocity, sample
-from trainers.base import SmokeChanges, Trainer
+from trainers.base import Draw, SmokeChanges, Trainer, pairs_draws
 from trainers.claims import Objective, PaperClaim
 from trainers.objectives import sample_sigmas
 from trainers.own_pairs import own_pairs_due, own_pairs_values
@@ -153,6 +153,15 @@ class APOConfig(DPOObjectiveConfig):
                 raise ValueError(f"stage {i} (distill_dpo) needs a distilled model: put a `distill` stage "
                                  "before it")
         return self
+
+    def training_draws(self, where: str) -> list[Draw]:
+        """Each stage's pair set, and the conditions of its online rollouts or guidance distillation."""
+        out = pairs_draws(getattr(self, "pairs", None), where)
+        for i, stage in enumerate(self.stages):
+            out += pairs_draws(stage.pairs, f"{where}.stages[{i}]")
+            if stage.kind in ("online", "distill"):
+                out.append(Draw(f"{where}.stages[{i}] ({stage.kind} conditions)", stage.split, 0, stage.conditions))
+        return out
 
     def training_signals(self) -> list[str]:
         out: list[str] = []

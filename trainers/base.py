@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,23 @@ from trainers.optimizer import AdamWSettings, make_optimizer
 
 # What `harness run --smoke` changes in a method's section: (path inside the section, value).
 SmokeChanges = list[tuple[tuple[str, ...], Any]]
+
+
+# A method's "clip walk": SFT-style batches read clip seed * 1000000 + step * batch_size on, for every seed.
+CLIP_WALK = "clips seed * 1000000 + step * batch_size, for every seed"
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Clips ``start`` .. ``stop - 1`` of ``split`` that a method trains on (``stop`` None: no end)."""
+
+    what: str
+    split: str
+    start: int
+    stop: int | None
+
+    def span(self) -> str:
+        return f"{self.split} clips {self.start}..{'' if self.stop is None else self.stop - 1}"
 
 
 class TrainerConfig(BaseModel):
@@ -67,10 +85,30 @@ class TrainerConfig(BaseModel):
         method imitates (SFT's clips) is not a judge."""
         return []
 
+    def training_draws(self, where: str) -> list[Draw]:
+        """Every range of clips this config trains on (its pairs' conditions, rollout conditions, offline
+        or real clips, clip walks), read from the config alone so that a held-out probe set that overlaps
+        them is refused before any work (harness/probing.py). ``where`` names the section
+        (``methods.<name>``). The default: a ``pairs`` field's conditions, or else, for a config with a
+        ``split``, a clip walk over all of that split (SFT, and a method that says nothing more)."""
+        out = pairs_draws(getattr(self, "pairs", None), where)
+        split = getattr(self, "split", None)
+        if not out and isinstance(split, str):
+            out.append(Draw(f"{where}.split ({CLIP_WALK})", split, 0, None))
+        return out
+
     def batch_layout(self) -> list[tuple[str, int, int]]:
         """(what, global count, group size) of each batch split across ranks: the count must be a
         multiple of world size x group size (a group never straddles two ranks)."""
         return [("batch_size", self.batch_size, 1)]
+
+
+def pairs_draws(pairs: Any, where: str) -> list[Draw]:
+    """The conditions a preference pair set (``trainers.preference.PairsConfig``) is sampled from; a
+    pairs file holds no clip indices of a split."""
+    if pairs is None or pairs.source == "file":
+        return []
+    return [Draw(f"{where}.pairs", pairs.split, 0, pairs.conditions)]
 
 
 class Trainer(ABC):

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import frame_size
 from harness.models.base import Conditioning
-from trainers.base import SmokeChanges, Trainer, TrainerConfig
+from trainers.base import Draw, SmokeChanges, Trainer, TrainerConfig, pairs_draws
 from trainers.claims import Objective, PaperClaim
 from trainers.fcrm_data import (
     FCRMDataError,
@@ -134,6 +134,16 @@ class FCRMConfig(TrainerConfig):
 
     def optimizer_settings(self) -> AdamWSettings:
         return AdamWSettings(weight_decay=self.weight_decay)
+
+    def training_draws(self, where: str) -> list[Draw]:
+        """The rollout conditions (unless fully offline) and the offline clips drawn from the world."""
+        out = pairs_draws(getattr(self, "pairs", None), where)
+        if self.behaviour != "none":
+            out.append(Draw(f"{where} (rollout conditions, condition_pool)", self.split, 0, self.condition_pool))
+        if self.offline is not None and self.offline.source == "world":
+            o = self.offline
+            out.append(Draw(f"{where}.offline", o.split, o.start, o.start + o.count))
+        return out
 
     def training_signals(self) -> list[str]:
         return [self.reward.name]

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from harness.distributed import Dist
 from harness.models.base import ModelAdapter
-from trainers.base import Trainer, TrainerConfig
+from trainers.base import Draw, Trainer, TrainerConfig, pairs_draws
 from trainers.fcrm_data import Samples, policy_rollouts
 from trainers.rewards import Reward, RewardConfig, RewardInputs, build_reward
 
@@ -44,6 +44,10 @@ class GroupRLConfig(TrainerConfig):
 
     def preset_problems(self, preset, where: str) -> list[str]:
         return self.reward.preset_problems(preset, where)
+
+    def training_draws(self, where: str) -> list[Draw]:
+        return [*pairs_draws(getattr(self, "pairs", None), where),
+                Draw(f"{where} (rollout conditions, condition_pool)", self.split, 0, self.condition_pool)]
 
     def batch_layout(self) -> list[tuple[str, int, int]]:
         return [*super().batch_layout(),

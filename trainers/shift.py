@@ -54,7 +54,7 @@ from harness.scorers.motion_rm import (
     load_discriminator,
     rewards_from_logits,
 )
-from trainers.base import SmokeChanges, Trainer, TrainerConfig
+from trainers.base import CLIP_WALK, Draw, SmokeChanges, Trainer, TrainerConfig, pairs_draws
 from trainers.claims import Objective, PaperClaim
 from trainers.fcrm_data import Samples, policy_rollouts
 from trainers.objectives import denoising_loss, sample_sigmas
@@ -135,6 +135,13 @@ class ShiftConfig(TrainerConfig):
 
     def optimizer_settings(self) -> AdamWSettings:
         return AdamWSettings(betas=ADAMW_BETAS, weight_decay=self.weight_decay)
+
+    def training_draws(self, where: str) -> list[Draw]:
+        """The rollout conditions, the discriminators' real clips and the SFT anchor's clip walk."""
+        return [*pairs_draws(getattr(self, "pairs", None), where),
+                Draw(f"{where} (rollout conditions, condition_pool)", self.split, 0, self.condition_pool),
+                Draw(f"{where}.real", self.real.split, self.real.start, self.real.start + self.real.count),
+                Draw(f"{where}.anchor_split ({CLIP_WALK})", self.anchor_split, 0, None)]
 
     def training_signals(self) -> list[str]:
         return list(self.rewards)
