@@ -29,6 +29,7 @@ from harness.data.video_io import tensor_to_frames
 from harness.data.world import WorldCondition
 from harness.distributed import current
 from harness.models.base import ModelAdapter
+from harness.rundir import RunDir
 from harness.sampling import SamplerConfig, sample, sigma_schedule
 from harness.scorers.backends.features import shared_features
 from harness.scorers.backends.flow import shared_flows
@@ -349,7 +350,6 @@ def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -
 
 def _method_settings(path: Path, methods: dict | None) -> dict:
     """The settings of the method that wrote LoRA checkpoint ``path`` (from its run's manifest)."""
-    from harness.rundir import RunDir
 
     where = RunDir.locate(path)
     if methods is None and where is None:
@@ -370,7 +370,6 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
     """Compute metrics missing from every checkpoint of a run (e.g. a metric added later)."""
     from harness.config import PresetConfig as Preset
     from harness.models.starting import base_adapter, base_weights
-    from harness.rundir import RunDir
 
     run = RunDir(run_dir)
     info = run.read_manifest() or {}
@@ -401,7 +400,7 @@ def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> Re
     from harness.provenance import provenance
 
     out.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(out / "results.sqlite")
+    store = ResultStore(RunDir(out).results)
     try:
         store.add_run(run_id, preset.name, {"preset": preset.record(), **config}, [0], provenance())
     except ValueError as exc:
@@ -416,7 +415,6 @@ def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_name
     """Evaluate one checkpoint into ``out``. Its results and samples are tied to the digest of its
     weights: another checkpoint evaluated into the same ``out`` is stored under its own name and never
     reuses these samples; the same checkpoint with changed weights is sampled and scored again."""
-    from harness.rundir import RunDir
 
     evaluator = Evaluator(preset, metric_names)
     where = RunDir.locate(path) if (path / "lora.safetensors").is_file() else None
@@ -433,7 +431,7 @@ def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_name
     with _new_store(out, run_id, preset, {"checkpoint": str(path.resolve())}) as store:
         ckpt = store.checkpoint(run_id, method, seed, step, str(path.resolve()), preset.sampler.model_dump())
         evaluator.evaluate(store, ckpt, adapter, out / "samples" / f"{label}.npz", show_progress, weights=weights)
-    return out / "results.sqlite"
+    return RunDir(out).results
 
 
 MIN_FRAMES = 2  # every video metric compares consecutive frames
@@ -499,4 +497,4 @@ def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names:
         if not videos:
             raise ValueError(f"none of the {len(files)} videos in {folder} could be scored; see the skips above")
         evaluator.score(store, ckpt, videos, show_progress)
-    return out / "results.sqlite", skipped
+    return RunDir(out).results, skipped

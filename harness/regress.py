@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.rundir import RunDir
 from harness.store import open_readonly
 
 SCHEMA = "harness-leaderboard"
@@ -70,7 +71,7 @@ class Comparison:
 # -- reading a run ------------------------------------------------------------------------------
 def run_entries(run_dir: Path) -> pd.DataFrame:
     """Per (method, step, metric): seeds, per-seed values and bootstrap standard errors of a run."""
-    db = Path(run_dir) / "results.sqlite"
+    db = RunDir(run_dir).results
     if not db.exists():
         raise LeaderboardError(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
     with open_readonly(db) as store:  # a reader: never give a 0-byte or foreign file a schema
@@ -102,7 +103,7 @@ def _num(v: Any) -> float | None:
 
 def run_manifest(run_dir: Path) -> dict:
     """The run's run.json ({} when there is none)."""
-    path = Path(run_dir) / "run.json"
+    path = RunDir(run_dir).manifest
     if not path.exists():
         return {}
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import PresetConfig
+from harness.rundir import RunDir
 from harness.runner import RunError, RunOptions, run
 from harness.store import StoreError, open_readonly
 
@@ -37,7 +38,7 @@ class RunDiff:
 
 
 def load_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / "run.json"
+    path = RunDir(run_dir).manifest
     if not path.exists():
         raise RunError(f"{run_dir} has no run.json (the run manifest); only directories written by `harness run` "
                        "can be reproduced")
@@ -50,11 +51,11 @@ def load_manifest(run_dir: Path) -> dict:
 def reproduce(run_dir: Path, out: Path, show_progress: bool = False, atol: float = 0.0) -> RunDiff:
     manifest = load_manifest(run_dir)
     try:  # the numbers to compare with must be readable before the (long) re-run, not after it
-        with open_readonly(Path(run_dir) / "results.sqlite"):
+        with open_readonly(RunDir(run_dir).results):
             pass
     except StoreError as exc:
         raise RunError(f"nothing to reproduce against: {exc}") from exc
-    if (Path(out) / "results.sqlite").exists():
+    if RunDir(out).results.exists():
         raise RunError(f"{out} already holds a run; choose an empty --out for the re-run")
     try:
         preset = PresetConfig.model_validate(manifest["preset"])
@@ -67,7 +68,7 @@ def reproduce(run_dir: Path, out: Path, show_progress: bool = False, atol: float
 
 
 def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    with open_readonly(Path(run_dir) / "results.sqlite") as store:  # a reader: never writes either run
+    with open_readonly(RunDir(run_dir).results) as store:  # a reader: never writes either run
         agg, rec, logs = store.aggregates(), store.records(), store.train_logs()
     logs = logs[~logs["key"].isin(TIMING_KEYS)] if not logs.empty else logs
     return agg, rec, logs

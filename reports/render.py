@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from harness.rundir import RunDir
 from harness.store import open_readonly
 from metrics.identity import directions_for
 from metrics.judges import overlaps
@@ -30,7 +31,7 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    db = run_dir / "results.sqlite"
+    db = RunDir(run_dir).results
     if not db.is_file():
         raise FileNotFoundError(f"no results store in the run directory: {db} does not exist")
     with open_readonly(db) as store:  # never creates tables; a bad file raises StoreError

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.rundir import RunDir
 from harness.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def _as_preset(value: Any) -> dict[str, Any]:
 
 def load_run_info(run_dir: Path, store: ResultStore) -> RunInfo:
     """Merge run.json with the store's run row; the run id must be one the store knows, if it knows any."""
-    meta = _read_json(run_dir / "run.json")
+    meta = _read_json(RunDir(run_dir).manifest)
     runs = store.runs()
     run_id = meta.get("run_id") or run_dir.resolve().name
     if not runs.empty and run_id not in set(runs["run_id"]):

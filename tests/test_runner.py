@@ -119,7 +119,8 @@ def test_sigkill_then_resume_gives_the_same_numbers(tmp_path):
 
 def test_cli_run_rejects_unknown_method_and_metric(tmp_path):
     res = CliRunner().invoke(app, ["run", "--methods", "sft,magic", "--out", str(tmp_path / "x")])
-    assert res.exit_code == 2 and "unknown method(s) magic; registered: apo, awm, diffusionnft, dpo, fcrm, flow-grpo, pgdpo, sft, shift;" in res.output
+    registered = "apo, awm, diffusionnft, dpo, fcrm, flow-grpo, pgdpo, sft, shift;"
+    assert res.exit_code == 2 and f"unknown method(s) magic; registered: {registered}" in res.output
     res = CliRunner().invoke(app, ["eval", "--run", str(tmp_path), "--metrics", "beauty"])
     assert res.exit_code == 2 and "unknown metric(s) beauty; registered:" in res.output
 

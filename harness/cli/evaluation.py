@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from harness.cli.common import PresetOpt, SetOpt, app, fail, load_cli_preset, split_csv
+from harness.rundir import RunDir
 
 
 @app.command("eval")
@@ -50,7 +51,7 @@ def eval_cmd(
     cfg = load_cli_preset(preset, sets, fvd_sets)
     try:
         if run_dir is not None:
-            if not (run_dir / "run.json").is_file():
+            if not RunDir(run_dir).manifest.is_file():
                 fail(f"{run_dir} holds no run (no run.json)")
             typer.echo(f"results: {evaluate_run(run_dir, names)}")
         elif checkpoint is not None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from harness.cli.common import app, fail
+from harness.rundir import RunDir
 
 
 @app.command()
@@ -62,7 +63,7 @@ def regress(
 def _run_preset(run_dir: Path) -> str:
     from harness.regress import run_manifest
 
-    if not (run_dir / "run.json").exists():
+    if not RunDir(run_dir).manifest.exists():
         fail(f"{run_dir} has no run.json; pass --leaderboard explicitly")
     preset = run_manifest(run_dir).get("preset")
     return (preset.get("name") if isinstance(preset, dict) else preset) or "tiny"

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from harness.cli.common import app, fail
+from harness.rundir import RunDir
 
 
 @app.command("report")
@@ -19,7 +20,7 @@ def report_cmd(
     from harness.store import StoreError
     from reports.render import render_report
 
-    if not (run_dir / "results.sqlite").is_file():
+    if not RunDir(run_dir).results.is_file():
         fail(f"{run_dir} holds no run (no results.sqlite); run `harness run --out {run_dir}` first")
     try:
         index = render_report(run_dir, show_ci=ci)
@@ -46,7 +47,7 @@ def export(
         fail(f"unknown export format {fmt!r}; allowed: {', '.join(formats)}")
     if identity and fmt != "vbench":
         fail(f"--identity chooses what --format vbench exports; {fmt} exports every table whole, drop --identity")
-    db = results / "results.sqlite"
+    db = RunDir(results).results
     if not db.is_file():
         fail(f"no results store at {db}")
     left_out: list[str] = []
