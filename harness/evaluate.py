@@ -29,7 +29,7 @@ from harness.data.video_io import tensor_to_frames
 from harness.data.world import WorldCondition
 from harness.distributed import current
 from harness.models.base import ModelAdapter
-from harness.rundir import RunDir
+from harness.rundir import LORA, SAMPLES, RunDir
 from harness.sampling import SamplerConfig, sample, sigma_schedule
 from harness.scorers.backends.features import shared_features
 from harness.scorers.backends.flow import shared_flows
@@ -311,7 +311,7 @@ def is_final(step: int, steps: int | None) -> bool:
 def checkpoint_weights(preset: PresetConfig, path: Path, base_checkpoint: str | None = None) -> str:
     """The weights identity of a run checkpoint (its LoRA on the preset's base) or a model directory."""
     from harness.models.starting import base_weights
-    from harness.rundir import LORA, dir_digest, file_digest
+    from harness.rundir import dir_digest, file_digest
 
     if (path / LORA).is_file():
         return f"{base_weights(preset, base_checkpoint)}+lora:{file_digest(path / LORA)}"
@@ -327,7 +327,6 @@ def adapter_for(preset: PresetConfig, path: Path, methods: dict | None = None) -
 
     from harness.models.starting import base_adapter
     from harness.models.tiny_wan import TinyWanAdapter
-    from harness.rundir import LORA
 
     if (path / "adapter.json").is_file():
         adapter = TinyWanAdapter.load(path)
@@ -382,7 +381,7 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
             sampler = SamplerConfig(**row.sampler) if isinstance(row.sampler, dict) and "kind" in row.sampler \
                 else None
             cfg = (info.get("methods") or {}).get(row.method) or {}
-            if row.method == "base" or not (path / "lora.safetensors").is_file():
+            if row.method == "base" or not (path / LORA).is_file():
                 weights = base_weights(preset, cfg.get("base_checkpoint"))
                 def load(cfg=cfg):
                     return base_adapter(preset, cfg.get("base_checkpoint"))
@@ -391,7 +390,7 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
                 def load(path=path):
                     return adapter_for(preset, path, info["methods"])
             final = row.method == "base" or is_final(int(row.step), cfg.get("steps"))
-            evaluator.evaluate(store, int(row.checkpoint_id), load, path / "samples.npz", show_progress, sampler,
+            evaluator.evaluate(store, int(row.checkpoint_id), load, path / SAMPLES, show_progress, sampler,
                                weights=weights, final=final)
     return run.results
 
@@ -417,7 +416,7 @@ def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_name
     reuses these samples; the same checkpoint with changed weights is sampled and scored again."""
 
     evaluator = Evaluator(preset, metric_names)
-    where = RunDir.locate(path) if (path / "lora.safetensors").is_file() else None
+    where = RunDir.locate(path) if (path / LORA).is_file() else None
     if where is not None:
         run, method, seed, step = where
         methods = (run.read_manifest() or {}).get("methods") or {}

@@ -149,6 +149,24 @@ class RunDir:
                  if (m := _CKPT.match(p.name)) and (p / DONE).exists()]
         return sorted(s for s in steps if s <= max_step)
 
+    def checkpoint_samples(self) -> list[tuple[str, int, int, Path]]:
+        """(method, seed, step, samples file) of every checkpoint directory that holds its eval samples,
+        the base model's first (seed 0), then the methods by name, seeds and steps in order; leftovers of
+        interrupted writes (``.partial``) are ignored."""
+        def numbered(directory: Path, prefix: str) -> list[tuple[int, Path]]:
+            if not directory.is_dir():
+                return []
+            return sorted((int(p.name[len(prefix):]), p) for p in directory.iterdir()
+                          if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix):].isdigit())
+
+        root = self.root / "checkpoints"
+        out = [("base", 0, step, p / SAMPLES) for step, p in numbered(root / "base", "step")]
+        methods = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "base") if root.is_dir() else []
+        for method in methods:
+            for seed, seed_dir in numbered(root / method, "seed"):
+                out.extend((method, seed, step, p / SAMPLES) for step, p in numbered(seed_dir, "step"))
+        return [item for item in out if item[3].is_file()]
+
     # -- manifest and identity ---------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
         if not self.manifest.is_file():

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from harness.rundir import RunDir
 from reports.identity import slug
 from reports.tables import BASE, method_order
 
@@ -61,26 +62,6 @@ def filmstrip(frames: np.ndarray, k: int = 4, scale: int | None = None, sep: int
     return canvas
 
 
-def _numbered(directory: Path, prefix: str) -> list[tuple[int, Path]]:
-    """Sub-directories named prefix<digits> (ignores '.partial' leftovers of interrupted writes)."""
-    if not directory.is_dir():
-        return []
-    found = [(int(p.name[len(prefix):]), p) for p in directory.iterdir()
-             if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]
-    return sorted(found)
-
-
-def find_samples(run_dir: Path) -> list[tuple[str, int, int, Path]]:
-    """(method, seed, step, samples.npz) for every checkpoint of the run-directory layout that has one."""
-    root = run_dir / "checkpoints"
-    out = [(BASE, 0, step, p / "samples.npz") for step, p in _numbered(root / BASE, "step")]
-    methods = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != BASE) if root.is_dir() else []
-    for method in methods:
-        for seed, seed_dir in _numbered(root / method, "seed"):
-            out.extend((method, seed, step, p / "samples.npz") for step, p in _numbered(seed_dir, "step"))
-    return [item for item in out if item[3].is_file()]
-
-
 def eval_captions(preset: Mapping[str, Any], n: int) -> list[str] | None:
     """Captions of eval conditions 0..n-1, regenerated from the preset's tiny-world config; None if not."""
     if "world" not in preset:
@@ -100,7 +81,7 @@ def build_gallery(run_dir: Path, out_dir: Path, k: int = 4, scale: int | None = 
                   captions: Sequence[str] | None = None) -> list[GalleryItem]:
     """Write one filmstrip PNG per checkpoint (base first); unreadable sample files are logged and skipped."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    found = find_samples(run_dir)
+    found = RunDir(run_dir).checkpoint_samples()
     rank = {m: i for i, m in enumerate(method_order((f[0] for f in found), methods))}
     items = []
     for method, seed, step, path in sorted(found, key=lambda f: (rank[f[0]], f[1], f[2])):
