@@ -51,13 +51,29 @@ def test_claims_table_is_todays_plus_one_objective_row_per_method():
     table = check_claims(synthetic_run(), signals={"fcrm": ["latent_rm"], "dpo": ["oracle"]})
     lines = claims_markdown(table, "tiny").splitlines()
     own = [ln for ln in lines if ln.startswith(f"| {OWN} |")]
-    assert own == [f"| {OWN} | {m} improves its own training objective | no {k} logged | **{ABSENT}** |"
-                   for m, k in [("sft", "loss"), ("shift", "loss"), ("dpo", "reward_margin"),
-                                ("pgdpo", "reward_margin"), ("apo", "reward_margin"), ("fcrm", "reward/round_mean")]]
+    in_run = [f"| {OWN} | {m} improves its own training objective | no {k} logged | **{ABSENT}** |"
+              for m, k in [("sft", "loss"), ("shift", "loss")]]
+    in_run += [f"| {OWN} | flow-grpo improves its own training objective | needs method(s) flow-grpo in the run "
+               f"| **{ABSENT}** |"]
+    in_run += [f"| {OWN} | {m} improves its own training objective | no {k} logged | **{ABSENT}** |"
+               for m, k in [("dpo", "reward_margin"), ("pgdpo", "reward_margin"), ("apo", "reward_margin"),
+                            ("fcrm", "reward/round_mean")]]
+    in_run += [f"| {OWN} | {m} improves its own training objective | needs method(s) {m} in the run | **{ABSENT}** |"
+               for m in ("awm", "diffusionnft")]
+    assert own == in_run
+    # the baselines' comparative claims: not measured here, the synthetic run has none of them
+    baselines = [ln for ln in lines if ln.startswith("| ") and not ln.startswith(f"| {OWN} |") and
+                 any(b in ln for b in ("Flow-GRPO", "than AWM", "than DiffusionNFT"))]
+    assert len(baselines) == 3 and all(f"**{ABSENT}**" in ln for ln in baselines)
     before = BEFORE.read_text(encoding="utf-8").splitlines()
-    # the same table, the six added rows aside; the head's count of "not measured" grows by them
-    assert [ln for ln in lines if ln not in own] == [before[0].replace("0 not measured.", "6 not measured."),
-                                                     *before[1:]]
+    # the same table, the added rows aside; the head's count of "not measured" grows by them
+    rest = [ln for ln in lines if ln not in own + baselines]
+    assert [ln for ln in rest if not ln.startswith("†")] == [
+        before[0].replace("0 not measured.", f"{len(own) + len(baselines)} not measured."),
+        *[ln for ln in before[1:] if not ln.startswith("†")]]
+    # the overlap footnote: today's, then the baselines' claims decided on FCRM's training judge
+    (note,), (note_before,) = [ln for ln in rest if ln.startswith("†")], [ln for ln in before if ln.startswith("†")]
+    assert note.startswith(note_before.rstrip(".")) and "more than AWM at matched compute: fcrm trained on" in note
 
 
 class ToyTrainer(Trainer):

@@ -43,6 +43,7 @@ import torch
 from pydantic import Field
 
 from harness.sampling import sigma_schedule
+from trainers.claims import Objective, PaperClaim
 from trainers.group_rl import GroupRLConfig, SampleRoundTrainer, lerp_weights, noised_rows, using_weights
 from trainers.registry import register_trainer
 
@@ -87,6 +88,12 @@ class AWMConfig(GroupRLConfig):
 @register_trainer
 class AWMTrainer(SampleRoundTrainer):
     name = "awm"
+    training_objective = Objective("reward/round_mean", "higher", "mean training reward of its rollout rounds")
+    report_rank = 70
+    claims = (  # FCRM's paper: "Compared to AWM and DiffusionNFT, FCRM achieves the best VBench" scores
+        PaperClaim("FCRM", "FCRM raises the latent reward more than AWM at matched compute", "difference",
+                   ("fcrm", "awm"), a="fcrm", b="awm", metric="latent_reward"),
+    )
     config_class = AWMConfig
     description = "AWM: advantage-weighted flow matching on the policy's own samples (clipped ratio, KL to ref and EMA)"
     replay_state = (*SampleRoundTrainer.replay_state, "old", "ema")

@@ -49,6 +49,7 @@ import torch
 from pydantic import Field
 
 from harness.sampling import sigma_schedule
+from trainers.claims import Objective, PaperClaim
 from trainers.group_rl import GroupRLConfig, SampleRoundTrainer, lerp_weights, noised_rows, using_weights
 from trainers.registry import register_trainer
 
@@ -94,6 +95,12 @@ class DiffusionNFTConfig(GroupRLConfig):
 @register_trainer
 class DiffusionNFTTrainer(SampleRoundTrainer):
     name = "diffusionnft"
+    training_objective = Objective("reward/round_mean", "higher", "mean training reward of its rollout rounds")
+    report_rank = 71
+    claims = (  # FCRM's paper: "Compared to AWM and DiffusionNFT, FCRM achieves the best VBench" scores
+        PaperClaim("FCRM", "FCRM raises the latent reward more than DiffusionNFT at matched compute", "difference",
+                   ("fcrm", "diffusionnft"), a="fcrm", b="diffusionnft", metric="latent_reward"),
+    )
     config_class = DiffusionNFTConfig
     description = "DiffusionNFT: negative-aware forward-process objective with implicit positive/negative policies"
     replay_state = (*SampleRoundTrainer.replay_state, "old")
