@@ -17,6 +17,10 @@ from reports.tables import markdown_grid, method_order
 METRIC_PREFIX = "distortion_rate["
 
 
+COMPUTE_NOTE = ("Compute counts training passes over a pair batch (an APO step with a 5-timestep window counts 5); "
+                "the rollouts of APO's online and half-online stages (2 and 1 videos per pair) are not counted.")
+
+
 def passes_per_step(config: dict[str, Any]) -> int:
     """Denoising passes per optimisation step: the window size for trajectory-windowed methods."""
     ts = config.get("timesteps")
@@ -52,7 +56,7 @@ def distortion_markdown(table: pd.DataFrame, num_videos: int | None) -> str:
              for _, r in table.iterrows()]
     head = ["Method", "seeds", "final step", "compute (DPO-step equivalents)", "distortion rate ↓"]
     note = (f"Distortion rate at each method's final checkpoint: mean ± sample std over seeds"
-            f"{f', {num_videos} eval videos per seed' if num_videos else ''}.\n\n")
+            f"{f', {num_videos} eval videos per seed' if num_videos else ''}. {COMPUTE_NOTE}\n\n")
     return note + markdown_grid(head, cells)
 
 
@@ -62,8 +66,7 @@ def distortion_html(table: pd.DataFrame) -> list[str]:
     shown = table.assign(mean=(100 * table["mean"]).round(1), std=(100 * table["std"]).round(1))
     return ["<h2>Distortion rate over seeds (Diffusion-APO Table 1)</h2>",
             '<p class="note">Final checkpoint of each method, in %: mean and sample std over seeds. '
-            "Compute counts denoising passes over a pair batch (an APO step with a 5-timestep window "
-            "counts 5).</p>",
+            f"{COMPUTE_NOTE}</p>",
             '<div class="scroll">' + shown.to_html(index=False, na_rep="–", border=0) + "</div>"]
 
 

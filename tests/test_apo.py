@@ -40,6 +40,25 @@ def test_stage_config_is_checked():
     assert [s.steps for s in scaled.stages] == [4, 2] and scaled.steps == 6
 
 
+def test_the_default_apo_is_the_papers_curriculum_and_apo_offline_is_table_1():
+    """Issue #26: `apo` runs online, half-online, offline (Sec. 3.3; + distillation on a guided preset), and the
+    offline-only form is the named variant that Table 1's compute-matched comparison with DPO uses."""
+    from harness.runner import RunOptions, method_config
+
+    assert [s.kind for s in APOConfig().stages] == ["online", "half_online", "offline"]
+    kinds = {}
+    for name in ("tiny", "tiny-long", "wan21-i2v-dpo"):
+        preset = load_preset(name)
+        kinds[name] = {m: [s.kind for s in method_config(preset, m, RunOptions([m])).stages]
+                       for m in ("apo", "apo-offline")}
+    assert kinds["tiny"] == kinds["tiny-long"] == {"apo": ["online", "half_online", "offline"],
+                                                   "apo-offline": ["offline"]}
+    assert kinds["wan21-i2v-dpo"] == {"apo": ["online", "half_online", "offline", "distill", "distill_dpo"],
+                                      "apo-offline": ["offline"]}
+    claim = {c.a: c for c in APOTrainer.claims}
+    assert claim["apo-offline"].b == "dpo" and claim["apo"].b == "base"
+
+
 def test_each_stage_references_the_previous_stage(tmp_path):
     stages = [{"kind": "offline", "steps": 2, "pairs": PAIRS}, {"kind": "offline", "steps": 2, "pairs": PAIRS}]
     trainer = _trainer(tmp_path, stages)
@@ -208,3 +227,16 @@ def test_after_distillation_rollouts_and_evaluation_drop_guidance(tmp_path):
     plain = guided.model_copy(update={"guidance_scale": 1.0, "stg_scale": 0.0})
     assert [trainer.eval_sampler(s) for s in (0, 1, 2, 3)] == [guided, guided, plain, plain]
     assert trainer._sampler_after(0) == guided and trainer._sampler_after(2) == plain  # rollouts of stage 2
+
+
+def test_a_missing_vlm_ranker_directory_is_refused_before_any_work(tmp_path, monkeypatch):
+    from harness.runner import RunError, check_methods
+
+    monkeypatch.setenv("HARNESS_MODELS", str(tmp_path))
+    preset = load_preset("tiny")
+    cfg = APOConfig(**{**preset.methods["apo"], "stages": [{"kind": "online", "steps": 2, "ranker": "vlm",
+                                                            "ranker_model": "my-ranker"}]})
+    with pytest.raises(RunError, match=rf"VLM ranker's directory '{tmp_path}/my-ranker' does not exist; place"):
+        check_methods({"apo": cfg}, preset)
+    (tmp_path / "my-ranker").mkdir()
+    check_methods({"apo": cfg}, preset)  # found under $HARNESS_MODELS

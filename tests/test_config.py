@@ -23,7 +23,8 @@ def test_a_preset_extends_another_and_lists_only_what_it_changes(tmp_path):
     assert (long["methods"]["sft"]["steps"], tiny["methods"]["sft"]["steps"]) == (300, 100)
     assert long["methods"]["sft"]["lora_rank"] == tiny["methods"]["sft"]["lora_rank"] == 8
     assert long["methods"]["shift"]["buffer"] == tiny["methods"]["shift"]["buffer"]
-    assert long["methods"]["apo"]["stages"][0]["steps"] == 60 and long["probes"]["pairs"] == tiny["probes"]["pairs"]
+    assert long["methods"]["apo-offline"]["stages"][0]["steps"] == 60
+    assert long["probes"]["pairs"] == tiny["probes"]["pairs"]
     # a file extends the file next to it, and overrides still apply on top
     (tmp_path / "mine.yaml").write_text("extends: tiny\nname: mine\nsampler: {num_steps: 4}\n")
     (tmp_path / "mine2.yaml").write_text("extends: mine.yaml\nname: mine2\n")

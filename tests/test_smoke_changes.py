@@ -11,8 +11,11 @@ from harness.smoke import smoke_changes
 
 PRESET_WIDE = [(("eval", "num_videos"), 4), (("eval", "final_num_videos"), None), (("sampler", "num_steps"), 4),
                (("probes", "pairs"), 4), (("probes", "draws"), 1)]
-APO_STAGES = [{"kind": "offline", "steps": 20, "pairs": {"source": "rollouts", "split": "prompts", "conditions": 8,
-                                                           "per_condition": 4, "judge": "latent_rm"}}]
+_APO_PAIRS = {"source": "rollouts", "split": "prompts", "conditions": 8, "per_condition": 4, "judge": "latent_rm"}
+# issue #26: the tiny `apo` is the paper's online, half-online, offline curriculum
+APO_STAGES = [{"kind": "online", "steps": 7, "ranker": "latent_rm", "split": "prompts", "conditions": 8},
+              {"kind": "half_online", "steps": 7, "pairs": _APO_PAIRS},
+              {"kind": "offline", "steps": 6, "pairs": _APO_PAIRS}]
 SHIFT_BUFFER = {"prompts": 2, "rollouts_per_prompt": 2, "passes": 1}
 
 
