@@ -23,6 +23,7 @@ from harness.config import load_preset
 from harness.evaluate import Evaluator
 from harness.models.tiny_wan import TinyWanAdapter
 from trainers.apo import APOConfig, APOTrainer
+from trainers.base import trainer_settings
 
 METRICS = ["distortion_rate", "motion_adherence", "motion_score", "subject_consistency"]
 
@@ -63,7 +64,7 @@ def main() -> None:
 
     stage = {"kind": "distill", "steps": args.steps, "teacher_guidance_scale": args.guidance,
              "teacher_stg_scale": args.stg, "stg_blocks": [2]}
-    cfg = APOConfig(**{**preset.methods.get("apo", {}), "stages": [stage], "lr": 5e-4})
+    cfg = APOConfig(**{**trainer_settings(preset.methods.get("apo", {})), "stages": [stage], "lr": 5e-4})
     torch.manual_seed(0)
     trainer = APOTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0)
     trainer.adapter.model.train()

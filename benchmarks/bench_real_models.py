@@ -41,6 +41,7 @@ from harness.config import load_preset
 from harness.data.video_io import write_video
 from harness.models.registry import load_adapter
 from harness.sampling import sample
+from trainers.base import trainer_settings
 from trainers.registry import trainer_for
 
 PRESETS = ["svd-davis", "wan22-ti2v", "wan21-1.3b-fewstep", "wan21-i2v-dpo"]
@@ -65,7 +66,7 @@ def method_config(method: str, preset, batch: int, shift_paths: dict[str, str]) 
                   "buffer": {"prompts": 1, "rollouts_per_prompt": batch, "passes": 1},
                   "real": {"split": SPLIT, "start": 0, "count": 4}, "reward_paths": shift_paths},
     }[method]
-    return {**preset.methods.get(method, {}), **small}
+    return trainer_settings({**preset.methods.get(method, {}), **small})
 
 
 def random_footage(root: Path, frames: int, height: int, width: int, videos: int = 4) -> None:

@@ -22,6 +22,7 @@ from bench_common import median_seconds, write_record
 from harness.config import load_preset
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
+from trainers.base import trainer_settings
 from trainers.registry import available_methods, get_trainer
 
 # Trainers whose steps are not alike (fcrm pays a rollout round every few steps) have their own.
@@ -44,7 +45,7 @@ def main() -> None:
             if method in OWN_BENCHMARK:
                 continue
             cls = get_trainer(method)
-            raw = json.loads(json.dumps(preset.methods.get(method, {})))  # a deep copy
+            raw = json.loads(json.dumps(trainer_settings(preset.methods.get(method, {}))))  # a deep copy
             for part in [raw, *raw.get("stages", [])]:  # apo's stages carry their own pair sets
                 if "pairs" in part:
                     part["pairs"] = {**part["pairs"], "conditions": 16}

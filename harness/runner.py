@@ -3,6 +3,7 @@
     for each method, for each seed:
         step 0 is the base model (evaluated once per run, stored as method 'base')
         train; every `eval_every` steps and at the end: checkpoint, then evaluate
+        (the schedule, `Schedule`, is the runner's: a trainer owns its loss, data and state)
 
 The base model and each method's last checkpoint are evaluated on the final eval set
 (``eval.final_num_videos``), the other checkpoints on its first ``eval.num_videos`` videos.
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from harness.config import PresetConfig
@@ -38,7 +40,7 @@ from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
 from metrics.judges import evaluation_overlaps
-from trainers.base import TrainerConfig
+from trainers.base import SCHEDULE_KEYS, TrainerConfig, trainer_settings
 from trainers.registry import trainer_for
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,21 @@ class RunOptions:
         return {k: v for k, v in asdict(self).items() if k not in self.ACTIONS or k == "resume"}
 
 
-def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> TrainerConfig:
+class Schedule(BaseModel):
+    """The outer loop of one method: the runner's, not the trainer's. A method's preset section sets it
+    (``steps``, ``eval_every``; trainers/base.py ``SCHEDULE_KEYS``), ``--steps`` / ``--eval-every`` override it,
+    and a trainer whose settings define its length (APO's stages) gives ``steps``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(300, ge=1, description="training steps")
+    eval_every: int = Field(100, ge=1, description="save and evaluate a checkpoint every this many steps (and at "
+                                                   "the last step and the trainer's own checkpoint steps)")
+
+
+def method_plan(preset: PresetConfig, method: str, opts: RunOptions) -> tuple[TrainerConfig, Schedule]:
+    """The method's trainer config and the runner's schedule for it, from its preset section (a named
+    variant's merged over its trainer's) and the run's options."""
     raw = dict(preset.methods.get(method, {}))
     parent = raw.get("trainer")
     if parent and parent != method:  # a named variant starts from its trainer's own section
@@ -87,14 +103,25 @@ def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> Traine
         cls = trainer_for(method, raw)
     except KeyError as exc:
         raise RunError(f"method {method!r}: {exc.args[0]}") from exc
+    schedule = {k: raw[k] for k in SCHEDULE_KEYS if k in raw}
     if opts.steps is not None:
-        raw["steps"] = opts.steps
+        schedule["steps"] = opts.steps
     if opts.eval_every is not None:
-        raw["eval_every"] = opts.eval_every
+        schedule["eval_every"] = opts.eval_every
     try:
-        return cls.config_class(**raw)
+        cfg = cls.config_class(**trainer_settings(raw))
+        if cfg.planned_steps() is not None:  # the trainer's settings define its length
+            if "steps" in schedule:
+                cfg = cfg.fit_steps(schedule["steps"])
+            schedule["steps"] = cfg.planned_steps()
+        return cfg, Schedule(**schedule)
     except Exception as exc:  # pydantic ValidationError: name the method section
         raise RunError(f"invalid settings for method {method!r} (preset section methods.{method}): {exc}") from exc
+
+
+def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> TrainerConfig:
+    """The method's trainer config alone (``method_plan`` without the schedule)."""
+    return method_plan(preset, method, opts)[0]
 
 
 def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
@@ -148,14 +175,17 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
     _prepare_out(out, opts.resume)
     if preset.threads:
         torch.set_num_threads(preset.threads)
-    configs = {m: method_config(preset, m, opts) for m in opts.methods}
+    plans = {m: method_plan(preset, m, opts) for m in opts.methods}
+    configs = {m: cfg for m, (cfg, _) in plans.items()}
+    schedules = {m: sched for m, (_, sched) in plans.items()}
     check_layout(configs, current().world_size)
     check_methods(configs, preset)
     if preset.adapter is not None:  # the model directory before the data, the metrics and any training
         check_adapter_dir(preset.adapter)
     evaluator = Evaluator(preset, opts.metrics)
     run_config = {"preset": preset.record(),
-                  "methods": {m: c.model_dump() for m, c in configs.items()},
+                  # each method's settings with its schedule, in one mapping (as a preset section writes them)
+                  "methods": {m: {**c.model_dump(), **schedules[m].model_dump()} for m, c in configs.items()},
                   "metrics": [m.identity for m in evaluator.metrics],
                   "training_signals": {m: c.training_signals() for m, c in configs.items()}}
     for line in evaluation_overlaps(run_config["training_signals"], run_config["metrics"]):
@@ -173,7 +203,7 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
         # database; the other ranks sample and score their shards.
         with (rundir.lock() if d.is_main else _nothing()), \
                 (ResultStore(rundir.results) if d.is_main else NoStore()) as store:
-            _run(preset, rundir, opts, configs, evaluator, run_config, store)
+            _run(preset, rundir, opts, plans, evaluator, run_config, store)
     except RunDirError as exc:
         raise RunError(str(exc)) from exc
     return out
@@ -201,7 +231,7 @@ def _identity(rundir: RunDir, opts: RunOptions, store: ResultStore) -> tuple[str
     return run_id, seeds, manifest
 
 
-def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, configs: dict[str, TrainerConfig],
+def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str, tuple[TrainerConfig, Schedule]],
          evaluator: Evaluator, run_config: dict, store: ResultStore) -> None:
     d = current()
     run_id, seeds, manifest = d.broadcast(_identity(rundir, opts, store) if d.is_main else None)
@@ -221,9 +251,9 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, configs: dict[s
     log.info("evaluating the base model (step 0)")
     evaluator.evaluate(store, base_ckpt, lambda: _eval_mode(base_adapter(preset)), base_dir / SAMPLES,
                        opts.show_progress, weights=base_weights(preset), final=True)
-    for method, cfg in configs.items():
+    for method, (cfg, schedule) in plans.items():
         for seed in seeds:
-            _train_one(preset, rundir, store, run_id, evaluator, method, cfg, seed, opts.show_progress)
+            _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress)
 
 
 def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:
@@ -254,7 +284,7 @@ def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed:
 
 
 def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id: str, evaluator: Evaluator,
-               method: str, cfg: TrainerConfig, seed: int, show_progress: bool) -> None:
+               method: str, cfg: TrainerConfig, schedule: Schedule, seed: int, show_progress: bool) -> None:
     log.info("%s seed %d: preparing the trainer", method, seed)
     torch.manual_seed(seed)
     try:
@@ -283,7 +313,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         log.info("%s seed %d: evaluating step 0 (its own base model or sampler)", method, seed)
         evaluator.evaluate(store, record(path, 0), adapter, path / SAMPLES, show_progress, trainer.eval_sampler(0),
                            weights=base_weights(preset, cfg.base_checkpoint), final=True)
-    done_steps = d.broadcast(rundir.complete_steps(method, seed, cfg.steps))  # rank 0's view of the disk
+    done_steps = d.broadcast(rundir.complete_steps(method, seed, schedule.steps))  # rank 0's view of the disk
     start = done_steps[-1] if done_steps else 0
 
     def load(step: int) -> None:
@@ -305,20 +335,20 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
 
         evaluator.evaluate(store, record(path, step), at, path / SAMPLES, show_progress, trainer.eval_sampler(step),
                            weights=checkpoint_weights(preset, path, cfg.base_checkpoint),
-                           final=is_final(step, cfg.steps))
+                           final=is_final(step, schedule.steps))
     if start:  # the loaded state is the latest checkpoint again
         load(start)
     logs: list[tuple[int, str, float]] = []
     extra_checkpoints = trainer.checkpoint_steps()
-    log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, cfg.steps)
+    log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, schedule.steps)
     if probes and start == 0:
         logs.extend(probes.measure(trainer, 0))
     last_good = rundir.checkpoint(method, seed, start) if start else None
     # "seconds": time spent in training steps only (no probes, checkpoints or evaluation), carried
     # over a resume, so that methods' training costs compare (SHIFT's time relative to SFT).
     train_seconds = d.broadcast(_logged_seconds(store, run_id, method, seed, start) if d.is_main else None)
-    bar = tqdm(range(start, cfg.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
-               initial=start, total=cfg.steps)
+    bar = tqdm(range(start, schedule.steps), desc=f"train {method} seed {seed}", disable=not show_progress,
+               initial=start, total=schedule.steps)
     for step in bar:
         adapter.model.train()
         try:
@@ -337,7 +367,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         logs.extend((step + 1, k, float(v)) for k, v in values.items())
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         done = step + 1
-        at_checkpoint = done % cfg.eval_every == 0 or done == cfg.steps or done in extra_checkpoints
+        at_checkpoint = done % schedule.eval_every == 0 or done == schedule.steps or done in extra_checkpoints
         if probes and (at_checkpoint or probes.due(done)):
             logs.extend(probes.measure(trainer, done))
         if at_checkpoint:
@@ -358,7 +388,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             log.info("%s seed %d: evaluating step %d", method, seed, done)
             evaluator.evaluate(store, ckpt, adapter, path / SAMPLES, show_progress, trainer.eval_sampler(done),
                                weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "",
-                               final=is_final(done, cfg.steps))
+                               final=is_final(done, schedule.steps))
 
 
 def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, step: int) -> float:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from harness.config import load_preset, parse_override
 from harness.models.tiny_wan import TinyWanAdapter
 from trainers.apo import APOConfig, APOTrainer
+from trainers.base import trainer_settings
 
 FAST = ["sampler.num_steps=2"]
 PAIRS = {"conditions": 4, "per_condition": 2}
@@ -16,7 +17,7 @@ PAIRS = {"conditions": 4, "per_condition": 2}
 
 def _trainer(tmp_path, stages, **kw):
     preset = load_preset("tiny", [parse_override(s) for s in FAST])
-    cfg = APOConfig(**{**preset.methods["apo"], "batch_size": 2, "stages": stages, **kw})
+    cfg = APOConfig(**{**trainer_settings(preset.methods["apo"]), "batch_size": 2, "stages": stages, **kw})
     torch.manual_seed(0)
     return APOTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0, workdir=tmp_path / "c")
 
@@ -35,9 +36,10 @@ def test_stage_config_is_checked():
     with pytest.raises(ValidationError, match="needs ranker_model"):
         APOConfig(stages=[{"kind": "online", "steps": 3, "ranker": "vlm"}])
     cfg = APOConfig(stages=[{"kind": "offline", "steps": 40}, {"kind": "online", "steps": 20}])
-    assert cfg.steps == 60 and cfg.stages[0].pairs is not None
-    scaled = APOConfig(steps=6, stages=[{"kind": "offline", "steps": 40}, {"kind": "online", "steps": 20}])
-    assert [s.steps for s in scaled.stages] == [4, 2] and scaled.steps == 6
+    assert cfg.planned_steps() == 60 and cfg.stages[0].pairs is not None
+    scaled = cfg.fit_steps(6)
+    assert [s.steps for s in scaled.stages] == [4, 2] and scaled.planned_steps() == 6
+    assert [s.steps for s in cfg.fit_steps(1).stages] == [1, 1]  # every stage keeps a step
 
 
 def test_the_default_apo_is_the_papers_curriculum_and_apo_offline_is_table_1():
@@ -219,7 +221,7 @@ def test_after_distillation_rollouts_and_evaluation_drop_guidance(tmp_path):
     guided = SamplerConfig(num_steps=2, guidance_scale=4.0, stg_scale=0.5, stg_blocks=[1])
     preset = load_preset("tiny", [parse_override(s) for s in FAST])
     preset = preset.model_copy(update={"sampler": guided})
-    cfg = APOConfig(**{**preset.methods["apo"], "batch_size": 2,
+    cfg = APOConfig(**{**trainer_settings(preset.methods["apo"]), "batch_size": 2,
                        "stages": [{"kind": "offline", "steps": 1, "pairs": PAIRS},
                                   {"kind": "distill", "steps": 1, "conditions": 4},
                                   {"kind": "half_online", "steps": 1, "pairs": PAIRS}]})
@@ -234,8 +236,8 @@ def test_a_missing_vlm_ranker_directory_is_refused_before_any_work(tmp_path, mon
 
     monkeypatch.setenv("HARNESS_MODELS", str(tmp_path))
     preset = load_preset("tiny")
-    cfg = APOConfig(**{**preset.methods["apo"], "stages": [{"kind": "online", "steps": 2, "ranker": "vlm",
-                                                            "ranker_model": "my-ranker"}]})
+    cfg = APOConfig(**{**trainer_settings(preset.methods["apo"]),
+                       "stages": [{"kind": "online", "steps": 2, "ranker": "vlm", "ranker_model": "my-ranker"}]})
     with pytest.raises(RunError, match=rf"VLM ranker's directory '{tmp_path}/my-ranker' does not exist; place"):
         check_methods({"apo": cfg}, preset)
     (tmp_path / "my-ranker").mkdir()

@@ -9,6 +9,7 @@ from harness.data.preferences import PairsError, PairSet, build_rollout_pairs
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
 from trainers import preference
+from trainers.base import trainer_settings
 from trainers.probes import Gamma, LikelihoodDisplacement
 from trainers.registry import get_trainer
 
@@ -21,7 +22,7 @@ def _preset(*extra):
 
 def _trainer(method, preset, tmp_path, seed=0, **overrides):
     cls = get_trainer(method)
-    raw = {**preset.methods[method], "batch_size": 2, **overrides}
+    raw = {**trainer_settings(preset.methods[method]), "batch_size": 2, **overrides}
     if "pairs" in cls.config_class.model_fields:
         raw.setdefault("pairs", {"conditions": 4, "per_condition": 2})
     adapter = TinyWanAdapter.load(preset.base_checkpoint_path())

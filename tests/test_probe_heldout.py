@@ -11,7 +11,7 @@ import harness.probing as probing
 from harness.config import load_preset, parse_override
 from harness.data.preferences import PairSet
 from harness.probing import ProbeRunner, probe_set_problems
-from harness.runner import RunError, RunOptions, method_config, run
+from harness.runner import RunError, RunOptions, method_config, method_plan, run
 from trainers.apo import APOConfig
 from trainers.fcrm import FCRMConfig
 from trainers.group_rl import GroupRLConfig
@@ -23,16 +23,17 @@ SEEDS = range(3)  # the seeds the benchmark reports (sft's clip walk depends on 
 
 
 def _configs(preset):
-    return {m: method_config(preset, m, RunOptions([m])) for m in preset.methods}
+    """Each method's trainer config and the runner's schedule for it."""
+    return {m: method_plan(preset, m, RunOptions([m])) for m in preset.methods}
 
 
-def _walk(cfg, split):
+def _walk(cfg, split, steps):
     """The clips an SFT-style trainer sees: seed * 1e6 + step * batch .. + batch - 1, every step and seed."""
     b = cfg.batch_size
-    return {(split, s * 1_000_000 + step * b + i) for s in SEEDS for step in range(cfg.steps) for i in range(b)}
+    return {(split, s * 1_000_000 + step * b + i) for s in SEEDS for step in range(steps) for i in range(b)}
 
 
-def _trained_clips(cfg) -> set[tuple[str, int]]:
+def _trained_clips(cfg, steps) -> set[tuple[str, int]]:
     """Every (split, clip index) the method's trainer draws, written out from its config as each
     trainer indexes its clips (trainers/sft.py, preference.py, apo.py, fcrm.py + fcrm_data.py, shift.py,
     group_rl.py's trainers)."""
@@ -43,7 +44,7 @@ def _trained_clips(cfg) -> set[tuple[str, int]]:
             out.update((p.split, i) for i in range(p.conditions))
 
     if isinstance(cfg, SFTConfig):
-        out |= _walk(cfg, cfg.split)
+        out |= _walk(cfg, cfg.split, steps)
     elif isinstance(cfg, PreferenceConfig):
         pairs(cfg.pairs)
     elif isinstance(cfg, APOConfig):
@@ -61,7 +62,7 @@ def _trained_clips(cfg) -> set[tuple[str, int]]:
     elif isinstance(cfg, ShiftConfig):
         out.update((cfg.split, i) for i in range(cfg.condition_pool))
         out.update((cfg.real.split, cfg.real.start + i) for i in range(cfg.real.count))
-        out |= _walk(cfg, cfg.anchor_split)
+        out |= _walk(cfg, cfg.anchor_split, steps)
     else:
         raise AssertionError(f"the test does not know the clips of {type(cfg).__name__}")
     return out
@@ -73,13 +74,13 @@ def test_the_probe_set_is_disjoint_from_every_methods_training_clips(name):
     probe = {(preset.probes.split, preset.probes.start + i) for i in range(preset.probes.pairs)}
     configs = _configs(preset)
     assert {"sft", "dpo", "pgdpo", "apo", "fcrm", "shift"} <= set(configs)
-    for method, cfg in configs.items():
-        trained = _trained_clips(cfg)
+    for method, (cfg, schedule) in configs.items():
+        trained = _trained_clips(cfg, schedule.steps)
         assert trained, method
         assert not probe & trained, f"{method} trains on probe clips {sorted(probe & trained)[:4]}"
     # the evaluator's videos (eval clips 0 .. final_num_videos - 1) are apart from the probe clips too
     assert not probe & {("eval", i) for i in range(preset.eval.size(final=True))}
-    assert probe_set_problems(configs, preset) == []
+    assert probe_set_problems({m: cfg for m, (cfg, _) in configs.items()}, preset) == []
 
 
 @pytest.mark.parametrize(("overrides", "methods", "named"), [

@@ -12,6 +12,7 @@ from harness.config import load_preset, parse_override
 from harness.models.tiny_wan import TinyWanAdapter
 from metrics.probe_specs import PROBE_SPECS
 from trainers import preference
+from trainers.base import trainer_settings
 from trainers.preference_losses import dpo_loss, pgdpo_loss
 from trainers.probes import PROBES, ChosenLogpStep
 from trainers.registry import get_trainer
@@ -25,7 +26,7 @@ def _preset(*extra):
 
 def _trainer(method, preset, tmp_path, **overrides):
     cls = get_trainer(method)
-    raw = {**preset.methods[method], "batch_size": 2, **overrides}
+    raw = {**trainer_settings(preset.methods[method]), "batch_size": 2, **overrides}
     if "pairs" in cls.config_class.model_fields:
         raw.setdefault("pairs", {"conditions": 4, "per_condition": 2})
     adapter = TinyWanAdapter.load(preset.base_checkpoint_path())

@@ -12,6 +12,7 @@ import torch
 from harness.config import ConfigError, load_preset
 from harness.models.registry import load_adapter
 from harness.sampling import sample
+from trainers.base import trainer_settings
 from trainers.registry import trainer_for
 
 # family -> (frames, side) the family can take at the smallest size (Wan: 4k+1 frames; TI2V: 32 px)
@@ -68,7 +69,7 @@ def _shift_rewards(preset, tmp_path):
 def test_every_trainer_takes_two_steps_and_the_model_samples(pipelines, family, tmp_path):
     preset = _preset(pipelines, family)
     for method, small in SMALL.items():
-        cfg_raw = {**preset.methods.get(method, {}), **small}
+        cfg_raw = trainer_settings({**preset.methods.get(method, {}), **small})
         if method == "shift":
             cfg_raw["reward_paths"] = _shift_rewards(preset, tmp_path)
         cls = trainer_for(method, cfg_raw)

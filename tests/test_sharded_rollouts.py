@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from harness.config import load_preset
 from harness.models.tiny_wan import TinyWanAdapter
+from trainers.base import trainer_settings
 
 SETS = {"sampler": {"num_steps": 2}}
 ROWS = 5  # odd: the ranks get 3 and 2 rows
@@ -53,7 +54,7 @@ def _apo_batches(preset, workdir: Path):
 
     stages = [{"kind": "online", "steps": 1, "conditions": 4},
               {"kind": "half_online", "steps": 1, "pairs": {"conditions": 3, "per_condition": 2}}]
-    cfg = apo_module.APOConfig(**{**preset.methods["apo"], "batch_size": 3, "stages": stages})
+    cfg = apo_module.APOConfig(**{**trainer_settings(preset.methods["apo"]), "batch_size": 3, "stages": stages})
     apo = apo_module.APOTrainer(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0,
                                 workdir=workdir)
     ranked, get_ranker = [], apo_module.get_ranker

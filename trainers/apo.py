@@ -207,16 +207,20 @@ class APOConfig(DPOObjectiveConfig):
                             "stage are evaluated without guidance)")
         return problems
 
-    @model_validator(mode="after")
-    def _steps(self) -> APOConfig:
-        total = sum(s.steps for s in self.stages)
-        if "steps" in self.model_fields_set and self.steps != total:
-            # An overall --steps rescales the stages (each keeps at least one step).
-            scaled = [max(1, round(s.steps * self.steps / total)) for s in self.stages]
-            scaled[-1] = max(1, self.steps - sum(scaled[:-1]))
-            self.stages = [s.model_copy(update={"steps": n}) for s, n in zip(self.stages, scaled, strict=True)]
-        self.steps = sum(s.steps for s in self.stages)
-        return self
+    def planned_steps(self) -> int:
+        """The stages' steps add up to the method's."""
+        return sum(s.steps for s in self.stages)
+
+    def fit_steps(self, steps: int) -> APOConfig:
+        """An overall ``steps`` (--steps, or a section's ``steps``) rescales the stages in proportion;
+        each keeps at least one step, so the result may be longer than ``steps``."""
+        total = self.planned_steps()
+        if steps == total:
+            return self
+        scaled = [max(1, round(s.steps * steps / total)) for s in self.stages]
+        scaled[-1] = max(1, steps - sum(scaled[:-1]))
+        return self.model_copy(update={"stages": [s.model_copy(update={"steps": n})
+                                                  for s, n in zip(self.stages, scaled, strict=True)]})
 
 
 class PairBatch(NamedTuple):

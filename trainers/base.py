@@ -22,6 +22,16 @@ from trainers.optimizer import AdamWSettings, make_optimizer
 # What `harness run --smoke` changes in a method's section: (path inside the section, value).
 SmokeChanges = list[tuple[tuple[str, ...], Any]]
 
+# Keys of a preset's method section that set the outer loop's schedule (harness/runner.py, Schedule), not the
+# trainer: how many steps, and how often a checkpoint is saved and evaluated.
+SCHEDULE_KEYS = ("steps", "eval_every")
+
+
+def trainer_settings(section: dict[str, Any]) -> dict[str, Any]:
+    """A preset's method section without the outer loop's schedule (``SCHEDULE_KEYS``): what the
+    method's config class takes."""
+    return {k: v for k, v in section.items() if k not in SCHEDULE_KEYS}
+
 
 # A method's "clip walk": SFT-style batches read clip seed * 1000000 + step * batch_size on, for every seed.
 CLIP_WALK = "clips seed * 1000000 + step * batch_size, for every seed"
@@ -45,8 +55,6 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(300, ge=1)
-    eval_every: int = Field(100, ge=1)
     lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     lora_rank: int = Field(8, ge=1)
@@ -66,6 +74,16 @@ class TrainerConfig(BaseModel):
         ``with_steps``, 2 training steps evaluated after each. Methods with rollout, pair or buffer sets
         add theirs; harness/smoke.py adds the preset-wide part and leaves out what the user set."""
         return [(("steps",), 2), (("eval_every",), 1)] if with_steps else []
+
+    def planned_steps(self) -> int | None:
+        """The number of steps the method's own settings define (APO: its stages'), which the runner's
+        schedule then uses; None (default): the schedule's ``steps`` decides."""
+        return None
+
+    def fit_steps(self, steps: int) -> TrainerConfig:
+        """This config for a schedule of ``steps`` steps, when ``planned_steps`` is not None (APO rescales
+        its stages); the runner then takes ``planned_steps()`` of the result as the schedule's length."""
+        return self
 
     def optimizer_settings(self) -> AdamWSettings:
         """AdamW's betas and weight decay for this method's step (trainers/optimizer.py); the learning rate
@@ -173,7 +191,8 @@ class Trainer(ABC):
         return {**self.dist.average_logs({"loss": loss.item(), **logs}), "grad_norm": grad_norm}
 
     def checkpoint_steps(self) -> set[int]:
-        """Steps that must be checkpointed besides every ``eval_every`` (e.g. stage ends)."""
+        """Steps that must be checkpointed besides the runner's schedule (every ``eval_every`` and the
+        last; e.g. stage ends)."""
         return set()
 
     def eval_sampler(self, step: int) -> SamplerConfig:
