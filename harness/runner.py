@@ -40,7 +40,7 @@ from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
 from metrics.judges import evaluation_overlaps
-from trainers.base import SCHEDULE_KEYS, TrainerConfig, trainer_settings
+from trainers.base import LABEL_KEY, SCHEDULE_KEYS, TrainerConfig, trainer_settings
 from trainers.registry import trainer_for
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,13 @@ def method_config(preset: PresetConfig, method: str, opts: RunOptions) -> Traine
     return method_plan(preset, method, opts)[0]
 
 
+def method_record(preset: PresetConfig, method: str, cfg: TrainerConfig, schedule: Schedule) -> dict:
+    """What the run records of a method, in one mapping as a preset section writes it: the trainer's
+    settings, the schedule and the method's own label (reports name the method by it)."""
+    label = preset.methods.get(method, {}).get(LABEL_KEY)
+    return {**cfg.model_dump(), **schedule.model_dump(), **({LABEL_KEY: str(label)} if label else {})}
+
+
 def check_layout(configs: dict[str, TrainerConfig], world_size: int) -> None:
     """Refuse, before any work, a batch that does not split across the ranks (with the arithmetic)."""
     problems = []
@@ -184,8 +191,7 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
         check_adapter_dir(preset.adapter)
     evaluator = Evaluator(preset, opts.metrics)
     run_config = {"preset": preset.record(),
-                  # each method's settings with its schedule, in one mapping (as a preset section writes them)
-                  "methods": {m: {**c.model_dump(), **schedules[m].model_dump()} for m, c in configs.items()},
+                  "methods": {m: method_record(preset, m, c, schedules[m]) for m, c in configs.items()},
                   "metrics": [m.identity for m in evaluator.metrics],
                   "training_signals": {m: c.training_signals() for m, c in configs.items()}}
     for line in evaluation_overlaps(run_config["training_signals"], run_config["metrics"]):

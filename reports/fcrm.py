@@ -26,15 +26,6 @@ COLUMNS = [  # (label, metric name prefix, higher is better)
     ("luminance", "luminance", True),
 ]
 
-# The paper's names of the tiny preset's variants; any other variant is labelled from its settings.
-LABELS = {
-    "fcrm": "FCRM (default: EMA + offline)", "fcrm-reward": "Reward target: raw reward",
-    "fcrm-pixel": "Reward space: pixel (oracle)", "fcrm-onpolicy": "Data: fully on-policy",
-    "fcrm-offline": "Data: fully offline", "fcrm-replay-pos": "Replay: positive-only",
-    "fcrm-replay-all": "Replay: unfiltered", "fcrm-replay-neg": "Replay: negative-only",
-    "fcrm-fewstep": "Generator: few-step (3 NFE)", "fcrm-luminance": "Luminance reward (offline)",
-    "fcrm-kl0.01": "KL penalty 0.01", "fcrm-kl1": "KL penalty 1",
-}
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -48,12 +39,13 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def variant_label(method: str, method_configs: dict[str, dict[str, Any]]) -> str:
-    """The paper's name of a known variant (``LABELS``); otherwise the method's name with the settings
-    in which it differs from the run's default ``fcrm`` section, as ``key=value`` (nested keys dotted)."""
-    if method in LABELS:
-        return LABELS[method]
+    """The method's label from its preset section (the paper's name of a variant, recorded with the run);
+    otherwise the method's name with the settings in which it differs from the run's default ``fcrm``
+    section, as ``key=value`` (nested keys dotted)."""
+    if method_configs.get(method, {}).get("label"):
+        return str(method_configs[method]["label"])
     mine, default = _flat(method_configs.get(method, {})), _flat(method_configs.get("fcrm", {}))
-    diff = [f"{k}={v}" for k, v in mine.items() if k != "trainer" and default.get(k, object()) != v]
+    diff = [f"{k}={v}" for k, v in mine.items() if k not in ("trainer", "label") and default.get(k, object()) != v]
     return f"{method} ({', '.join(diff)})" if diff and method != "fcrm" else method
 
 

@@ -32,13 +32,30 @@ AGG_COLUMNS = [  # (label, aggregate metric prefix, higher is better)
     ("FVD (tiny)", "fvd[", False),
 ]
 PAIRED = ["Appearance", "Motion", "Overall", "Motion score"]  # columns with a per-video value
-ABLATION = [  # (method, label, IMR, noise alignment, adversarial RM, LMR)
-    ("shift-a0", "A0", True, False, False, False),
-    ("shift-a1", "A1", True, True, False, False),
-    ("shift-a2", "A2", True, True, True, False),
-    ("shift-a3", "A3", True, True, False, True),
-    ("shift", "A4 (SHIFT)", True, True, True, True),
+ABLATION_MARKS = ["IMR", "Noise align", "Adv. RM", "LMR"]  # Table 3's columns
+
+
+TABLE3_ORDERINGS = [  # (claim, better row, worse row, column) of the paper's Table 3
+    ("A0 (IMR only) has more VBench motion than A1 (+NA)", "A0", "A1", "Motion"),
+    ("noise alignment protects appearance (A1 > A0)", "A1", "A0", "Appearance"),
+    ("the adversarial RM improves appearance (A2 > A1)", "A2", "A1", "Appearance"),
+    ("LMR raises motion (A3 > A1, motion score)", "A3", "A1", "Motion score"),
+    ("the adversarial RM improves appearance with LMR too (A4 > A3)", "A4", "A3", "Appearance"),
 ]
+
+
+def ablation_rows(method_configs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, list[bool]]]:
+    """Table 3's rows: every shift method whose preset section labels it as an ablation row (A0 ... A4),
+    with its components read from its recorded settings, in label order."""
+    rows = {}
+    for m in methods_of("shift", method_configs):
+        cfg = method_configs[m]
+        label = str(cfg.get("label") or "")
+        if label[:1] == "A" and label[1:2].isdigit():
+            rewards = cfg.get("rewards") or []
+            rows[m] = (label, ["imr" in rewards, bool(cfg.get("noise_alignment")), bool(cfg.get("adversarial")),
+                               "lmr" in rewards])
+    return dict(sorted(rows.items(), key=lambda kv: kv[1][0]))
 
 
 def _final(agg: pd.DataFrame, method: str, prefix: str) -> float:
@@ -124,10 +141,13 @@ def _verdict(mean: float, half: float, claim_positive: bool) -> str:
     return "inconclusive (interval contains 0)"
 
 
-def shift_checks(records: pd.DataFrame | None, methods: list[str]) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) for the paper's claims this run can test, on paired intervals."""
+def shift_checks(records: pd.DataFrame | None, methods: list[str],
+                 method_configs: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
+    """(claim, verdict, evidence) for the paper's claims this run can test, on paired intervals; Table 3's
+    orderings name the ablation rows by their labels (A0 ... A4), whichever methods carry them."""
     if records is None or records.empty:
         return []
+    row = {label.split()[0]: m for m, (label, _) in ablation_rows(method_configs or {}).items()}
     vids = {m: per_video(records, m) for m in ["base", "sft", *methods]}
     out: list[tuple[str, str, str]] = []
 
@@ -150,11 +170,9 @@ def shift_checks(records: pd.DataFrame | None, methods: list[str]) -> list[tuple
     check("SHIFT has more VBench motion than SFT", "shift", "sft", "Motion", True)
     check("SHIFT beats SFT on VBench overall", "shift", "sft", "Overall", True)
     # Table 3's orderings among the ablation runs.
-    check("A0 (IMR only) has more VBench motion than A1 (+NA)", "shift-a0", "shift-a1", "Motion", True)
-    check("noise alignment protects appearance (A1 > A0)", "shift-a1", "shift-a0", "Appearance", True)
-    check("the adversarial RM improves appearance (A2 > A1)", "shift-a2", "shift-a1", "Appearance", True)
-    check("LMR raises motion (A3 > A1, motion score)", "shift-a3", "shift-a1", "Motion score", True)
-    check("the adversarial RM improves appearance with LMR too (A4 > A3)", "shift", "shift-a3", "Appearance", True)
+    for claim, a, b, col in TABLE3_ORDERINGS:
+        if a in row and b in row:
+            check(claim, row[a], row[b], col, True)
     return out
 
 
@@ -175,7 +193,8 @@ def _with_ci(r: pd.Series, col: str) -> str:
 LABELS = {"base": "Base (step 0)", "sft": "SFT", "shift": "SHIFT"}
 
 
-def shift_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]]) -> str:
+def shift_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]],
+                   method_configs: dict[str, dict[str, Any]] | None = None) -> str:
     if table.empty:
         return ""
     cols = [c for c, _, _ in AGG_COLUMNS]
@@ -192,15 +211,14 @@ def shift_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]]) -> s
             f"quality); Motion = mean of {', '.join(SHIFT_MOTION)}; Overall = mean of all seven. Training time: "
             "training seconds (without evaluation) relative to SFT's.\n\n"
             + markdown_grid(head, cells(main, lambda r: LABELS.get(r["method"], r["method"]))))
-    ablation = {m: (lab, flags) for m, lab, *flags in ABLATION}
+    ablation = ablation_rows(method_configs or {})
     abl = table[table["method"].isin(ablation)]
     if len(abl) > 1:
         abl = abl.assign(order=[list(ablation).index(m) for m in abl["method"]]).sort_values("order")
-        marks = ["IMR", "Noise align", "Adv. RM", "LMR"]
         rows = [[ablation[r["method"]][0], *["✓" if f else "" for f in ablation[r["method"]][1]],
                  *[_with_ci(r, c) for c in cols]] for _, r in abl.iterrows()]
         text += ("\n\nAblation in the layout of Table 3 (same columns and intervals):\n\n"
-                 + markdown_grid(["", *marks, *head[3:-1]], rows))
+                 + markdown_grid(["", *ABLATION_MARKS, *head[3:-1]], rows))
     if checks:
         text += "\n\nThe paper's claims on this run:\n\n" + markdown_grid(
             ["claim", "on the tiny world", "evidence (paired, 95 %)"], [list(c) for c in checks])
@@ -213,5 +231,6 @@ def shift_section(run: ReportInputs) -> SectionOutput | None:
     methods = methods_of("shift", run.info.method_configs)
     records = run.records if methods else None
     table = shift_table(run.agg, records, run.info.method_configs, run.logs)
-    text = shift_markdown(table, shift_checks(records, methods))
+    configs = run.info.method_configs
+    text = shift_markdown(table, shift_checks(records, methods, configs), configs)
     return SectionOutput(text) if text else None

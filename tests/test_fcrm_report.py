@@ -4,7 +4,9 @@ import pandas as pd
 
 from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table, variant_label
 
-CONFIGS = {"fcrm": {"reward": {"name": "latent_rm"}}, "fcrm-replay-neg": {"trainer": "fcrm"},
+# As a run records them: each method's settings with its preset section's label (harness/runner.py method_record)
+CONFIGS = {"fcrm": {"reward": {"name": "latent_rm"}},
+           "fcrm-replay-neg": {"trainer": "fcrm", "label": "Replay: negative-only"},
            "fcrm-replay-pos": {"trainer": "fcrm"}, "fcrm-replay-all": {"trainer": "fcrm"}, "dpo": {}}
 
 
@@ -53,9 +55,24 @@ def test_checks_name_the_verdict_and_flag_noise():
     assert verdict["negative-only replay is the worst replay variant"] == "holds (within noise)"
 
 
-def test_unknown_variants_are_labelled_by_their_settings():
-    configs = {"fcrm": {"behaviour": "ema", "reward": {"name": "latent_rm"}},
-               "fcrm-mine": {"trainer": "fcrm", "behaviour": "none", "reward": {"name": "latent_rm", "scale": 2}}}
+def test_unlabelled_variants_are_labelled_by_their_settings():
+    configs = {"fcrm": {"behaviour": "ema", "reward": {"name": "latent_rm"}, "label": "FCRM (default: EMA + offline)"},
+               "fcrm-mine": {"trainer": "fcrm", "behaviour": "none", "reward": {"name": "latent_rm", "scale": 2}},
+               "fcrm-offline": {"trainer": "fcrm", "behaviour": "none", "label": "Data: fully offline"}}
     assert variant_label("fcrm-mine", configs) == "fcrm-mine (behaviour=none, reward.scale=2)"
-    assert variant_label("fcrm-offline", configs) == "Data: fully offline"  # the paper's name of a known one
+    assert variant_label("fcrm-offline", configs) == "Data: fully offline"  # the label its preset section gives
     assert variant_label("fcrm", configs) == "FCRM (default: EMA + offline)"
+
+
+def test_a_run_records_each_methods_own_label_which_a_variant_does_not_inherit():
+    from harness.config import load_preset
+    from harness.runner import RunOptions, method_plan, method_record
+
+    preset = load_preset("tiny", [{"methods": {"fcrm-mine": {"trainer": "fcrm", "kl_coef": 0.1}}}])
+    records = {m: method_record(preset, m, *method_plan(preset, m, RunOptions([m])))
+               for m in ("fcrm", "fcrm-offline", "fcrm-mine", "sft")}
+    assert records["fcrm"]["label"] == "FCRM (default: EMA + offline)"
+    assert records["fcrm-offline"]["label"] == "Data: fully offline"
+    assert "label" not in records["fcrm-mine"] and "label" not in records["sft"]
+    assert variant_label("fcrm-mine", records) == "fcrm-mine (kl_coef=0.1)"
+    assert records["fcrm"]["steps"] == records["fcrm"]["eval_every"] == 24  # the schedule, in the same mapping

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from reports.hacking import hacking_markdown, hacking_signals, hacking_table
-from reports.shift import paired, shift_checks, shift_markdown, shift_table
+from reports.shift import ablation_rows, paired, shift_checks, shift_markdown, shift_table
 
 DIMS = ["subject_consistency", "background_consistency", "i2v_subject", "i2v_background",
         "temporal_flickering", "motion_smoothness", "dynamic_degree", "motion_score"]
@@ -73,3 +73,27 @@ def test_hacking_diagnostics_flag_drift_and_a_collapsing_gap():
     assert any("FVD drift +40%" in s for s in signs) and any("turned negative" in s for s in signs)
     assert any("held-out motion_score got worse" in s for s in signs)
     assert "no hacking pattern" not in hacking_markdown(table)
+
+
+def test_table3_rows_come_from_the_labels_and_settings_a_run_recorded():
+    """The ablation's rows are the shift methods labelled A0 ... A4 in the preset (any names), their
+    components read from the recorded settings; Table 3's orderings compare them by label."""
+    configs = {"shift": {"label": "A4 (SHIFT)", "rewards": ["imr", "lmr"], "noise_alignment": True,
+                         "adversarial": True},
+               "my-a1": {"trainer": "shift", "label": "A1", "rewards": ["imr"], "noise_alignment": True,
+                         "adversarial": False},
+               "my-a0": {"trainer": "shift", "label": "A0", "rewards": ["imr"], "noise_alignment": False,
+                         "adversarial": False},
+               "shift-sigmoid": {"trainer": "shift", "rewards": ["imr", "lmr"]}}  # no label: not a Table 3 row
+    assert ablation_rows(configs) == {"my-a0": ("A0", [True, False, False, False]),
+                                      "my-a1": ("A1", [True, True, False, False]),
+                                      "shift": ("A4 (SHIFT)", [True, True, True, True])}
+    recs = pd.DataFrame(_records("base", 0, 0.0) + _records("my-a0", 8, 0.1, seed=1)
+                        + _records("my-a1", 8, 0.0, seed=2))
+    checks = {c: e for c, _, e in shift_checks(recs, ["my-a0", "my-a1"], configs)}
+    assert checks["A0 (IMR only) has more VBench motion than A1 (+NA)"].startswith("Motion my-a0 − my-a1:")
+    agg = pd.DataFrame([r for m in ("base", "my-a0", "my-a1") for r in _agg(m, 0 if m == "base" else 8,
+                                                                            {"motion_score[x]": 0.2})])
+    text = shift_markdown(shift_table(agg, recs, configs), [], configs)
+    table3 = text.split("Table 3")[1].splitlines()
+    assert [ln.split("|")[1].strip() for ln in table3 if ln.startswith("| A")] == ["A0", "A1"]

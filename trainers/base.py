@@ -22,15 +22,16 @@ from trainers.optimizer import AdamWSettings, make_optimizer
 # What `harness run --smoke` changes in a method's section: (path inside the section, value).
 SmokeChanges = list[tuple[tuple[str, ...], Any]]
 
-# Keys of a preset's method section that set the outer loop's schedule (harness/runner.py, Schedule), not the
-# trainer: how many steps, and how often a checkpoint is saved and evaluated.
+# Keys of a preset's method section that are not the trainer's: the outer loop's schedule (harness/runner.py,
+# Schedule: how many steps, and how often a checkpoint is saved and evaluated) and the name reports give the
+# method (e.g. the paper's name of an ablation variant; a variant does not inherit its trainer section's).
 SCHEDULE_KEYS = ("steps", "eval_every")
+LABEL_KEY = "label"
 
 
 def trainer_settings(section: dict[str, Any]) -> dict[str, Any]:
-    """A preset's method section without the outer loop's schedule (``SCHEDULE_KEYS``): what the
-    method's config class takes."""
-    return {k: v for k, v in section.items() if k not in SCHEDULE_KEYS}
+    """A preset's method section without the schedule and the label: what the method's config class takes."""
+    return {k: v for k, v in section.items() if k not in (*SCHEDULE_KEYS, LABEL_KEY)}
 
 
 # A method's "clip walk": SFT-style batches read clip seed * 1000000 + step * batch_size on, for every seed.
