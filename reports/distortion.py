@@ -22,7 +22,7 @@ COMPUTE_NOTE = ("Compute counts training passes over a pair batch (an APO step w
 
 
 def passes_per_step(config: dict[str, Any]) -> int:
-    """Denoising passes per optimisation step: the window size for trajectory-windowed methods."""
+    """Denoising passes per optimization step: the window size for trajectory-windowed methods."""
     ts = config.get("timesteps")
     return int(ts.get("n_high", 0) + ts.get("n_low", 0)) if isinstance(ts, dict) else 1
 

@@ -6,7 +6,7 @@ Per method and checkpoint:
   from the start: SHIFT reads a gap that peaks and then collapses, or turns negative, as
   hacking;
 * FVD drift: FVD relative to the run's starting model (+44 % at beta = 1 in the paper);
-* the method's own training reward (what it optimised, as logged: SHIFT's buffer reward under
+* the method's own training reward (what it optimized, as logged: SHIFT's buffer reward under
   its discriminators, FCRM's rollout reward) next to held-out judges that did not train it
   (motion score, distortion rate, the frozen pre-trained IMR/LMR rewards);
 * the SFT-term over advantage-term gradient-norm ratio of hybrid objectives (mean over the
@@ -174,7 +174,7 @@ def hacking_markdown(table: pd.DataFrame) -> str:
     lines = [f"- **{m}**: " + ("; ".join(s) if s else "no hacking pattern seen") for m, s in signals.items()]
     return ("Reward-hacking diagnostics (every method, every checkpoint). gap: VBench motion minus appearance "
             "(raw scores); FVD drift: relative to the run's starting model; train reward: what the method "
-            "optimised, as logged (SHIFT: its buffer's reward under the moving discriminators; FCRM: its rollout "
+            "optimized, as logged (SHIFT: its buffer's reward under the moving discriminators; FCRM: its rollout "
             "reward); motion score, distortion rate and the frozen pre-trained IMR/LMR rewards are held out "
             "(except for a method trained on one of them); sft/awr grad: the SFT term's gradient norm over the "
             "advantage term's; train judge Δ: the change over the base model of the metric that reads the judge "

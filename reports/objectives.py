@@ -1,4 +1,4 @@
-"""Each method's own training objective: did the method move the series it optimises the right way?
+"""Each method's own training objective: did the method move the series it optimizes the right way?
 
 Every trainer declares the logged series that is its objective or training reward and its good
 direction (``Trainer.training_objective``, trainers/claims.py). Per seed, the change is the mean of
@@ -6,7 +6,7 @@ the last tenth of the series' logged steps minus the mean of the first tenth (at
 each); the section reports the mean change over seeds with its 95 % t-interval over seeds and a
 verdict on the series: *rises* or *falls* when the interval excludes zero, *undecided* otherwise
 (always with one seed). A method whose objective moved the wrong way, or not measurably, is flagged
-in the last column, so a method that fails to optimise its own objective shows at a glance.
+in the last column, so a method that fails to optimize its own objective shows at a glance.
 """
 
 from __future__ import annotations

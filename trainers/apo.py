@@ -1,7 +1,7 @@
 """`apo`: Diffusion-APO, trajectory-aware DPO run as a list of stages.
 
 The objective is Diffusion-DPO's (trainers/preference_losses.py), evaluated at
-trajectory-aware timesteps (trainers/timesteps.py): each optimisation step sums the
+trajectory-aware timesteps (trainers/timesteps.py): each optimization step sums the
 gradients of a hybrid window of N_H = 4 high-noise and N_L = 1 low-noise timesteps
 (fresh noise per timestep, shared by the chosen and rejected sample of a pair and by
 policy and reference). One APO step therefore costs 5 DPO steps; the paper's
@@ -474,7 +474,7 @@ class APOTrainer(Trainer):
         self._advance_to(self.stage_at(step))
         if self.config.stages[self.stage].kind == "distill":
             loss = self._distill_loss()
-            grad_norm = self.optimise(loss)
+            grad_norm = self.optimize(loss)
             return {**self.dist.average_logs({"loss": loss.item()}), "grad_norm": grad_norm,
                     "stage": float(self.stage)}
         batch = self._batch(step)

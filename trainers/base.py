@@ -186,9 +186,9 @@ class Trainer(ABC):
                 setattr(self, k, v)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One optimisation step; returns scalars to log (including 'loss' and 'grad_norm')."""
+        """One optimization step; returns scalars to log (including 'loss' and 'grad_norm')."""
         loss, logs = self.compute_loss(step)
-        grad_norm = self.optimise(loss)
+        grad_norm = self.optimize(loss)
         return {**self.dist.average_logs({"loss": loss.item(), **logs}), "grad_norm": grad_norm}
 
     def checkpoint_steps(self) -> set[int]:
@@ -206,17 +206,17 @@ class Trainer(ABC):
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def optimise(self, loss: torch.Tensor) -> float:
+    def optimize(self, loss: torch.Tensor) -> float:
         """One step on ``loss``; returns the gradient norm before clipping."""
         self.optimizer.zero_grad()
         self.optimizer.backward(loss)
         return self.optimizer.step()
 
-    def optimise_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    def optimize_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """One step on the sum of ``terms``, back-propagated one term at a time so that each
         term's own gradient norm is known (before clipping): {"grad_norm", "grad_norm/<term>"}.
         A hybrid objective's balance (e.g. SHIFT's SFT anchor vs its advantage term) shows in
-        the ratio of these norms; the step itself equals that of ``optimise(sum(terms))``."""
+        the ratio of these norms; the step itself equals that of ``optimize(sum(terms))``."""
         self.optimizer.zero_grad()
         norms: dict[str, float] = {}
         for i, (name, term) in enumerate(terms.items()):

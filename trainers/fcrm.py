@@ -119,7 +119,7 @@ class FCRMConfig(TrainerConfig):
     condition_pool: int = Field(2048, ge=1, description="rollout conditions are drawn from the first N")
     conditions: int = Field(8, ge=1, description="conditions per rollout round")
     group_size: int = Field(4, ge=2, description="rollouts per condition (the advantage's group)")
-    inner_steps: int = Field(4, ge=1, description="optimisation steps per rollout round")
+    inner_steps: int = Field(4, ge=1, description="optimization steps per rollout round")
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     offline: OfflineConfig | None = Field(default_factory=OfflineConfig)
 

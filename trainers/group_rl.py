@@ -34,7 +34,7 @@ class GroupRLConfig(TrainerConfig):
     condition_pool: int = Field(2048, ge=1, description="rollout conditions are drawn from the first N")
     conditions: int = Field(8, ge=1, description="conditions per rollout round")
     group_size: int = Field(4, ge=2, description="rollouts per condition (the advantage's group)")
-    inner_steps: int = Field(2, ge=1, description="optimisation steps per rollout round")
+    inner_steps: int = Field(2, ge=1, description="optimization steps per rollout round")
     adv_std: Literal["group", "global"] = Field(
         "group", description="advantage denominator: the group's std (GRPO) or the whole round's (`global_std`)")
     adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to [-adv_clip, adv_clip]")

@@ -14,7 +14,7 @@ which returns the gradient norm before clipping. Two engines run that same arith
   never partitions parameters, so sampling and scoring run on whole weights as on one process.
 
 The gradient norm (logged, and clipped to the method's ``grad_clip``) is over every parameter the
-step optimises, as DeepSpeed computes it: for FCRM that includes its log Z network (before this
+step optimizes, as DeepSpeed computes it: for FCRM that includes its log Z network (before this
 module, only the LoRA's norm was clipped; the tiny smoke run moved by 2e-9).
 
 AdamW's settings besides the learning rate (``AdamWSettings``: betas, weight decay) are the method's,

@@ -232,5 +232,5 @@ class PreferenceTrainer(Trainer):
         batch = self.draw_batch(step)
         own = self.own_pairs(*batch) if own_pairs_due(self.config, self.preset, step) else {}
         loss, logs = self.pair_loss(*batch)
-        grad_norm = self.optimise(loss)
+        grad_norm = self.optimize(loss)
         return {**self.dist.average_logs({"loss": loss.item(), **logs, **own}), "grad_norm": grad_norm}

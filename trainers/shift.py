@@ -332,7 +332,7 @@ class ShiftTrainer(Trainer):
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         terms, logs = self.loss_terms(step)
         disc_logs = self.disc_step(step) if cfg.adversarial else {}
-        norms = self.optimise_terms(terms)  # rank-averaged gradients, so their norms are the global batch's
+        norms = self.optimize_terms(terms)  # rank-averaged gradients, so their norms are the global batch's
         ratio = norms["grad_norm/sft"] / norms["grad_norm/awr"] if norms["grad_norm/awr"] > 0 else float("inf")
         local = {"loss": float(sum(t.detach() for t in terms.values())),
                  **{k: logs.pop(k) for k in ("loss/real_mse", "loss/fake_mse")}}  # means over this rank's rows
