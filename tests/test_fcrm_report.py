@@ -5,9 +5,10 @@ import pandas as pd
 from reports.fcrm import fcrm_checks, fcrm_markdown, fcrm_table, variant_label
 
 # As a run records them: each method's settings with its preset section's label (harness/runner.py method_record)
-CONFIGS = {"fcrm": {"reward": {"name": "latent_rm"}},
+CONFIGS = {"fcrm": {"reward": {"name": "latent_rm"}, "label": "FCRM (default: EMA + offline)"},
            "fcrm-replay-neg": {"trainer": "fcrm", "label": "Replay: negative-only"},
-           "fcrm-replay-pos": {"trainer": "fcrm"}, "fcrm-replay-all": {"trainer": "fcrm"}, "dpo": {}}
+           "fcrm-replay-pos": {"trainer": "fcrm", "label": "Replay: positive-only"},
+           "fcrm-replay-all": {"trainer": "fcrm", "label": "Replay: unfiltered"}, "dpo": {}}
 
 
 def _agg():
