@@ -28,6 +28,11 @@ table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
 th, td { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 tbody th, td:first-child { text-align: left; }
 caption { caption-side: top; text-align: left; font-size: .9em; color: #444; padding-bottom: .5em; }
+p.caption { font-size: .9em; color: #444; }
+table.results caption { font-weight: 600; color: #222; }
+table.results thead th { white-space: normal; vertical-align: bottom; text-align: center; min-width: 4em; }
+table.results th.group { border-bottom: 1px solid #888; vertical-align: middle; }
+table.results th.group, table.results td.start { border-left: 1px solid #ccc; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; } .plots img { max-width: 100%; width: 560px; }
 .gallery figure { margin: 1em 0; } .gallery img { image-rendering: pixelated; max-width: 100%; }
 figcaption { font-size: .88em; color: #444; } figcaption ol { margin: .3em 0; }
