@@ -408,7 +408,8 @@ def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions
                 f"  \\label{{{label if i == 0 else label + '-extra'}}}",
                 r"  \resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
                 *body[:-1], body[-1] + "}%",
-                r"  \par\smallskip", f"  \\parbox{{\\textwidth}}{{\\footnotesize {notes}}}", r"\end{table}"]
+                r"  \par\smallskip", f"  \\parbox{{\\textwidth}}{{\\footnotesize\\raggedright {notes}}}",
+                r"\end{table}"]
     return "\n".join(out) + "\n"
 
 
