@@ -33,6 +33,8 @@ table.results caption { font-weight: 600; color: #222; }
 table.results thead th { white-space: normal; vertical-align: bottom; text-align: center; min-width: 4em; }
 table.results th.group { border-bottom: 1px solid #888; vertical-align: middle; }
 table.results th.group, table.results td.start { border-left: 1px solid #ccc; }
+table.results th.group-row { text-align: left; font-style: italic; background: #f4f4f4; }
+table.results th, table.results td { padding: .2em .5em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; } .plots img { max-width: 100%; width: 560px; }
 .gallery figure { margin: 1em 0; } .gallery img { image-rendering: pixelated; max-width: 100%; }
 figcaption { font-size: .88em; color: #444; } figcaption ol { margin: .3em 0; }

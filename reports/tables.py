@@ -209,9 +209,12 @@ def footnote_lines(table: FinalTable, preset: str | None, overlap: Overlap = Non
 
 MAIN_TITLE = "Main results"
 EXTRA_TITLE = "Method-specific and training metrics"
-# Above this many metric columns the LaTeX table is transposed (methods as columns, metrics as rows grouped
-# under their titles): a paper table wider than this does not stay legible when scaled to \textwidth.
-LATEX_MAX_COLUMNS = 12
+# A block is transposed (methods as columns, metrics as rows under their group's title) in LaTeX and HTML
+# alike when it has more metric columns than this, or when its cells and headers' longest words add up to more
+# characters than MAX_WIDTH_CHARS (CIs widen every cell): a paper table wider than that does not stay legible
+# when scaled to \textwidth, nor fit the 1200-px report page without a scroll bar.
+MAX_COLUMNS = 12
+MAX_WIDTH_CHARS = 130
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,16 @@ def column_groups(metrics: Sequence[str]) -> list[tuple[MetricGroup, tuple[str, 
         if cols:
             out.append((group, cols))
     return out
+
+
+def transposed(block: Block, table: FinalTable, show_ci: bool = False) -> bool:
+    """Whether ``block`` is too wide to lay out with one column per metric (see ``MAX_COLUMNS``)."""
+    if len(block.metrics) > MAX_COLUMNS:
+        return True
+    labels, cells = header_labels(block.metrics), format_cells(table, show_ci)
+    widths = [max(max(map(len, (labels[c] + " ↑").split())), *(len(cells.at[m, c]) for m in table.methods)) + 2
+              for c in block.metrics]
+    return sum(widths) + max(map(len, ["Method", *table.methods])) > MAX_WIDTH_CHARS
 
 
 def layout(metrics: Sequence[str]) -> list[Block]:
@@ -388,10 +401,10 @@ def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions
              overlap: Overlap = None) -> str:
     """One booktabs ``table`` per block of the paper layout (labels ``label`` and ``label``-extra).
 
-    Column groups are ``\\multicolumn`` headers over ``\\cmidrule``; a block with more than
-    ``LATEX_MAX_COLUMNS`` metrics is transposed; either way it is shrunk to ``\\textwidth`` only when wider
-    (``\\resizebox``). The backends, the † overlap note and the disclaimer are a ``\\footnotesize`` note below
-    the table. Needs ``\\usepackage{booktabs}`` and ``\\usepackage{graphicx}``."""
+    Column groups are ``\\multicolumn`` headers over ``\\cmidrule``; a block too wide for that
+    (:func:`transposed`) has methods as columns and its groups as row blocks; either way it is shrunk to
+    ``\\textwidth`` only when wider (``\\resizebox``). The backends, the † overlap note and the disclaimer are a
+    ``\\footnotesize`` note below the table. Needs ``\\usepackage{booktabs}`` and ``\\usepackage{graphicx}``."""
     caption = " ".join(latex_escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
     head = ["% requires \\usepackage{booktabs} and \\usepackage{graphicx}"]
     if not table.metrics:
@@ -401,7 +414,7 @@ def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions
     for i, block in enumerate(layout(table.metrics)):
         notes = " ".join(latex_escape(line) for line in footnote_lines(table, preset, overlap, block.metrics))
         notes = notes.replace(latex_escape(MARK), r"$^\dagger$")
-        body = (_latex_transposed(block, cells) if len(block.metrics) > LATEX_MAX_COLUMNS
+        body = (_latex_transposed(block, cells) if transposed(block, table, show_ci)
                 else _latex_tabular(block, cells))
         out += [r"\begin{table}[t]", r"  \centering",
                 f"  \\caption{{{latex_escape(block.title)}. {caption}}}",
@@ -413,27 +426,45 @@ def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions
     return "\n".join(out) + "\n"
 
 
+def _html_columns(block: Block, cells: _Cells) -> str:
+    """One column per metric under a spanning group header row, a rule left of each group."""
+    spans = "".join(f'<th colspan="{len(cols)}" class="group">{html.escape(group.title)}</th>'
+                    for group, cols in block.groups)
+    head = "".join(f"<th>{h}</th>" for h in cells.header_row(block.metrics))
+    starts = {cols[0] for _, cols in block.groups}
+    rows = "".join("<tr><th>" + row[0] + "</th>"
+                   + "".join(('<td class="start">' if c in starts else "<td>") + f"{text}</td>"
+                             for c, text in zip(block.metrics, row[1:], strict=True)) + "</tr>"
+                   for row in cells.body(block.metrics))
+    return (f'<thead><tr><th rowspan="2">Method</th>{spans}</tr><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody>")
+
+
+def _html_transposed(block: Block, cells: _Cells) -> str:
+    """Methods as columns, metrics as rows under a row with their group's title (a block too wide for the page)."""
+    head = "".join(f"<th>{name}</th>" for name in cells.methods.values())
+    rows = []
+    for group, cols in block.groups:
+        rows.append(f'<tr><th colspan="{len(cells.methods) + 1}" class="group-row">{html.escape(group.title)}'
+                    "</th></tr>")
+        rows += [f"<tr><th>{cells.headers[c]}</th>" + "".join(f"<td>{cells.rows[m][c]}</td>" for m in cells.methods)
+                 + "</tr>" for c in cols]
+    return f'<thead><tr><th>Metric</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+
+
 def to_html(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
             preset: str | None = None, num_videos: int | None = None, overlap: Overlap = None) -> str:
-    """Each block of the paper layout as a ``<table>`` with a spanning group header row over the metric
-    headers; the caption lines above the first, the footnotes below the last."""
+    """Each block of the paper layout as a ``<table>``: a spanning group header row over the metric headers, or
+    transposed as in LaTeX when too wide; the caption lines above the first, the footnotes below the last."""
     caption = "<br>".join(html.escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
     if not table.metrics:
         return f'<p class="caption">{caption}</p><p>No results stored for this run.</p>'
     cells = _styled(table, HTML, show_ci, directions, overlap)
     parts = [f'<p class="caption">{caption}</p>']
     for block in layout(table.metrics):
-        spans = "".join(f'<th colspan="{len(cols)}" class="group">{html.escape(group.title)}</th>'
-                        for group, cols in block.groups)
-        head = "".join(f"<th>{h}</th>" for h in cells.header_row(block.metrics))
-        starts = {cols[0] for _, cols in block.groups}  # a rule left of each group's first column
-        rows = "".join("<tr><th>" + row[0] + "</th>"
-                       + "".join(('<td class="start">' if c in starts else "<td>") + f"{text}</td>"
-                                 for c, text in zip(block.metrics, row[1:], strict=True)) + "</tr>"
-                       for row in cells.body(block.metrics))
-        parts.append(f'<table class="results"><caption>{html.escape(block.title)}</caption>'
-                     f'<thead><tr><th rowspan="2">Method</th>{spans}</tr><tr>{head}</tr></thead>'
-                     f"<tbody>{rows}</tbody></table>")
+        inner = (_html_transposed(block, cells) if transposed(block, table, show_ci)
+                 else _html_columns(block, cells))
+        parts.append(f'<table class="results"><caption>{html.escape(block.title)}</caption>{inner}</table>')
     notes = "<br>".join(html.escape(line) for line in footnote_lines(table, preset, overlap))
     parts.append(f'<p class="caption footnote">{notes}</p>')
     return "".join(parts)

@@ -361,12 +361,12 @@ def check_latex(tex: str) -> list[int]:
 
 
 def test_latex_grouped_header_structure(tmp_path: Path) -> None:
-    from reports.tables import LATEX_MAX_COLUMNS
+    from reports.tables import MAX_COLUMNS, layout, transposed
 
     table = _layout_table(tmp_path, LAYOUT_METRICS)
     tex = to_latex(table, preset="tiny", num_videos=4)
-    # main table: 13 columns > LATEX_MAX_COLUMNS, transposed (methods as columns); the other one grouped
-    assert len([*QUALITY, *I2V, *ROLLUPS, *SHIFT_ROLLUPS, FVD]) > LATEX_MAX_COLUMNS >= len(EXTRA)
+    # main table: 13 columns > MAX_COLUMNS, transposed (methods as columns); the other one grouped
+    assert len([*QUALITY, *I2V, *ROLLUPS, *SHIFT_ROLLUPS, FVD]) > MAX_COLUMNS >= len(EXTRA)
     assert check_latex(tex) == [1 + 3, 1 + len(EXTRA)]
     # transposed: each group's title is a row across the method columns, its metrics the rows below it
     assert r"\multicolumn{4}{l}{\textit{VBench-I2V quality}} \\" in tex
@@ -376,8 +376,12 @@ def test_latex_grouped_header_structure(tmp_path: Path) -> None:
     assert tex.count(r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}") == 2
     caption_end = tex.index(r"\label{tab:results}")
     assert "Backends:" not in tex[:caption_end] and r"\footnotesize\raggedright Backends: [features=tiny]" in tex
-    narrow = to_latex(_layout_table(tmp_path / "n", [*QUALITY, FVD]))
+    narrow_table = _layout_table(tmp_path / "n", [*QUALITY, FVD])
+    narrow = to_latex(narrow_table)
     assert check_latex(narrow) == [1 + len(QUALITY) + 1]
+    # the same six columns with CIs in every cell are too wide for a page: transposed
+    assert transposed(layout(narrow_table.metrics)[0], narrow_table, show_ci=True)
+    assert check_latex(to_latex(narrow_table, show_ci=True)) == [1 + 3]
     assert r"\multicolumn{5}{c}{VBench-I2V quality} & \multicolumn{1}{c}{Distribution}" in narrow
 
 
@@ -419,22 +423,17 @@ def test_html_group_headers_span_their_columns(tmp_path: Path) -> None:
     from reports.tables import to_html
 
     page = to_html(_layout_table(tmp_path, LAYOUT_METRICS), preset="tiny", num_videos=4)
-    tables = re.findall(r'<table class="results">(.*?)</table>', page)
-    assert len(tables) == 2
-    for body, titles in zip(tables, (["VBench-I2V quality", "I2V and camera motion", "VBench-I2V roll-up",
-                                      "SHIFT roll-up", "Distribution"],
-                                     ["Motion", "Hacking diagnostics", "Training judges", "Training probes",
-                                      "Other"]), strict=True):
-        head1, head2 = re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[0])
-        assert re.findall(r'class="group">([^<]*)</th>', head1) == [html_escape(t) for t in titles]
-        spans = sum(map(int, re.findall(r'colspan="(\d+)"', head1)))
-        assert spans == head2.count("<th>")
-        for row in re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[1]):
-            assert row.count("<td") == spans
+    main, extra = re.findall(r'<table class="results">(.*?)</table>', page)
+    # the main table has 13 columns: transposed as in LaTeX, each group a title row over its metrics' rows
+    assert re.findall(r'class="group-row">([^<]*)</th>', main) == [
+        "VBench-I2V quality", "I2V and camera motion", "VBench-I2V roll-up", "SHIFT roll-up", "Distribution"]
+    assert all(row.count("<td>") == 3 for row in re.findall(r"<tr><th>[^<]*</th>(.*?)</tr>", main.split("<tbody>")[1]))
+    # the other one: a spanning group row over the metric headers, every body row as wide as the spans
+    head1, head2 = re.findall(r"<tr>(.*?)</tr>", extra.split("<tbody>")[0])
+    assert re.findall(r'class="group">([^<]*)</th>', head1) == [
+        "Motion", "Hacking diagnostics", "Training judges", "Training probes", "Other"]
+    spans = sum(map(int, re.findall(r'colspan="(\d+)"', head1)))
+    assert spans == head2.count("<th>") == len(EXTRA)
+    for row in re.findall(r"<tr>(.*?)</tr>", extra.split("<tbody>")[1]):
+        assert row.count("<td") == spans
     assert page.index("Backends:") > page.rindex("</table>")
-
-
-def html_escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
