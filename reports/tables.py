@@ -443,12 +443,16 @@ def _html_columns(block: Block, cells: _Cells) -> str:
 def _html_transposed(block: Block, cells: _Cells) -> str:
     """Methods as columns, metrics as rows under a row with their group's title (a block too wide for the page)."""
     head = "".join(f"<th>{name}</th>" for name in cells.methods.values())
+
+    def cell(text: str) -> str:  # may wrap before its interval (class "transposed"), never inside it
+        return text.replace(", ", ",&nbsp;").replace(" ± ", " ±&nbsp;")
+
     rows = []
     for group, cols in block.groups:
         rows.append(f'<tr><th colspan="{len(cells.methods) + 1}" class="group-row">{html.escape(group.title)}'
                     "</th></tr>")
-        rows += [f"<tr><th>{cells.headers[c]}</th>" + "".join(f"<td>{cells.rows[m][c]}</td>" for m in cells.methods)
-                 + "</tr>" for c in cols]
+        rows += [f"<tr><th>{cells.headers[c]}</th>"
+                 + "".join(f"<td>{cell(cells.rows[m][c])}</td>" for m in cells.methods) + "</tr>" for c in cols]
     return f'<thead><tr><th>Metric</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
 
 
@@ -462,9 +466,10 @@ def to_html(table: FinalTable, *, show_ci: bool = False, directions: Directions 
     cells = _styled(table, HTML, show_ci, directions, overlap)
     parts = [f'<p class="caption">{caption}</p>']
     for block in layout(table.metrics):
-        inner = (_html_transposed(block, cells) if transposed(block, table, show_ci)
-                 else _html_columns(block, cells))
-        parts.append(f'<table class="results"><caption>{html.escape(block.title)}</caption>{inner}</table>')
+        wide = transposed(block, table, show_ci)
+        inner = _html_transposed(block, cells) if wide else _html_columns(block, cells)
+        parts.append(f'<table class="results{" transposed" if wide else ""}"><caption>{html.escape(block.title)}'
+                     f"</caption>{inner}</table>")
     notes = "<br>".join(html.escape(line) for line in footnote_lines(table, preset, overlap))
     parts.append(f'<p class="caption footnote">{notes}</p>')
     return "".join(parts)
@@ -521,11 +526,19 @@ def steps_to_markdown(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequ
 
 def steps_to_html(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence[str] | None = None,
                   metrics: Sequence[str] | None = None, overlap: Overlap = None) -> str:
+    """The appendix as one table per column group (as the Markdown of the main table): every checkpoint times
+    every metric in one table is far wider than a page."""
     if agg.empty:
         return "<p>No results stored for this run.</p>"
-    headers, body = _step_grid(agg, html.escape, show_ci, methods, metrics, overlap, HTML.mark)
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+    agg = clean_aggregates(agg)
+    parts = []
+    for group, cols in column_groups(metric_order(agg["metric"].unique(), metrics)):
+        headers, body = _step_grid(agg[agg["metric"].isin(cols)], html.escape, show_ci, methods, cols, overlap,
+                                   HTML.mark)
+        head = "".join(f"<th>{h}</th>" for h in headers)
+        rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+        parts.append(f'<table class="steps"><caption>{html.escape(group.title)}</caption><thead><tr>{head}</tr>'
+                     f"</thead><tbody>{rows}</tbody></table>")
     note = overlap_line(overlap, method_order(agg["method"], methods), agg["metric"].unique())
     foot = f'<p class="caption">{html.escape(note)}</p>' if note else ""
-    return f'<table class="steps"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{foot}'
+    return "".join(parts) + foot

@@ -423,7 +423,7 @@ def test_html_group_headers_span_their_columns(tmp_path: Path) -> None:
     from reports.tables import to_html
 
     page = to_html(_layout_table(tmp_path, LAYOUT_METRICS), preset="tiny", num_videos=4)
-    main, extra = re.findall(r'<table class="results">(.*?)</table>', page)
+    main, extra = re.findall(r'<table class="results(?: transposed)?">(.*?)</table>', page)
     # the main table has 13 columns: transposed as in LaTeX, each group a title row over its metrics' rows
     assert re.findall(r'class="group-row">([^<]*)</th>', main) == [
         "VBench-I2V quality", "I2V and camera motion", "VBench-I2V roll-up", "SHIFT roll-up", "Distribution"]
