@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from metrics.groups import BY_KEY, GROUPS, OTHER, MetricGroup, group_rank
-from metrics.identity import directions_for, groups_for, is_rollup, metric_backend
+from metrics.identity import directions_for, groups_for, is_rollup, metric_backend, metric_name
 from metrics.judges import MARK
 from reports.identity import arrow, backend_summary, column_labels, decimals_for, format_number, header_labels
 
@@ -65,12 +65,27 @@ def method_order(methods: Iterable[str], preferred: Sequence[str] | None = None)
     return _ordered(methods, preferred, first=(BASE,))
 
 
+def _suite_order() -> list[str]:
+    """VBench-I2V's dimensions in the order of its suite (metrics.registry.METRIC_GROUPS), the papers' column
+    order; empty when the registry cannot be imported (the run's order then stands)."""
+    try:
+        from metrics.registry import METRIC_GROUPS
+    except Exception:  # noqa: BLE001  (order only: see metrics.identity._registry_directions)
+        return []
+    return list(METRIC_GROUPS.get("vbench-i2v", {}))
+
+
 def metric_order(metrics: Iterable[str], preferred: Sequence[str] | None = None) -> list[str]:
-    """In the paper layout's group order (metrics/groups.py); within a group the run's metric order, then
-    other metrics, roll-ups last."""
+    """In the paper layout's group order (metrics/groups.py); within a group VBench-I2V's dimensions in its
+    suite's order, then the run's metric order, then other metrics, roll-ups last."""
     ordered = sorted(_ordered(metrics, preferred), key=is_rollup)  # sort is stable
-    groups = groups_for(ordered)
-    return sorted(ordered, key=lambda m: group_rank(groups[m]))
+    groups, suite = groups_for(ordered), _suite_order()
+
+    def key(m: str) -> tuple[int, int]:
+        name = metric_name(m)
+        return group_rank(groups[m]), suite.index(name) if name in suite else len(suite)
+
+    return sorted(ordered, key=key)
 
 
 def clean_aggregates(agg: pd.DataFrame) -> pd.DataFrame:

@@ -283,7 +283,7 @@ def _layout_table(tmp_path: Path, metrics: list[str], methods: tuple[str, ...] =
 
 
 def test_layout_groups_columns_as_the_papers() -> None:
-    from reports.tables import EXTRA_TITLE, MAIN_TITLE, layout
+    from reports.tables import EXTRA_TITLE, MAIN_TITLE, layout, metric_order
 
     blocks = layout(LAYOUT_METRICS)
     assert [b.title for b in blocks] == [MAIN_TITLE, EXTRA_TITLE]
@@ -293,6 +293,8 @@ def test_layout_groups_columns_as_the_papers() -> None:
     assert extra == [("Motion", EXTRA[:1]), ("Hacking diagnostics", EXTRA[1:3]), ("Training judges", EXTRA[3:4]),
                      ("Training probes", EXTRA[4:5]), ("Other", [UNKNOWN])]
     assert layout([UNKNOWN])[0].title == EXTRA_TITLE  # no main table without a main column
+    # the tables' column order: VBench-I2V's dimensions in its suite's order, whatever the run's order
+    assert metric_order(LAYOUT_METRICS[::-1])[:len(QUALITY) + len(I2V)] == [*QUALITY, *I2V]
 
 
 def test_every_builtin_metric_declares_its_group() -> None:
