@@ -224,12 +224,13 @@ def footnote_lines(table: FinalTable, preset: str | None, overlap: Overlap = Non
 
 MAIN_TITLE = "Main results"
 EXTRA_TITLE = "Method-specific and training metrics"
-# A block is transposed (methods as columns, metrics as rows under their group's title) in LaTeX and HTML
-# alike when it has more metric columns than this, or when its cells and headers' longest words add up to more
-# characters than MAX_WIDTH_CHARS (CIs widen every cell): a paper table wider than that does not stay legible
-# when scaled to \textwidth, nor fit the 1200-px report page without a scroll bar.
+# A block is transposed (methods as columns, metrics as rows under their group's title) when it has more metric
+# columns than MAX_COLUMNS, or when its cells and headers' longest words add up to more characters than fit:
+# HTML_MAX_CHARS on the 1320-px report page without a scroll bar, LATEX_MAX_CHARS on a page's \textwidth at no
+# less than about 3/4 of the font size (CIs widen every cell).
 MAX_COLUMNS = 12
-MAX_WIDTH_CHARS = 130
+HTML_MAX_CHARS = 130
+LATEX_MAX_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -255,14 +256,14 @@ def column_groups(metrics: Sequence[str]) -> list[tuple[MetricGroup, tuple[str, 
     return out
 
 
-def transposed(block: Block, table: FinalTable, show_ci: bool = False) -> bool:
+def transposed(block: Block, table: FinalTable, show_ci: bool = False, max_chars: int = HTML_MAX_CHARS) -> bool:
     """Whether ``block`` is too wide to lay out with one column per metric (see ``MAX_COLUMNS``)."""
     if len(block.metrics) > MAX_COLUMNS:
         return True
     labels, cells = header_labels(block.metrics), format_cells(table, show_ci)
     widths = [max(max(map(len, (labels[c] + " ↑").split())), *(len(cells.at[m, c]) for m in table.methods)) + 2
               for c in block.metrics]
-    return sum(widths) + max(map(len, ["Method", *table.methods])) > MAX_WIDTH_CHARS
+    return sum(widths) + max(map(len, ["Method", *table.methods])) > max_chars
 
 
 def layout(metrics: Sequence[str]) -> list[Block]:
@@ -429,7 +430,7 @@ def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions
     for i, block in enumerate(layout(table.metrics)):
         notes = " ".join(latex_escape(line) for line in footnote_lines(table, preset, overlap, block.metrics))
         notes = notes.replace(latex_escape(MARK), r"$^\dagger$")
-        body = (_latex_transposed(block, cells) if transposed(block, table, show_ci)
+        body = (_latex_transposed(block, cells) if transposed(block, table, show_ci, LATEX_MAX_CHARS)
                 else _latex_tabular(block, cells))
         out += [r"\begin{table}[t]", r"  \centering",
                 f"  \\caption{{{latex_escape(block.title)}. {caption}}}",
