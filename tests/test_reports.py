@@ -439,3 +439,28 @@ def test_html_group_headers_span_their_columns(tmp_path: Path) -> None:
     for row in re.findall(r"<tr>(.*?)</tr>", extra.split("<tbody>")[1]):
         assert row.count("<td") == spans
     assert page.index("Backends:") > page.rindex("</table>")
+
+
+def test_report_fits_1400px_in_chromium(tmp_path: Path) -> None:
+    """The rendered page of seven methods with CIs has no horizontal scroll bar at 1400 px, measured in headless
+    Chromium by scripts/report_width.py; the same page at 700 px does not fit, so the measurement can fail."""
+    import shutil
+    import subprocess
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium installed; scripts/report_width.py measures a report where one is")
+    methods = ("base", "sft", "dpo", "pgdpo", "apo", "fcrm", "shift")
+    values = {m: {0: {0 if m == "base" else 100: {x: 0.5 + 0.01 * i + 0.1 * j for j, x in enumerate(LAYOUT_METRICS)}}}
+              for i, m in enumerate(methods)}
+    page = render_report(make_run(tmp_path, values), show_ci=True)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "report_width.py"
+
+    def measure(width: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(page), "--width", str(width)], capture_output=True,
+                              text=True, timeout=180)
+
+    fits = measure(1400)
+    assert fits.returncode == 0, fits.stdout[-1500:] + fits.stderr[-500:]
+    assert json.loads(fits.stdout[:fits.stdout.rindex("}") + 1])["overflowing"] == []
+    narrow = measure(700)
+    assert narrow.returncode == 1 and "does NOT fit" in narrow.stdout
