@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from metrics.groups import BY_KEY, OTHER
+
 MetricKind = Literal["per-video", "set", "training-probe"]
 KINDS: tuple[str, ...] = ("per-video", "set", "training-probe")
 AGGREGATIONS: tuple[str, ...] = ("mean", "frame_weighted_mean", "fraction", "frechet", "series")
@@ -72,6 +74,9 @@ class MetricSpec:
     # evaluation: a yardstick; training-judge: a training signal scored on every checkpoint, so that its
     # gain can be read against the held-out judges' (reported apart from the evaluation metrics).
     role: Literal["evaluation", "training-judge"] = "evaluation"
+    # The column group of the paper-layout tables (metrics/groups.py): VBench-I2V quality, I2V, FVD in the
+    # main table; motion, hacking diagnostics, rewards, probes in the second one.
+    group: str = OTHER
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,6 +85,8 @@ class MetricSpec:
             raise ValueError(f"{self.name}: aggregation {self.aggregation!r} not in {AGGREGATIONS}")
         if self.role not in ("evaluation", "training-judge"):
             raise ValueError(f"{self.name}: role {self.role!r} is not evaluation or training-judge")
+        if self.group not in BY_KEY:
+            raise ValueError(f"{self.name}: group {self.group!r} is not one of {sorted(BY_KEY)} (metrics/groups.py)")
         unknown = set(self.inputs) - set(VideoSample.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{self.name}: inputs {sorted(unknown)} are not VideoSample fields")

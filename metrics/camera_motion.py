@@ -237,6 +237,7 @@ def resolve_tracker(tracker: str | Tracker, options: dict[str, Any] | None = Non
         "CoTracker's track_grid gets the same grid as query points; tiny-world labels come from the "
         "clip's pan; camera phrases are matched case-insensitively in the caption, then the video id "
         "(upstream: the file name); unlabelled videos are excluded (upstream raises)",
+        group="vbench-i2v",
     )
 )
 class CameraMotion(PerVideoMetric):

@@ -76,33 +76,33 @@ class _I2V(_FeatureMetric):
 
 
 def _spec(name: str, aggregation: str, rng: tuple[float, float], upstream: str, inputs: tuple[str, ...],
-          description: str) -> MetricSpec:
+          description: str, group: str) -> MetricSpec:
     # version 2: real embedders resize float frames without rounding, the i2v ones with torchvision's antialias
     # and the conditioning image through PIL, as upstream (tests/test_golden_upstream.py)
     return MetricSpec(name=name, version="2", higher_is_better=True, kind="per-video", aggregation=aggregation,
                       vbench_range=rng, inputs=inputs, weights=tuple(f"tiny/{w}" for w in TINY_WEIGHTS[:1]),
-                      description=description, departures=TINY_DEPARTURE.format(upstream=upstream))
+                      description=description, departures=TINY_DEPARTURE.format(upstream=upstream), group=group)
 
 
 @register(_spec("subject_consistency", "frame_weighted_mean", (0.1462, 1.0), "DINO ViT-B/16", ("frames",),
-                "appearance of the subject stays the same across frames"))
+                "appearance of the subject stays the same across frames", "vbench-quality"))
 class SubjectConsistency(_Consistency):
     head = "subject"
 
 
 @register(_spec("background_consistency", "frame_weighted_mean", (0.2615, 1.0), "CLIP ViT-B/32", ("frames",),
-                "the background stays the same across frames"))
+                "the background stays the same across frames", "vbench-quality"))
 class BackgroundConsistency(_Consistency):
     head = "background"
 
 
 @register(_spec("i2v_subject", "mean", (0.1462, 1.0), "DINO ViT-B/16", ("frames", "first_frame"),
-                "the subject matches the conditioning image and stays consistent"))
+                "the subject matches the conditioning image and stays consistent", "vbench-i2v"))
 class I2VSubject(_I2V):
     head = "subject"
 
 
 @register(_spec("i2v_background", "mean", (0.2615, 1.0), "DreamSim", ("frames", "first_frame"),
-                "the background matches the conditioning image and stays consistent"))
+                "the background matches the conditioning image and stays consistent", "vbench-i2v"))
 class I2VBackground(_I2V):
     head = "background"

@@ -42,6 +42,7 @@ def dynamic_check(frames: np.ndarray, fps: float, flow: FlowBackend) -> dict[str
     description="VBench dynamic degree: fraction of videos whose top-5% flow exceeds a size-scaled threshold",
     departures="weights-free flow backend (OpenCV DIS by default, auto-upscaled for tiny frames) instead of "
                "RAFT-things with 20 iterations (flow=raft: upstream's, top-5 % on the padded field as upstream)",
+    group="vbench-quality",
 ))
 class DynamicDegree(PerVideoMetric):
     def __init__(self, flow: str | FlowBackend = "dis", flow_options: dict[str, Any] | None = None) -> None:

@@ -127,6 +127,7 @@ def _real_extractor(features: str, output: str):
     description="Frechet distance of clip features, generated vs real clips",
     departures="features=tiny: the tiny world's clip classifier, not I3D or VideoMAE-v2 (numbers are about the "
                "tiny world only); the real extractors follow the protocol recorded with each value",
+    group="distribution",
 ))
 class FVD(Metric):
     def __init__(self, features: str = "tiny", n_ref: int | None = None, ref: str | None = None,

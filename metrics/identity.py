@@ -10,6 +10,9 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 
+from metrics.groups import OTHER
+from metrics.rollups import rollup_group
+
 log = logging.getLogger(__name__)
 
 ROLLUP_PREFIX = "rollup:"
@@ -49,6 +52,26 @@ def _registry_directions() -> dict[str, bool | None]:
         hib = getattr(spec, "higher_is_better", None)
         out[str(spec.name)] = None if hib is None else bool(hib)
     return out
+
+
+def _registry_groups() -> dict[str, str]:
+    """``group`` by metric name (metrics/groups.py); empty when the registry cannot be listed (as directions:
+    grouping only lays a table out, so every metric then goes to "other" rather than the report failing)."""
+    try:
+        from metrics.registry import list_metrics
+
+        specs = list_metrics()
+    except Exception as exc:  # see docstring
+        log.warning("metric groups unavailable (metrics.registry: %s); tables are not grouped", exc)
+        return {}
+    return {str(spec.name): str(getattr(spec, "group", OTHER)) for spec in specs}
+
+
+def groups_for(identities: Iterable[str]) -> dict[str, str]:
+    """The table group key of each identity, with one registry look-up; roll-ups by their family."""
+    identities = list(identities)
+    known = _registry_groups() if any(not is_rollup(i) for i in identities) else {}
+    return {i: rollup_group(i)[0] if is_rollup(i) else known.get(metric_name(i), OTHER) for i in identities}
 
 
 def metric_direction(identity: str) -> bool | None:

@@ -42,6 +42,7 @@ def resize_shorter_side(frames: np.ndarray, size: int) -> np.ndarray:
     description="mean optical-flow magnitude (px per evaluated frame pair) over pixels and pairs",
     departures="no single upstream: flow backend, statistic, frame step and resize are options recorded in "
                "the identity; weights-free flow (OpenCV DIS by default) rather than RAFT",
+    group="motion",
 ))
 class MotionScore(PerVideoMetric):
     def __init__(self, flow: str | FlowBackend = "dis", flow_options: dict[str, Any] | None = None,

@@ -41,6 +41,7 @@ def smoothness_score(frames: np.ndarray, interp: InterpolationBackend) -> tuple[
     departures="with interp=flowinterp-* (the tiny default): weights-free interpolation (bidirectional flow, "
                "halfway warping and blending; no occlusion handling) instead of AMT-S, values not comparable "
                "with published VBench numbers; with interp=amt-s: upstream AMT-S weights, padding and scale 1",
+    group="vbench-quality",
 ))
 class MotionSmoothness(PerVideoMetric):
     def __init__(self, interp: str | InterpolationBackend = "flowinterp-dis",

@@ -13,6 +13,7 @@ PROBE_SPECS: dict[str, MetricSpec] = {
         aggregation="series", vbench_range=None, inputs=(), weights=(),
         description="chosen samples' ELBO-proxy log-likelihood minus the reference's, on fixed probe pairs "
                     "and draws (negative = likelihood displacement)",
+        group="probe",
     ),
     "gamma": MetricSpec(
         name="gamma", version="2", higher_is_better=True, kind="training-probe", aggregation="series",
@@ -20,6 +21,7 @@ PROBE_SPECS: dict[str, MetricSpec] = {
         description="PG-DPO's Gamma on the held-out pairs (pairwise preference methods only): the method's "
                     "first-order gain in the chosen log-likelihood over a DPO step at probes.beta; per checkpoint, "
                     "the share of probed steps with Gamma > 0",
+        group="probe",
     ),
     "chosen_logp_step": MetricSpec(
         name="chosen_logp_step", version="1", higher_is_better=True, kind="training-probe", aggregation="series",
@@ -27,5 +29,6 @@ PROBE_SPECS: dict[str, MetricSpec] = {
         description="does the method's coming update (its own loss on its own batch) raise the held-out chosen "
                     "samples' log-likelihood? cosine between the update and grad log p(chosen); per checkpoint, the "
                     "share of probed steps with cosine > 0",
+        group="probe",
     ),
 }

@@ -26,6 +26,7 @@ from metrics.registry import register
     vbench_range=(0.0, 1.0), inputs=("frames",), weights=("clip_vit_l14", "laion_aesthetic_l14"),
     description="LAION aesthetic predictor on CLIP ViT-L/14 frame embeddings, / 10, mean over frames",
     judge="aesthetic",  # the same predictor is FCRM's `aesthetic` reward: a run trained on it is marked
+    group="vbench-quality",
 ))
 class AestheticQuality(PerVideoMetric):
     def __init__(self, features: str = "clip-vitl14") -> None:
@@ -52,6 +53,7 @@ class AestheticQuality(PerVideoMetric):
     name="imaging_quality", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=(0.0, 1.0), inputs=("frames",), weights=("musiq_spaq",),
     description="MUSIQ (SPAQ) per frame, longer side at most 512, / 100, mean over frames",
+    group="vbench-quality",
 ))
 class ImagingQuality(PerVideoMetric):
     def __init__(self, device: str | None = None, batch: int = 16) -> None:

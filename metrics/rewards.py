@@ -28,6 +28,7 @@ from metrics.registry import register
                 "the training judge of FCRM and of the preference methods' pairs",
     judge="latent_rm", role="training-judge",
     departures="FCRM's reward model reads Wan 2.1 features; on the tiny world it reads the tiny base model's",
+    group="reward",
 ))
 class LatentReward(PerVideoMetric):
     def __init__(self, path: str | None = None) -> None:
@@ -62,6 +63,7 @@ class LatentReward(PerVideoMetric):
     vbench_range=None, inputs=("frames",), weights=(),
     description="mean frame luma (BT.601 on RGB in [0, 1]); FCRM's lightness reward",
     judge="luminance", role="training-judge",
+    group="reward",
 ))
 class Luminance(PerVideoMetric):
     def score(self, sample: VideoSample) -> tuple[float | None, float, dict[str, Any]]:
@@ -105,6 +107,7 @@ class _MotionReward(PerVideoMetric):
     description="SHIFT's instantaneous motion reward: pre-trained ViT on transport-residual + flow-confidence maps",
     judge="imr", role="training-judge",
     departures="weights-free flow (OpenCV DIS, forward-backward confidence) instead of SEA-RAFT; a 2-layer ViT",
+    group="reward",
 ))
 class IMRReward(_MotionReward):
     kind = "imr"
@@ -116,6 +119,7 @@ class IMRReward(_MotionReward):
     description="SHIFT's long-term motion reward: pre-trained trajectory transformer on tracked random points",
     judge="lmr", role="training-judge",
     departures="flow-chaining tracker (OpenCV DIS) instead of CoTracker3; 64 queries instead of 1024",
+    group="reward",
 ))
 class LMRReward(_MotionReward):
     kind = "lmr"

@@ -60,6 +60,25 @@ def rollup_constituents(identity: str) -> tuple[str, ...]:
     return ()
 
 
+# The column group of each stored roll-up in the paper-layout tables (metrics/groups.py), by family prefix:
+# the first prefix that matches wins. SHIFT's motion-minus-appearance gap is read as a reward-hacking signal
+# (its App. B), so it sits with the hacking diagnostics rather than with the scores.
+ROLLUP_GROUPS: tuple[tuple[str, str], ...] = (
+    ("vbench_i2v_", "vbench-rollup"),
+    ("shift_motion_minus_appearance", "hacking"),
+    ("shift_", "shift-rollup"),
+)
+
+
+def rollup_group(identity: str) -> tuple[str, str]:
+    """(group key, family prefix) of a stored roll-up; ("other", "") for one no family claims."""
+    name = identity.removeprefix("rollup:").split("[", 1)[0]
+    for prefix, group in ROLLUP_GROUPS:
+        if name.startswith(prefix):
+            return group, prefix if group.endswith("-rollup") else ""
+    return "other", ""
+
+
 def _base_values(values: Mapping[str, Any]) -> dict[str, float]:
     """Base name -> finite float; identities are reduced to base names (twice is an error)."""
     out: dict[str, float] = {}

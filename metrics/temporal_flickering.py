@@ -66,6 +66,7 @@ def flicker_score(frames: np.ndarray) -> float:
     departures="static filter uses a weights-free flow backend (OpenCV DIS by default, auto-upscaled for "
                "tiny frames) instead of RAFT-things; MAE in float64 rather than float32; "
                "static_filter=False scores every video, as VBench-I2V does (the vbench-i2v group's setting)",
+    group="vbench-quality",
 ))
 class TemporalFlickering(PerVideoMetric):
     def __init__(self, flow: str | FlowBackend = "dis", flow_options: dict[str, Any] | None = None,

@@ -29,6 +29,7 @@ def _judge(sample: VideoSample, metric: str):
     judge="oracle",
     departures="Diffusion-APO judges distortion with humans or a VLM; on the tiny world the oracle judge "
                "from ground truth does it",
+    group="hacking",
 ))
 class DistortionRate(PerVideoMetric):
     def identity_options(self) -> dict[str, object]:
@@ -45,6 +46,7 @@ class DistortionRate(PerVideoMetric):
     vbench_range=None, inputs=("frames", "condition"), weights=(),
     description="how closely sprites follow the trajectory their caption asks for (oracle, 0..1)",
     judge="oracle",
+    group="motion",
 ))
 class MotionAdherence(PerVideoMetric):
     def identity_options(self) -> dict[str, object]:

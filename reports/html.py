@@ -18,16 +18,28 @@ from reports.run_info import RunInfo
 from reports.tables import BASE, TINY_DISCLAIMER
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1320px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 .note { background: #fff6d9; border-left: 4px solid #e0b000; padding: .6em 1em; }
 dl.prov { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
 dl.prov dt { font-weight: 600; } dl.prov dd { margin: 0; font-family: monospace; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
-th, td { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th, td { padding: .25em .55em; border-bottom: 1px solid #ddd; text-align: right; }
+thead th { vertical-align: bottom; }
+table.results td, table.steps td { white-space: nowrap; }
+table.results.transposed td { white-space: normal; }
+table.results.transposed thead th { text-align: right; }
+table.results.transposed thead th:first-child { text-align: left; }
 tbody th, td:first-child { text-align: left; }
 caption { caption-side: top; text-align: left; font-size: .9em; color: #444; padding-bottom: .5em; }
+p.caption { font-size: .9em; color: #444; }
+table.results caption { font-weight: 600; color: #222; }
+table.results thead th { white-space: normal; vertical-align: bottom; text-align: center; min-width: 4em; }
+table.results th.group { border-bottom: 1px solid #888; vertical-align: middle; }
+table.results th.group, table.results td.start { border-left: 1px solid #ccc; }
+table.results th.group-row { text-align: left; font-style: italic; background: #f4f4f4; }
+table.results th, table.results td { padding: .2em .5em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; } .plots img { max-width: 100%; width: 560px; }
 .gallery figure { margin: 1em 0; } .gallery img { image-rendering: pixelated; max-width: 100%; }
 figcaption { font-size: .88em; color: #444; } figcaption ol { margin: .3em 0; }
@@ -111,7 +123,8 @@ def markdown_html(title: str, text: str) -> list[str]:
         lines = block.strip().splitlines()
         if lines and lines[0].startswith("|"):
             rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if not set(ln) <= set("|-: ")]
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            # a header may break after an underscore (<wbr>): identifiers as headers are the widest words
+            head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in rows[0])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
             parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
                          f"<tbody>{body}</tbody></table></div>")

@@ -10,7 +10,8 @@ import math
 import re
 from collections.abc import Iterable
 
-from metrics.identity import ROLLUP_PREFIX, metric_backend, metric_name
+from metrics.identity import ROLLUP_PREFIX, is_rollup, metric_backend, metric_name
+from metrics.rollups import rollup_group
 
 # Distances between feature distributions: large numbers where a third decimal is noise.
 _LARGE_SCALE = ("fvd", "kvd", "fid")
@@ -41,6 +42,18 @@ def column_labels(identities: Iterable[str]) -> dict[str, str]:
     identities = list(identities)
     names = [metric_name(i) for i in identities]
     return {i: (n if names.count(n) == 1 else i) for i, n in zip(identities, names, strict=True)}
+
+
+def header_labels(identities: Iterable[str]) -> dict[str, str]:
+    """Headers of the grouped tables: as ``column_labels``, with a roll-up's family prefix left to its group's
+    title (``rollup:vbench_i2v_partial_total`` -> ``partial total`` under "VBench-I2V roll-up") and underscores
+    as spaces, so that a header can wrap onto two lines in a narrow column."""
+    out = {}
+    for ident, label in column_labels(identities).items():
+        if is_rollup(ident):
+            label = label.removeprefix(ROLLUP_PREFIX).removeprefix(rollup_group(ident)[1])
+        out[ident] = label.replace("_", " ")
+    return out
 
 
 def backend_summary(identities: Iterable[str]) -> str:

@@ -1,8 +1,11 @@
-"""The paper-style results table and the per-step appendix table, as frames and as Markdown/LaTeX/HTML.
+"""The paper-style results tables and the per-step appendix table, as frames and as Markdown/LaTeX/HTML.
 
-The main table has one row per method (the base model first) at its final checkpoint and one column
-per metric. Numbers are computed once (:func:`final_table`); the three renderers share the formatting
-and the best/second-best marking, so the Markdown, LaTeX and HTML versions never disagree.
+The results have one row per method (the base model first) at its final checkpoint and one column per
+metric, laid out as the papers do (:func:`layout`): a main table of VBench-I2V quality, I2V and camera
+motion, roll-ups and FVD, and a second one of method-specific and training metrics, each with its columns
+grouped under the titles of metrics/groups.py. Numbers are computed once (:func:`final_table`); the three
+renderers share the formatting and the best/second-best marking, so the Markdown, LaTeX and HTML versions
+never disagree.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from metrics.identity import directions_for, is_rollup, metric_backend
+from metrics.groups import BY_KEY, GROUPS, OTHER, MetricGroup, group_rank
+from metrics.identity import directions_for, groups_for, is_rollup, metric_backend, metric_name
 from metrics.judges import MARK
-from reports.identity import arrow, backend_summary, column_labels, decimals_for, format_number
+from reports.identity import arrow, backend_summary, column_labels, decimals_for, format_number, header_labels
 
 BASE = "base"
 TINY_DISCLAIMER = ("Numbers from the tiny preset are about the synthetic tiny world; they are not VBench "
@@ -61,9 +65,27 @@ def method_order(methods: Iterable[str], preferred: Sequence[str] | None = None)
     return _ordered(methods, preferred, first=(BASE,))
 
 
+def _suite_order() -> list[str]:
+    """VBench-I2V's dimensions in the order of its suite (metrics.registry.METRIC_GROUPS), the papers' column
+    order; empty when the registry cannot be imported (the run's order then stands)."""
+    try:
+        from metrics.registry import METRIC_GROUPS
+    except Exception:  # noqa: BLE001  (order only: see metrics.identity._registry_directions)
+        return []
+    return list(METRIC_GROUPS.get("vbench-i2v", {}))
+
+
 def metric_order(metrics: Iterable[str], preferred: Sequence[str] | None = None) -> list[str]:
-    """The run's metric order, then other metrics, roll-ups last."""
-    return sorted(_ordered(metrics, preferred), key=is_rollup)  # sort is stable
+    """In the paper layout's group order (metrics/groups.py); within a group VBench-I2V's dimensions in its
+    suite's order, then the run's metric order, then other metrics, roll-ups last."""
+    ordered = sorted(_ordered(metrics, preferred), key=is_rollup)  # sort is stable
+    groups, suite = groups_for(ordered), _suite_order()
+
+    def key(m: str) -> tuple[int, int]:
+        name = metric_name(m)
+        return group_rank(groups[m]), suite.index(name) if name in suite else len(suite)
+
+    return sorted(ordered, key=key)
 
 
 def clean_aggregates(agg: pd.DataFrame) -> pd.DataFrame:
@@ -172,22 +194,85 @@ def _marked(overlap: Overlap, method: str, identity: str) -> bool:
 
 
 def caption_lines(table: FinalTable, preset: str | None, num_videos: int | None,
-                  show_ci: bool = False, overlap: Overlap = None) -> list[str]:
-    """Plain-text caption: what was evaluated, with which backends, what a cell is, and the disclaimer."""
+                  show_ci: bool = False) -> list[str]:
+    """Plain-text caption above a table: what was evaluated and what a cell is."""
     size = f"{num_videos} videos" if num_videos else "size unknown"
-    lines = [f"Preset: {preset or 'unknown'}; eval set: {size}; backends: "
-             f"{backend_summary(table.metrics) or 'none'}."]
     finals = "; ".join(f"{m}: step {table.step[m]}" + _seed_note(table.seeds[m], table.seeds_run[m])
                        for m in table.methods)
     cell = f"Each cell: the value at the method's final checkpoint ({finals or 'none evaluated'})."
     if show_ci:
         cell += " Several seeds: mean ± std over seeds; one seed: value [95 % bootstrap CI over videos]."
-    lines.append(cell + " Bold: best, underlined: second best, in the direction of the arrow.")
-    if note := overlap_line(overlap, table.methods, table.metrics):
+    return [f"Preset: {preset or 'unknown'}; eval set: {size}.",
+            cell + " Bold: best, underlined: second best, in the direction of the arrow."]
+
+
+def footnote_lines(table: FinalTable, preset: str | None, overlap: Overlap = None,
+                   metrics: Sequence[str] | None = None) -> list[str]:
+    """Plain-text notes below a table, as papers put them: the backends, the judge-overlap mark, the disclaimer.
+
+    ``metrics``: the columns the table shows (default: all of ``table``)."""
+    metrics = list(table.metrics if metrics is None else metrics)
+    lines = [f"Backends: {backend_summary(metrics) or 'none'}."]
+    if note := overlap_line(overlap, table.methods, metrics):
         lines.append(note)
     if is_tiny(preset, table.metrics):
         lines.append(TINY_DISCLAIMER)
     return lines
+
+
+# ---- paper layout: column groups -----------------------------------------------------------------------
+
+MAIN_TITLE = "Main results"
+EXTRA_TITLE = "Method-specific and training metrics"
+# A block is transposed (methods as columns, metrics as rows under their group's title) when it has more metric
+# columns than MAX_COLUMNS, or when its cells and headers' longest words add up to more characters than fit:
+# HTML_MAX_CHARS on the 1320-px report page without a scroll bar, LATEX_MAX_CHARS on a page's \textwidth at no
+# less than about 3/4 of the font size (CIs widen every cell).
+MAX_COLUMNS = 12
+HTML_MAX_CHARS = 130
+LATEX_MAX_CHARS = 80
+
+
+@dataclass(frozen=True)
+class Block:
+    """One table of the paper layout: its title and its column groups, each (group, metric identities)."""
+
+    title: str
+    groups: tuple[tuple[MetricGroup, tuple[str, ...]], ...]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for _, cols in self.groups for m in cols]
+
+
+def column_groups(metrics: Sequence[str]) -> list[tuple[MetricGroup, tuple[str, ...]]]:
+    """The non-empty groups in table order (metrics/groups.py), metrics in their given order within each."""
+    keys = groups_for(metrics)
+    out = []
+    for group in GROUPS:
+        cols = tuple(m for m in metrics if (keys[m] if keys[m] in BY_KEY else OTHER) == group.key)
+        if cols:
+            out.append((group, cols))
+    return out
+
+
+def transposed(block: Block, table: FinalTable, show_ci: bool = False, max_chars: int = HTML_MAX_CHARS) -> bool:
+    """Whether ``block`` is too wide to lay out with one column per metric (see ``MAX_COLUMNS``)."""
+    if len(block.metrics) > MAX_COLUMNS:
+        return True
+    labels, cells = header_labels(block.metrics), format_cells(table, show_ci)
+    widths = [max(max(map(len, (labels[c] + " ↑").split())), *(len(cells.at[m, c]) for m in table.methods)) + 2
+              for c in block.metrics]
+    return sum(widths) + max(map(len, ["Method", *table.methods])) > max_chars
+
+
+def layout(metrics: Sequence[str]) -> list[Block]:
+    """The main table (VBench-I2V quality, I2V, roll-ups, FVD) and the method-specific and training table;
+    only those with a column."""
+    groups = column_groups(metrics)
+    blocks = [Block(MAIN_TITLE, tuple(g for g in groups if g[0].main)),
+              Block(EXTRA_TITLE, tuple(g for g in groups if not g[0].main))]
+    return [b for b in blocks if b.groups]
 
 
 # ---- renderers ---------------------------------------------------------------------------------------
@@ -224,27 +309,41 @@ HTML = _Style(html.escape, "<strong>{}</strong>", "<u>{}</u>", "±", "↑", "↓
               '<sup class="overlap" title="trained on this metric\'s judge">†</sup>')
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """Escaped, marked text of every header and cell, looked up by metric identity."""
+
+    headers: dict[str, str]
+    rows: dict[str, dict[str, str]]  # method -> identity -> cell
+    methods: dict[str, str]  # method -> escaped name
+
+    def header_row(self, metrics: Sequence[str]) -> list[str]:
+        return [self.headers[c] for c in metrics]
+
+    def body(self, metrics: Sequence[str]) -> list[list[str]]:
+        return [[name, *(self.rows[m][c] for c in metrics)] for m, name in self.methods.items()]
+
+
 def _styled(table: FinalTable, style: _Style, show_ci: bool,
-            directions: Mapping[str, bool | None] | None, overlap: Overlap = None) -> tuple[list[str], list[list[str]]]:
+            directions: Mapping[str, bool | None] | None, overlap: Overlap = None) -> _Cells:
     """Escaped header and body cells with arrows and marks applied."""
     dirs = directions_for(table.metrics, directions)
-    labels = column_labels(table.metrics)
-    headers = ["Method"] + [
-        style.escape(labels[c]) + (f" {arrow(dirs[c], style.up, style.down)}" if dirs[c] is not None else "")
-        for c in table.metrics]
+    labels = header_labels(table.metrics)
+    headers = {c: style.escape(labels[c]) + (f" {arrow(dirs[c], style.up, style.down)}" if dirs[c] is not None
+                                             else "")
+               for c in table.metrics}
     cells = format_cells(table, show_ci, pm="\0")  # placeholder survives escaping, then becomes pm
     marks = rank_marks(table, dirs)
-    body = []
+    rows: dict[str, dict[str, str]] = {}
     for m in table.methods:
-        row = [style.escape(m)]
+        rows[m] = {}
         for c in table.metrics:
             text = style.escape(cells.at[m, c]).replace("\0", style.pm)
             mark = marks.at[m, c]
             text = (style.bold.format(text) if mark == "best" else
                     style.under.format(text) if mark == "second" else text)
-            row.append(text + (style.mark if _marked(overlap, m, c) else ""))
-        body.append(row)
-    return headers, body
+            rows[m][c] = text + (style.mark if _marked(overlap, m, c) else "")
+    return _Cells(headers, rows, {m: style.escape(m) for m in table.methods})
 
 
 def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -255,41 +354,141 @@ def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def to_markdown(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
                 preset: str | None = None, num_videos: int | None = None, overlap: Overlap = None) -> str:
-    """Caption paragraphs then a GitHub table (bold best, <u>second</u>, ↑/↓ headers, † overlap)."""
-    caption = "\n\n".join(_md_escape(line) for line in caption_lines(table, preset, num_videos, show_ci, overlap))
+    """Caption, then each table of the paper layout as one GitHub table per column group (Markdown has no
+    spanning header cells) under the group's title, then the footnotes (backends, † overlap, disclaimer)."""
+    caption = "\n\n".join(_md_escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
     if not table.metrics:
         return caption + "\n\n_No results stored for this run._\n"
-    return caption + "\n\n" + markdown_grid(*_styled(table, MARKDOWN, show_ci, directions, overlap))
+    cells = _styled(table, MARKDOWN, show_ci, directions, overlap)
+    parts = [caption]
+    for block in layout(table.metrics):
+        parts.append(f"### {block.title}")
+        for group, cols in block.groups:
+            parts.append(f"**{_md_escape(group.title)}**\n\n"
+                         + markdown_grid(["Method", *cells.header_row(cols)], cells.body(cols)).rstrip("\n"))
+    parts += [_md_escape(line) for line in footnote_lines(table, preset, overlap)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _latex_header(text: str) -> str:
+    """A header cell on two lines at its last space before the arrow (``subject`` / ``consistency ↑``): narrow
+    columns, in a plain nested tabular (no package beyond booktabs)."""
+    words = text.split(" ")
+    if len(words) < 2 or (len(words) == 2 and words[1].startswith("$")):
+        return text
+    arrow_part = words[-1] if words[-1].startswith("$") else ""
+    words = words[:-1] if arrow_part else words
+    cut = max(1, len(words) // 2)
+    top, bottom = " ".join(words[:cut]), " ".join(words[cut:] + ([arrow_part] if arrow_part else []))
+    return rf"\begin{{tabular}}[b]{{@{{}}c@{{}}}}{top}\\{bottom}\end{{tabular}}"
+
+
+def _latex_tabular(block: Block, cells: _Cells) -> list[str]:
+    """The block's columns side by side: a \\multicolumn group row with \\cmidrule under each group."""
+    n = len(block.metrics)
+    spans, rules, col = [], [], 2
+    for group, cols in block.groups:
+        spans.append(rf"\multicolumn{{{len(cols)}}}{{c}}{{{latex_escape(group.title)}}}")
+        rules.append(rf"\cmidrule(lr){{{col}-{col + len(cols) - 1}}}")
+        col += len(cols)
+    return [f"    \\begin{{tabular}}{{l{'r' * n}}}", r"    \toprule",
+            "    & " + " & ".join(spans) + r" \\", "    " + " ".join(rules),
+            "    Method & " + " & ".join(_latex_header(h) for h in cells.header_row(block.metrics)) + r" \\",
+            r"    \midrule", *("    " + " & ".join(row) + r" \\" for row in cells.body(block.metrics)),
+            r"    \bottomrule", r"    \end{tabular}"]
+
+
+def _latex_transposed(block: Block, cells: _Cells) -> list[str]:
+    """Methods as columns, metrics as rows under their group's title: for blocks too wide for a page."""
+    methods = list(cells.methods.values())
+    k = len(methods) + 1
+    lines = [f"    \\begin{{tabular}}{{l{'r' * len(methods)}}}", r"    \toprule",
+             "    Metric & " + " & ".join(methods) + r" \\"]
+    for group, cols in block.groups:
+        lines += [r"    \midrule", rf"    \multicolumn{{{k}}}{{l}}{{\textit{{{latex_escape(group.title)}}}}} \\"]
+        for c in cols:
+            lines.append("    " + " & ".join([cells.headers[c], *(cells.rows[m][c] for m in cells.methods)])
+                         + r" \\")
+    return [*lines, r"    \bottomrule", r"    \end{tabular}"]
 
 
 def to_latex(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
              preset: str | None = None, num_videos: int | None = None, label: str = "tab:results",
              overlap: Overlap = None) -> str:
-    """A booktabs ``table`` environment (needs only ``\\usepackage{booktabs}``)."""
-    caption = " ".join(latex_escape(line) for line in caption_lines(table, preset, num_videos, show_ci, overlap))
-    caption = caption.replace(latex_escape(MARK), r"$^\dagger$")
-    headers, body = _styled(table, LATEX, show_ci, directions, overlap)
-    lines = ["% requires \\usepackage{booktabs}", r"\begin{table}[t]", r"  \centering",
-             f"  \\caption{{{caption}}}", f"  \\label{{{label}}}",
-             f"  \\begin{{tabular}}{{l{'r' * len(table.metrics)}}}", r"    \toprule",
-             "    " + " & ".join(headers) + r" \\", r"    \midrule",
-             *("    " + " & ".join(row) + r" \\" for row in body),
-             r"    \bottomrule", r"  \end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    """One booktabs ``table`` per block of the paper layout (labels ``label`` and ``label``-extra).
+
+    Column groups are ``\\multicolumn`` headers over ``\\cmidrule``; a block too wide for that
+    (:func:`transposed`) has methods as columns and its groups as row blocks; either way it is shrunk to
+    ``\\textwidth`` only when wider (``\\resizebox``). The backends, the † overlap note and the disclaimer are a
+    ``\\footnotesize`` note below the table. Needs ``\\usepackage{booktabs}`` and ``\\usepackage{graphicx}``."""
+    caption = " ".join(latex_escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
+    head = ["% requires \\usepackage{booktabs} and \\usepackage{graphicx}"]
+    if not table.metrics:
+        return "\n".join([*head, rf"% {caption}", "% No results stored for this run."]) + "\n"
+    cells = _styled(table, LATEX, show_ci, directions, overlap)
+    out = head
+    for i, block in enumerate(layout(table.metrics)):
+        notes = " ".join(latex_escape(line) for line in footnote_lines(table, preset, overlap, block.metrics))
+        notes = notes.replace(latex_escape(MARK), r"$^\dagger$")
+        body = (_latex_transposed(block, cells) if transposed(block, table, show_ci, LATEX_MAX_CHARS)
+                else _latex_tabular(block, cells))
+        out += [r"\begin{table}[t]", r"  \centering",
+                f"  \\caption{{{latex_escape(block.title)}. {caption}}}",
+                f"  \\label{{{label if i == 0 else label + '-extra'}}}",
+                r"  \resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
+                *body[:-1], body[-1] + "}%",
+                r"  \par\smallskip", f"  \\parbox{{\\textwidth}}{{\\footnotesize\\raggedright {notes}}}",
+                r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def _html_columns(block: Block, cells: _Cells) -> str:
+    """One column per metric under a spanning group header row, a rule left of each group."""
+    spans = "".join(f'<th colspan="{len(cols)}" class="group">{html.escape(group.title)}</th>'
+                    for group, cols in block.groups)
+    head = "".join(f"<th>{h}</th>" for h in cells.header_row(block.metrics))
+    starts = {cols[0] for _, cols in block.groups}
+    rows = "".join("<tr><th>" + row[0] + "</th>"
+                   + "".join(('<td class="start">' if c in starts else "<td>") + f"{text}</td>"
+                             for c, text in zip(block.metrics, row[1:], strict=True)) + "</tr>"
+                   for row in cells.body(block.metrics))
+    return (f'<thead><tr><th rowspan="2">Method</th>{spans}</tr><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody>")
+
+
+def _html_transposed(block: Block, cells: _Cells) -> str:
+    """Methods as columns, metrics as rows under a row with their group's title (a block too wide for the page)."""
+    head = "".join(f"<th>{name}</th>" for name in cells.methods.values())
+
+    def cell(text: str) -> str:  # may wrap before its interval (class "transposed"), never inside it
+        return text.replace(", ", ",&nbsp;").replace(" ± ", " ±&nbsp;")
+
+    rows = []
+    for group, cols in block.groups:
+        rows.append(f'<tr><th colspan="{len(cells.methods) + 1}" class="group-row">{html.escape(group.title)}'
+                    "</th></tr>")
+        rows += [f"<tr><th>{cells.headers[c]}</th>"
+                 + "".join(f"<td>{cell(cells.rows[m][c])}</td>" for m in cells.methods) + "</tr>" for c in cols]
+    return f'<thead><tr><th>Metric</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
 
 
 def to_html(table: FinalTable, *, show_ci: bool = False, directions: Directions = None,
             preset: str | None = None, num_videos: int | None = None, overlap: Overlap = None) -> str:
-    """A ``<table>`` with the same marks; the caption lines become its ``<caption>``."""
-    caption = "<br>".join(html.escape(line) for line in caption_lines(table, preset, num_videos, show_ci, overlap))
+    """Each block of the paper layout as a ``<table>``: a spanning group header row over the metric headers, or
+    transposed as in LaTeX when too wide; the caption lines above the first, the footnotes below the last."""
+    caption = "<br>".join(html.escape(line) for line in caption_lines(table, preset, num_videos, show_ci))
     if not table.metrics:
         return f'<p class="caption">{caption}</p><p>No results stored for this run.</p>'
-    headers, body = _styled(table, HTML, show_ci, directions, overlap)
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    rows = "".join("<tr><th>" + row[0] + "</th>" + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
-                   for row in body)
-    return (f'<table class="results"><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{rows}</tbody></table>")
+    cells = _styled(table, HTML, show_ci, directions, overlap)
+    parts = [f'<p class="caption">{caption}</p>']
+    for block in layout(table.metrics):
+        wide = transposed(block, table, show_ci)
+        inner = _html_transposed(block, cells) if wide else _html_columns(block, cells)
+        parts.append(f'<table class="results{" transposed" if wide else ""}"><caption>{html.escape(block.title)}'
+                     f"</caption>{inner}</table>")
+    notes = "<br>".join(html.escape(line) for line in footnote_lines(table, preset, overlap))
+    parts.append(f'<p class="caption footnote">{notes}</p>')
+    return "".join(parts)
 
 
 # ---- per-step appendix table ---------------------------------------------------------------------------
@@ -343,11 +542,19 @@ def steps_to_markdown(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequ
 
 def steps_to_html(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence[str] | None = None,
                   metrics: Sequence[str] | None = None, overlap: Overlap = None) -> str:
+    """The appendix as one table per column group (as the Markdown of the main table): every checkpoint times
+    every metric in one table is far wider than a page."""
     if agg.empty:
         return "<p>No results stored for this run.</p>"
-    headers, body = _step_grid(agg, html.escape, show_ci, methods, metrics, overlap, HTML.mark)
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+    agg = clean_aggregates(agg)
+    parts = []
+    for group, cols in column_groups(metric_order(agg["metric"].unique(), metrics)):
+        headers, body = _step_grid(agg[agg["metric"].isin(cols)], html.escape, show_ci, methods, cols, overlap,
+                                   HTML.mark)
+        head = "".join(f"<th>{h}</th>" for h in headers)
+        rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+        parts.append(f'<table class="steps"><caption>{html.escape(group.title)}</caption><thead><tr>{head}</tr>'
+                     f"</thead><tbody>{rows}</tbody></table>")
     note = overlap_line(overlap, method_order(agg["method"], methods), agg["metric"].unique())
     foot = f'<p class="caption">{html.escape(note)}</p>' if note else ""
-    return f'<table class="steps"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{foot}'
+    return "".join(parts) + foot

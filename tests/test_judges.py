@@ -161,10 +161,13 @@ def test_rendered_report_marks_the_overlap(tmp_path, recorded):
     index = render_report(_run(tmp_path, signals))
     out = index.parent
     md = (out / "table.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| dpo")}
-    cells = {m: [c.strip() for c in row.strip("|").split("|")][1:] for m, row in rows.items()}
-    assert cells["dpo"][0].endswith(MARK) and not cells["dpo"][1].endswith(MARK)
-    assert cells["dpo-oracle"][1].endswith(MARK) and not cells["dpo-oracle"][0].endswith(MARK)
+    cells: dict[str, list[str]] = {}  # a method's cells over the column groups' tables, in the layout's order:
+    for line in md.splitlines():  # distortion_rate (hacking diagnostics), then latent_reward (training judges)
+        if line.startswith("| dpo"):
+            row = [c.strip() for c in line.strip("|").split("|")]
+            cells.setdefault(row[0], []).extend(row[1:])
+    assert cells["dpo"][1].endswith(MARK) and not cells["dpo"][0].endswith(MARK)
+    assert cells["dpo-oracle"][0].endswith(MARK) and not cells["dpo-oracle"][1].endswith(MARK)
     assert "dpo trained on the latent_rm judge (latent_reward)" in md
     assert "dpo-oracle trained on the oracle judge (distortion_rate)" in md
     assert r"$^\dagger$" in (out / "table.tex").read_text()
