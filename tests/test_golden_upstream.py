@@ -14,7 +14,8 @@ statistics), so formula values agree to 1e-6; the preprocessing runs the same fl
 arithmetic (torch's interpolate, PIL) and agrees to 1e-5; the roll-up is exact arithmetic
 (1e-12); FVD's trace of the matrix square root is computed another way than
 ``scipy.linalg.sqrtm`` (1e-8 relative with full-rank covariances, 1e-6 when singular);
-RAFT's flow agrees to 1e-4 px (float32 convolutions, batched differently).
+RAFT's flow agrees to 1e-4 px (float32 convolutions, batched differently); SEA-RAFT's to 1e-5 of the
+field's largest value (random weights give flows of ~1000 px; float32, batched differently).
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def _load(name: str) -> tuple[dict[str, np.ndarray], dict]:
         return {k: z[k] for k in z.files}, meta
 
 
+UPSTREAM_REPOS = ("Vchitect/VBench", "universome/stylegan-v", "princeton-vl/SEA-RAFT")
+
+
 def test_fixtures_name_their_upstream_commit_and_stay_small():
     for path in GOLDEN.glob("*.json"):
         meta = json.loads(path.read_text())
         up = meta["upstream"]
-        assert up["repo"] in ("Vchitect/VBench", "universome/stylegan-v") and len(up["commit"]) == 40, path
+        assert up["repo"] in UPSTREAM_REPOS and len(up["commit"]) == 40, path
         assert up["checked_out"] == up["commit"], path  # the numbers came from that very commit
     for path in GOLDEN.glob("*.npz"):
         assert path.stat().st_size < 200_000, path
@@ -326,3 +330,23 @@ def test_background_consistency_end_to_end_matches_upstream_clip(tmp_path, monke
     metric = BackgroundConsistency(features="clip-vitb32")  # fp32 on CPU, as clip.load gives it there
     value = metric.update(VideoSample("v", arrays["frames"], 8.0))["value"]
     assert value == pytest.approx(meta["results"]["background_consistency"], abs=1e-6)
+
+
+# -- SEA-RAFT flow on upstream's spring-M inference (random weights) ----------------------------------------------
+@pytest.mark.parametrize("case", ["even_256x288", "odd_259x291"])
+def test_sea_raft_flow_matches_upstream(case, tmp_path, monkeypatch):
+    """Upstream runs one pair per call, the backend both pairs in one batch: float32 rounding only. The random
+    flows reach ~1000 px, so the tolerance is relative to the field's scale (1e-5 of max |flow|)."""
+    from harness.scorers.backends.real import sea_raft  # registers the sea-raft backend and its random initialiser
+    from harness.weights import init_random
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["sea_raft"], log=lambda _: None)  # the seeded file make_golden.py loaded into upstream's RAFT
+    arrays, meta = _load("sea_raft_flow")
+    frames, want = arrays[f"{case}/frames"], arrays[f"{case}/flow_every8"]
+    pairs, (up_h, up_w) = [(0, 1), (1, 2)], meta["results"][case]["flow_shape"][1:3]
+    got = np.stack(sea_raft.SEARAFTFlow(batch=2).flows(list(frames), pairs))
+    assert got.shape[1:3] == frames.shape[1:3]  # odd sides: the last row / column upstream leaves out is filled in
+    got = got[:, :up_h, :up_w]  # where upstream has a value
+    np.testing.assert_allclose(got[:, ::8, ::8], want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.abs(got).mean() == pytest.approx(meta["results"][case]["mean_abs"], rel=1e-5)
