@@ -350,3 +350,22 @@ def test_sea_raft_flow_matches_upstream(case, tmp_path, monkeypatch):
     got = got[:, :up_h, :up_w]  # where upstream has a value
     np.testing.assert_allclose(got[:, ::8, ::8], want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert np.abs(got).mean() == pytest.approx(meta["results"][case]["mean_abs"], rel=1e-5)
+
+
+# -- aesthetic_quality end to end on upstream CLIP ViT-L/14 and the LAION head (random weights) ----------------------
+def test_aesthetic_quality_end_to_end_matches_upstream(tmp_path, monkeypatch):
+    """Embeddings to 2e-6 and the score to 2e-7: both ran in float32 on the same batch of frames (identical here;
+    the margin is for another CPU's float32 rounding over 24 layers). Tight on purpose: with the random head the
+    score moves little, and adding 0.01 to 10 weights of one MLP layer moves the embeddings by 5e-5, the score by
+    3e-6."""
+    from harness.scorers.backends.real import vit  # noqa: F401  (registers the random initialisers)
+    from harness.weights import init_random
+    from metrics.quality import AestheticQuality
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["clip_vit_l14", "laion_aesthetic_l14"], log=lambda _: None)  # the files make_golden.py loaded
+    arrays, meta = _load("aesthetic_quality")
+    metric = AestheticQuality()  # fp32 on CPU, as clip.load gives it there
+    np.testing.assert_allclose(metric.embedder.embed_many([arrays["frames"]])[0], arrays["features"], atol=2e-6)
+    value = metric.update(VideoSample("v", arrays["frames"], 8.0))["value"]
+    assert value == pytest.approx(meta["results"]["aesthetic_quality"], abs=2e-7)
