@@ -4,10 +4,11 @@ The fixtures in tests/fixtures/golden/ were computed by running the upstream cod
 (VBench 45e79ec, StyleGAN-V 3fecd69, torchvision 0.28.0; see their README and
 make_golden.py) on fixed inputs. These tests need no upstream code and no network.
 
-The dimensions that run a network (dynamic degree and the static filter on RAFT, i2v_subject and
-subject_consistency on DINO, background_consistency on CLIP B/32, motion smoothness
-on AMT-S) use the harness's seeded random-init weight files, which the
-generator loaded into upstream's own modules.
+The dimensions and backends that run a network (dynamic degree and the static filter on RAFT,
+i2v_subject and subject_consistency on DINO, background_consistency on CLIP B/32, motion smoothness
+on AMT-S, aesthetic_quality on CLIP L/14 + the LAION head, imaging_quality on pyiqa's MUSIQ, SEA-RAFT's
+flow) use the harness's seeded random-init weight files, which the generator loaded into upstream's
+own modules.
 
 Tolerances: upstream computes in float32 where we use float64 (cosines, MAEs, flow
 statistics), so formula values agree to 1e-6; the preprocessing runs the same float32
@@ -15,7 +16,8 @@ arithmetic (torch's interpolate, PIL) and agrees to 1e-5; the roll-up is exact a
 (1e-12); FVD's trace of the matrix square root is computed another way than
 ``scipy.linalg.sqrtm`` (1e-8 relative with full-rank covariances, 1e-6 when singular);
 RAFT's flow agrees to 1e-4 px (float32 convolutions, batched differently); SEA-RAFT's to 1e-5 of the
-field's largest value (random weights give flows of ~1000 px; float32, batched differently).
+field's largest value (random weights give flows of ~1000 px; float32, batched differently). The network
+tests' own tolerances are in their docstrings.
 """
 
 from __future__ import annotations
@@ -369,3 +371,24 @@ def test_aesthetic_quality_end_to_end_matches_upstream(tmp_path, monkeypatch):
     np.testing.assert_allclose(metric.embedder.embed_many([arrays["frames"]])[0], arrays["features"], atol=2e-6)
     value = metric.update(VideoSample("v", arrays["frames"], 8.0))["value"]
     assert value == pytest.approx(meta["results"]["aesthetic_quality"], abs=2e-7)
+
+
+# -- imaging_quality end to end on pyiqa's MUSIQ (random weights) -------------------------------------------------
+@pytest.mark.parametrize("case", ["small_192x256", "large_272x544"])
+def test_imaging_quality_end_to_end_matches_upstream_musiq(case, tmp_path, monkeypatch):
+    """Raw MUSIQ scores to 2e-6 (~1e-7 apart: float32, the two frames batched here, one by one upstream), the
+    dimension to 1e-8 (it is /100). The large video goes through VBench's 512 rule: rounding the resized float
+    frames to uint8 values (the earlier resize) moves its first frame's score by 1.6e-4."""
+    from harness.scorers.backends.real import musiq  # noqa: F401  (registers the random initialiser of musiq_spaq)
+    from harness.weights import init_random
+    from metrics.quality import ImagingQuality
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["musiq_spaq"], log=lambda _: None)  # the seeded file make_golden.py loaded into pyiqa's MUSIQ
+    arrays, meta = _load("musiq_imaging_quality")
+    want = meta["results"][case]
+    metric = ImagingQuality(device="cpu")
+    value = metric.update(VideoSample("v", arrays[f"{case}/frames"], 8.0))
+    np.testing.assert_allclose(metric.scorer.score_frames(arrays[f"{case}/frames"]), want["per_frame_raw"],
+                               rtol=0, atol=2e-6)
+    assert value["value"] == pytest.approx(want["imaging_quality"], abs=1e-8)
