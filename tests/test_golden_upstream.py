@@ -392,3 +392,21 @@ def test_imaging_quality_end_to_end_matches_upstream_musiq(case, tmp_path, monke
     np.testing.assert_allclose(metric.scorer.score_frames(arrays[f"{case}/frames"]), want["per_frame_raw"],
                                rtol=0, atol=2e-6)
     assert value["value"] == pytest.approx(want["imaging_quality"], abs=1e-8)
+
+
+# -- i2v_background end to end on the dreamsim package's ensemble (random weights) -----------------------------------
+def test_i2v_background_end_to_end_matches_upstream_dreamsim(tmp_path, monkeypatch):
+    """Frame embeddings to 5e-7 and the score to 1e-6 (1.5e-7 and 1.8e-7 apart: float32 towers, upstream embeds
+    one frame at a time, the backend a batch). The unit-norm 1792-d embeddings of random towers move little:
+    adding 0.01 to 10 weights of one qkv projection moves them by 1.6e-6."""
+    from harness.scorers.backends.real import dreamsim  # noqa: F401  (registers the random initialisers)
+    from harness.weights import init_random
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["dino_vitb16", "dreamsim_clip_vitb16", "dreamsim_open_clip_vitb16", "dreamsim_ensemble_lora",
+                 "dreamsim_ensemble_lora_config"], log=lambda _: None)  # the files make_golden.py gave dreamsim
+    arrays, meta = _load("dreamsim_i2v_background")
+    metric = I2VBackground(features="dreamsim")
+    np.testing.assert_allclose(metric.embedder.embed_many([arrays["frames"]])[0], arrays["features"], atol=5e-7)
+    sample = VideoSample("v", arrays["frames"], 8.0, first_frame=arrays["image"])
+    assert metric.update(sample)["value"] == pytest.approx(meta["results"]["i2v_background"], abs=1e-6)
