@@ -56,7 +56,7 @@ def _load(name: str) -> tuple[dict[str, np.ndarray], dict]:
         return {k: z[k] for k in z.files}, meta
 
 
-UPSTREAM_REPOS = ("Vchitect/VBench", "universome/stylegan-v", "princeton-vl/SEA-RAFT")
+UPSTREAM_REPOS = ("Vchitect/VBench", "universome/stylegan-v", "princeton-vl/SEA-RAFT", "facebookresearch/co-tracker")
 
 
 def test_fixtures_name_their_upstream_commit_and_stay_small():
@@ -410,3 +410,31 @@ def test_i2v_background_end_to_end_matches_upstream_dreamsim(tmp_path, monkeypat
     np.testing.assert_allclose(metric.embedder.embed_many([arrays["frames"]])[0], arrays["features"], atol=5e-7)
     sample = VideoSample("v", arrays["frames"], 8.0, first_frame=arrays["image"])
     assert metric.update(sample)["value"] == pytest.approx(meta["results"]["i2v_background"], abs=1e-6)
+
+
+# -- CoTracker2 / CoTracker3 offline against upstream's hub predictors (random weights) ------------------------------
+@pytest.mark.parametrize(("kind", "call"), [("cotracker2", "grid10"), ("cotracker2", "queries"),
+                                            ("cotracker3", "queries")])
+def test_cotracker_tracks_match_upstream_predictor(kind, call, tmp_path, monkeypatch):
+    """Tracks in input pixels. CoTracker3 agrees to 1e-5 px. CoTracker2 agrees to 1e-4 px at the median but
+    to 0.03 px at a few points (of 100, over 8 frames): its random-weight updates amplify float32 rounding
+    (feature sampling, batching) where a point sits near a bilinear kink, so the test bounds the 90th
+    percentile (1e-3 px) and the maximum (0.1 px). Visibility must match exactly (with random weights only
+    frame 0 is visible, so it is a weak check). Adding 0.01 to 10 weights of one CoTracker2 attention projection
+    moves the 90th percentile to 3e-3 px."""
+    from harness.scorers.backends.real import cotracker
+    from harness.weights import init_random
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random([kind], log=lambda _: None)  # the seeded file make_golden.py gave the hub entry point
+    arrays, _ = _load("cotracker_tracks")
+    tracker = {"cotracker2": cotracker.CoTracker2Tracker, "cotracker3": cotracker.CoTracker3Tracker}[kind]()
+    frames = list(arrays["frames"])
+    got = tracker.track_grid(frames, 10) if call == "grid10" else tracker.track(frames, arrays["queries"])
+    want = arrays[f"{kind}/{call}/tracks"]
+    err = np.abs(got.xy - want)
+    if kind == "cotracker3":
+        assert err.max() < 1e-5
+    else:
+        assert np.quantile(err, 0.9) < 1e-3 and err.max() < 0.1
+    np.testing.assert_array_equal(got.visible, arrays[f"{kind}/{call}/visible"])
