@@ -56,7 +56,8 @@ def _load(name: str) -> tuple[dict[str, np.ndarray], dict]:
         return {k: z[k] for k in z.files}, meta
 
 
-UPSTREAM_REPOS = ("Vchitect/VBench", "universome/stylegan-v", "princeton-vl/SEA-RAFT", "facebookresearch/co-tracker")
+UPSTREAM_REPOS = ("Vchitect/VBench", "universome/stylegan-v", "princeton-vl/SEA-RAFT", "facebookresearch/co-tracker",
+                  "piergiaj/pytorch-i3d")
 
 
 def test_fixtures_name_their_upstream_commit_and_stay_small():
@@ -438,3 +439,21 @@ def test_cotracker_tracks_match_upstream_predictor(kind, call, tmp_path, monkeyp
     else:
         assert np.quantile(err, 0.9) < 1e-3 and err.max() < 0.1
     np.testing.assert_array_equal(got.visible, arrays[f"{kind}/{call}/visible"])
+
+
+# -- I3D features against piergiaj/pytorch-i3d (random weights) ----------------------------------------------------
+@pytest.mark.parametrize("output", ["logits", "pooled"])
+def test_i3d_features_match_pytorch_i3d(output, tmp_path, monkeypatch):
+    """Logits and pooled features to 1e-5 of their largest value (~10; 6e-6 apart: float32 3D convolutions,
+    TF-SAME padding computed per input by both). Upstream returns one vector per remaining time step (one, for 16
+    frames); the harness averages over them. Scaling one output channel of one conv by 1.05 moves them by 1e-2."""
+    from harness.scorers.backends.real.i3d import I3DExtractor
+    from harness.weights import init_random
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["i3d_kinetics400"], log=lambda _: None)  # the seeded file make_golden.py loaded into upstream's I3D
+    arrays, _ = _load("i3d_features")
+    clips = torch.from_numpy(arrays["clips"]).float().div(127.5).sub(1.0).permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+    got = I3DExtractor(output=output)(clips).numpy()
+    want = arrays[f"{output}_per_step"].mean(axis=-1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
