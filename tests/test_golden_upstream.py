@@ -478,3 +478,36 @@ def test_videomae_v2_matches_upstream_vision_transformer(output, tmp_path, monke
     extractor = vm.VideoMAEv2Extractor(output=output, config_overrides=config)
     clips = torch.from_numpy(arrays["clips"]).float().div(255.0)  # (B, T, 3, H, W) in [0, 1]
     np.testing.assert_allclose(extractor(clips).numpy(), arrays[output], rtol=0, atol=2e-6)
+
+
+# -- camera_motion's classification and aggregate on fixed grid tracks --------------------------------------------
+def test_camera_motion_matches_upstream_on_fixed_tracks():
+    """Upstream's CameraPredict / camera_motion with the CoTracker2 predictor replaced by fixed grid tracks (the
+    network is checked by test_cotracker_tracks_match_upstream_predictor): the predicted label sets, each video's
+    0/1 and the per-label means are exact; the truncation of positions to integers decides 'camera static 1'."""
+    from harness.scorers.backends.tracking import Tracker, Tracks
+    from metrics.camera_motion import CameraMotion
+
+    arrays, meta = _load("camera_motion")
+
+    class _Fixed(Tracker):  # returns upstream's stand-in tracks in call order, as make_golden.py fed them
+        name = "golden"
+        identity = "golden"
+        calls = list(meta["videos"])
+
+        def track(self, frames, queries, fields=None):
+            raise AssertionError("camera_motion must ask CoTracker-like trackers for the grid itself")
+
+        def track_grid(self, frames, grid_size):
+            assert grid_size == 10
+            xy = arrays[f"tracks/{self.calls.pop(0)}"]
+            return Tracks(xy, np.ones(xy.shape[:2], np.float32), np.ones(xy.shape[:2], np.float32))
+
+    metric = CameraMotion(tracker=_Fixed())
+    for want in meta["results"]["per_video"]:
+        record = metric.update(VideoSample(want["name"], arrays["frames"], 8.0))
+        assert (record["extras"]["label"], record["extras"]["predicted"]) == (want["target"], want["predicted"])
+        assert record["value"] == want["score"], want["name"]
+    assert metric.compute() == pytest.approx(meta["results"]["camera_motion"], abs=1e-12)
+    per_type = {k: v for k, v in meta["results"]["per_type"].items() if v is not None}
+    assert metric.compute_extras["per_label"] == pytest.approx(per_type, abs=1e-12)
