@@ -1,8 +1,9 @@
 """Parity with upstream VBench / VBench-I2V and StyleGAN-V, proven on golden outputs (issue #27).
 
 The fixtures in tests/fixtures/golden/ were computed by running the upstream code itself
-(VBench 45e79ec, StyleGAN-V 3fecd69, torchvision 0.28.0; see their README and
-make_golden.py) on fixed inputs. These tests need no upstream code and no network.
+(VBench 45e79ec, StyleGAN-V 3fecd69, torchvision 0.28.0, and each network's own repository or
+package at the commit or version its JSON names; see their README and make_golden.py) on fixed
+inputs. These tests need no upstream code and no network.
 
 The dimensions and backends that run a network (dynamic degree and the static filter on RAFT,
 i2v_subject and subject_consistency on DINO, background_consistency on CLIP B/32, motion smoothness
@@ -415,7 +416,7 @@ def test_i2v_background_end_to_end_matches_upstream_dreamsim(tmp_path, monkeypat
 
 # -- CoTracker2 / CoTracker3 offline against upstream's hub predictors (random weights) ------------------------------
 @pytest.mark.parametrize(("kind", "call"), [("cotracker2", "grid10"), ("cotracker2", "queries"),
-                                            ("cotracker3", "queries")])
+                                            ("cotracker3", "grid10"), ("cotracker3", "queries")])
 def test_cotracker_tracks_match_upstream_predictor(kind, call, tmp_path, monkeypatch):
     """Tracks in input pixels. CoTracker3 agrees to 1e-5 px. CoTracker2 agrees to 1e-4 px at the median but
     to 0.03 px at a few points (of 100, over 8 frames): with random weights the model amplifies float32
