@@ -2,8 +2,8 @@
 
 aesthetic_quality: LAION's linear aesthetic head on L2-normalised CLIP ViT-L/14 image
 embeddings, score / 10 per frame, mean over frames, then over videos.
-imaging_quality: MUSIQ (SPAQ checkpoint) per frame, longer side resized to 512 if larger,
-score / 100, mean over frames, then over videos.
+imaging_quality: MUSIQ (SPAQ checkpoint) per frame, longer side resized to 512 if larger (in
+float, not rounded back to uint8, as upstream; version 2), score / 100, mean over frames, then over videos.
 
 Neither has a tiny-world substitute: they need their upstream weights in the local cache
 (``harness weights status``) and are not in the tiny preset's metric list.
@@ -50,7 +50,7 @@ class AestheticQuality(PerVideoMetric):
 
 
 @register(MetricSpec(
-    name="imaging_quality", version="1", higher_is_better=True, kind="per-video", aggregation="mean",
+    name="imaging_quality", version="2", higher_is_better=True, kind="per-video", aggregation="mean",
     vbench_range=(0.0, 1.0), inputs=("frames",), weights=("musiq_spaq",),
     description="MUSIQ (SPAQ) per frame, longer side at most 512, / 100, mean over frames",
     group="vbench-quality",

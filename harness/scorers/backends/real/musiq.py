@@ -5,9 +5,11 @@ VBench scores each frame with pyiqa's ``MUSIQ(pretrained_model_path=musiq_spaq_c
 divides the mean by 100 itself). This is our own module with pyiqa's parameter names and shapes,
 so the converted checkpoint loads strictly unchanged, and our own copy of the preprocessing:
 
-* VBench ("longer" mode): a uint8 frame whose longer side exceeds 512 is resized to
-  ``(int(s*h), int(s*w))``, s = 512/longer, bilinear without antialias, rounded back to uint8
-  (torchvision's tensor resize); then /255 and MUSIQ maps [0, 1] to [-1, 1].
+* VBench ("longer" mode): a frame whose longer side exceeds 512 is resized to
+  ``(int(s*h), int(s*w))``, s = 512/longer, bilinear without antialias, and NOT rounded: upstream's
+  ``load_video`` returns ``torch.Tensor(frames)``, float32 holding uint8 values, and torchvision
+  rounds only integer tensors (tests/fixtures/golden/musiq_imaging_quality); then /255 and MUSIQ
+  maps [0, 1] to [-1, 1].
 * MUSIQ's multi-scale input: the image resized (aspect kept, bicubic, no antialias) to longer
   side 224 and 384 plus the native image, each cut into 32x32 patches (TF 'SAME' zero padding),
   each patch tagged with its hashed 10x10 grid position, scale id and a valid mask; the two
@@ -203,13 +205,13 @@ def multiscale_patches(x: torch.Tensor, scales: tuple[int, ...] = SCALES) -> tor
 
 
 def vbench_resize(frames: torch.Tensor, max_side: int = VBENCH_MAX_SIDE) -> torch.Tensor:
-    """VBench's 'longer' rule on (T, 3, H, W) float frames holding uint8 values; returns uint8 values."""
+    """VBench's 'longer' rule on (T, 3, H, W) float frames holding uint8 values; float out, as upstream's."""
     h, w = frames.shape[-2:]
     if max(h, w) <= max_side:
         return frames
     s = max_side / max(h, w)
-    out = F.interpolate(frames, size=(int(s * h), int(s * w)), mode="bilinear", align_corners=False, antialias=False)
-    return out.round().clamp(0, 255)  # torchvision resizes a uint8 tensor in float and rounds back to uint8
+    # load_video's frames are float32, which torchvision's Resize interpolates without rounding back
+    return F.interpolate(frames, size=(int(s * h), int(s * w)), mode="bilinear", align_corners=False, antialias=False)
 
 
 class MusiqScorer:
