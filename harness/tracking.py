@@ -238,6 +238,7 @@ class RunTrackers:
         self._session = Session([], fps)
         if self.names:
             check_trackers(self.names)
+            log.info("experiment trackers: %s", describe(self.names, rundir))
 
     def open(self, run_id: str, method: str, seed: int | None) -> Session:
         """Finish the previous session and start ``<method>/seed<k>`` (``method`` alone for seed None)."""

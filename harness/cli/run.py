@@ -43,9 +43,9 @@ def run(
     adopt: Annotated[bool, typer.Option("--adopt", help="continue a run directory that was copied or moved to "
                                                         "--out (its run id is kept)")] = False,
     log_with: Annotated[list[str] | None, typer.Option(
-        "--log-with", help="experiment trackers: tensorboard, wandb (repeat or comma-separate; default: the "
-                           "preset's log_with, none); files under --out/trackers, W&B offline unless "
-                           "WANDB_MODE=online")] = None,
+        "--log-with", metavar="TRACKER[,...]",
+        help="experiment trackers: tensorboard, wandb (repeat or comma-separate; default: the preset's log_with, "
+             "none); files under --out/trackers, W&B offline unless WANDB_MODE=online")] = None,
 ) -> None:
     """Train each method from the base model, evaluate every checkpoint, store every number."""
     from harness.config import parse_override
