@@ -195,3 +195,19 @@ def test_wandb_logs_offline_under_the_run_directory(tmp_path, monkeypatch):
     (video, step), = [(v["gallery"], s) for v, s in fake.logged[3:]]
     assert step == 2 and video.format == "gif" and video.data.startswith(b"GIF8")
     assert fake.finished == 1
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--log-with", "tensorboard", "--log-with", "TensorBoard,tensorboard"], ["tensorboard"]),
+    (["--set", "log_with=[tensorboard]"], ["tensorboard"]),
+    (["--set", "log_with=[tensorboard]", "--log-with", ""], []),  # --log-with replaces the preset's
+    ([], []),
+])
+def test_cli_passes_the_trackers_to_the_run(tmp_path, monkeypatch, args, want):
+    pytest.importorskip("tensorboard", reason="the `trackers` extra (scripts/install.sh installs it)")
+    seen = {}
+    monkeypatch.setattr("harness.runner.run", lambda cfg, out, opts: seen.setdefault("log_with", cfg.log_with))
+    result = cli.invoke(app, ["run", "--methods", "sft", "--out", str(tmp_path / "run"), "--smoke", "--no-report",
+                              *args])
+    assert result.exit_code == 0, result.output
+    assert seen["log_with"] == want
