@@ -211,3 +211,35 @@ def test_cli_passes_the_trackers_to_the_run(tmp_path, monkeypatch, args, want):
                               *args])
     assert result.exit_code == 0, result.output
     assert seen["log_with"] == want
+
+
+def test_two_processes_log_once_from_the_main_process(tmp_path):
+    """Under data parallelism only rank 0 logs: one event file per tracker run, holding rank 0's store."""
+    pytest.importorskip("tensorboard", reason="the `trackers` extra (scripts/install.sh installs it)")
+    import os
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+    from dp_runs import _worker
+
+    sets = {"log_with": ["tensorboard"], "eval": {"num_videos": 2, "final_num_videos": None, "batch_size": 1,
+                                                  "metrics": ["dynamic_degree"]},
+            "sampler": {"num_steps": 2}, "probes": {"names": []}, "methods": {"sft": {"batch_size": 2}}}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    threads = torch.get_num_threads()
+    try:
+        mp.spawn(_worker, args=(2, port, str(out), os.environ["HARNESS_CACHE"], ["sft"], sets, 2, {}, None),
+                 nprocs=2, join=True)
+    finally:
+        torch.set_num_threads(threads)
+    root = RunDir(out).trackers("tensorboard")
+    assert [len(list((root / d).glob("events.out.tfevents.*"))) for d in ("base", "sft/seed0")] == [1, 1]
+    with ResultStore(out / "results.sqlite") as store:
+        logs = store.train_logs()
+    got = _scalars(_events(root / "sft" / "seed0"))
+    assert {(f"train/{r.key}", int(r.step)): _f32(r.value) for r in logs.itertuples()} == {
+        k: v for k, v in got.items() if k[0].startswith("train/")}
