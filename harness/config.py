@@ -102,6 +102,9 @@ class PresetConfig(BaseModel):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     eval: EvalSetConfig = Field(default_factory=EvalSetConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    log_with: list[str] = Field(
+        default_factory=list, description="experiment trackers (harness/tracking.py: tensorboard, wandb); "
+                                          "`harness run --log-with` replaces it; default none")
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method trainer settings, e.g. {sft: {steps: 300, lr: 5e-4}}"
     )
@@ -144,8 +147,10 @@ class PresetConfig(BaseModel):
 
     def record(self) -> dict[str, Any]:
         """The preset as stored with a run. Sections added later (adapter, data, eval.batch_size) are
-        left out while unset, so a run recorded before they existed still resumes and compares."""
+        left out while unset, so a run recorded before they existed still resumes and compares; ``log_with``
+        is always left out."""
         out = self.model_dump(mode="json")
+        del out["log_with"]  # where a copy of the numbers goes, not what they are: a run resumes with other trackers
         for key in ("adapter", "data"):
             if out[key] is None:
                 del out[key]

@@ -6,6 +6,7 @@ Layout (every path below is built here and nowhere else)::
     results.sqlite                the ResultStore
     .harness.lock                 held (flock) by the one process writing the run
     cache/                        pair sets and other per-run caches
+    trackers/<tracker>/           experiment trackers' files (--log-with): tensorboard/<method>/seed<k>/, wandb/
     checkpoints/base/step000000/  samples.npz
     checkpoints/<method>/seed<k>/step<NNNNNN>/
         lora.safetensors  trainer_state.pt  logs.json  samples.npz  DONE
@@ -106,6 +107,11 @@ class RunDir:
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    def trackers(self, tracker: str) -> Path:
+        """Where an experiment tracker (harness/tracking.py) writes its files: TensorBoard's event files
+        (one directory per method and seed below it), W&B's offline runs."""
+        return self.inside(self.root / "trackers" / safe_part("tracker", tracker))
 
     def inside(self, path: Path) -> Path:
         """``path`` if it resolves inside the run directory, else a RunDirError (never write outside)."""

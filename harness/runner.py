@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from harness.config import PresetConfig
 from harness.data.preferences import PairsError
+from harness.data.source import frame_rate
 from harness.distributed import DistributedConfigError, NoStore, check_divisible, current
 from harness.evaluate import Evaluator, checkpoint_weights, is_final
 from harness.models.base import ModelAdapter
@@ -39,6 +40,7 @@ from harness.probing import ProbeRunner, probe_set_problems
 from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
+from harness.tracking import RunTrackers, Session, TrackerError
 from metrics.judges import evaluation_overlaps
 from trainers.base import LABEL_KEY, SCHEDULE_KEYS, TrainerConfig, trainer_settings
 from trainers.registry import trainer_for
@@ -187,6 +189,10 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
     schedules = {m: sched for m, (_, sched) in plans.items()}
     check_layout(configs, current().world_size)
     check_methods(configs, preset)
+    try:
+        trackers = RunTrackers(preset.log_with if current().is_main else [], RunDir(out), frame_rate(preset))
+    except TrackerError as exc:
+        raise RunError(str(exc)) from exc
     if preset.adapter is not None:  # the model directory before the data, the metrics and any training
         check_adapter_dir(preset.adapter)
     evaluator = Evaluator(preset, opts.metrics)
@@ -208,8 +214,8 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
         # One writer per directory (rank 0 holds the lock for the group); only rank 0 opens the results
         # database; the other ranks sample and score their shards.
         with (rundir.lock() if d.is_main else _nothing()), \
-                (ResultStore(rundir.results) if d.is_main else NoStore()) as store:
-            _run(preset, rundir, opts, plans, evaluator, run_config, store)
+                (ResultStore(rundir.results) if d.is_main else NoStore()) as store, trackers:
+            _run(preset, rundir, opts, plans, evaluator, run_config, store, trackers)
     except RunDirError as exc:
         raise RunError(str(exc)) from exc
     return out
@@ -238,7 +244,7 @@ def _identity(rundir: RunDir, opts: RunOptions, store: ResultStore) -> tuple[str
 
 
 def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str, tuple[TrainerConfig, Schedule]],
-         evaluator: Evaluator, run_config: dict, store: ResultStore) -> None:
+         evaluator: Evaluator, run_config: dict, store: ResultStore, trackers: RunTrackers) -> None:
     d = current()
     run_id, seeds, manifest = d.broadcast(_identity(rundir, opts, store) if d.is_main else None)
     prov = provenance()
@@ -257,9 +263,11 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
     log.info("evaluating the base model (step 0)")
     evaluator.evaluate(store, base_ckpt, lambda: _eval_mode(base_adapter(preset)), base_dir / SAMPLES,
                        opts.show_progress, weights=base_weights(preset), final=True)
+    trackers.open(run_id, "base", None).checkpoint(store, base_ckpt, 0, base_dir / SAMPLES)
     for method, (cfg, schedule) in plans.items():
         for seed in seeds:
-            _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress)
+            _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress,
+                       trackers.open(run_id, method, seed))
 
 
 def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:
@@ -290,7 +298,8 @@ def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed:
 
 
 def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id: str, evaluator: Evaluator,
-               method: str, cfg: TrainerConfig, schedule: Schedule, seed: int, show_progress: bool) -> None:
+               method: str, cfg: TrainerConfig, schedule: Schedule, seed: int, show_progress: bool,
+               track: Session) -> None:
     log.info("%s seed %d: preparing the trainer", method, seed)
     torch.manual_seed(seed)
     try:
@@ -348,7 +357,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
     extra_checkpoints = trainer.checkpoint_steps()
     log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, schedule.steps)
     if probes and start == 0:
-        logs.extend(probes.measure(trainer, 0))
+        logs.extend(track.log(probes.measure(trainer, 0)))
     last_good = rundir.checkpoint(method, seed, start) if start else None
     # "seconds": time spent in training steps only (no probes, checkpoints or evaluation), carried
     # over a resume, so that methods' training costs compare (SHIFT's time relative to SFT).
@@ -370,17 +379,17 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
                 f"{method} seed {seed}: non-finite {bad} at step {step}; last good checkpoint: "
                 f"{last_good or 'the base model (step 0)'}; lower the learning rate "
                 f"(methods.{method}.lr) and resume with --resume")
-        logs.extend((step + 1, k, float(v)) for k, v in values.items())
+        logs.extend(track.log((step + 1, k, float(v)) for k, v in values.items()))
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         done = step + 1
         at_checkpoint = done % schedule.eval_every == 0 or done == schedule.steps or done in extra_checkpoints
         if probes and (at_checkpoint or probes.due(done)):
-            logs.extend(probes.measure(trainer, done))
+            logs.extend(track.log(probes.measure(trainer, done)))
         if at_checkpoint:
             # The order a crash anywhere can resume from: the checkpoint with its logs (complete or
             # absent), then the logs, the checkpoint's row and its probe aggregates, then evaluation.
             path = rundir.checkpoint(method, seed, done)
-            logs.append((done, "seconds", train_seconds))
+            logs.extend(track.log([(done, "seconds", train_seconds)]))
             state = trainer.state_dict()  # on every rank: under ZeRO it gathers the partitioned optimizer state
             if d.is_main:  # every rank holds the same state; rank 0 writes it
                 rundir.save_checkpoint(state, path, done, logs)
@@ -395,6 +404,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             evaluator.evaluate(store, ckpt, adapter, path / SAMPLES, show_progress, trainer.eval_sampler(done),
                                weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "",
                                final=is_final(done, schedule.steps))
+            track.checkpoint(store, ckpt, done, path / SAMPLES)
 
 
 def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, step: int) -> float:

@@ -7,14 +7,15 @@
 #     torch next to it.
 # Both get the `deepspeed` extra (ZeRO-2; on CPU its engine runs over gloo, which the
 # tests use; its ops compile just in time, so nothing is built at install).
-# Extras to add: HARNESS_EXTRAS (default "dev"). Re-running is cheap: a stamp file
-# records what was installed for which pyproject.toml.
+# Extras to add: HARNESS_EXTRAS (default "dev,trackers": the tests, and TensorBoard for
+# `--log-with tensorboard`, whose test reads the event files back). Re-running is cheap: a
+# stamp file records what was installed for which pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=${HARNESS_VENV:-.venv}
-EXTRAS=${HARNESS_EXTRAS:-dev}
+EXTRAS=${HARNESS_EXTRAS:-dev,trackers}
 TORCH_VERSION=$(sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 NUMPY_VERSION=$(sed -n 's/^ *"numpy==\([^"]*\)".*/\1/p' pyproject.toml)
 

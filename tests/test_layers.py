@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "harness.runner": ORCHESTRATION,
     "harness.sample_eval": ORCHESTRATION,
     "harness.smoke": ORCHESTRATION,
+    "harness.tracking": ORCHESTRATION,
     "harness.vbench_export": ORCHESTRATION,
     "reports": REPORTS,
     "harness.cli": ENTRY,

@@ -42,6 +42,10 @@ def run(
                                                                       "--out (recorded with the run)")] = False,
     adopt: Annotated[bool, typer.Option("--adopt", help="continue a run directory that was copied or moved to "
                                                         "--out (its run id is kept)")] = False,
+    log_with: Annotated[list[str] | None, typer.Option(
+        "--log-with", metavar="TRACKER[,...]",
+        help="experiment trackers: tensorboard, wandb (repeat or comma-separate; default: the preset's log_with, "
+             "none); files under --out/trackers, W&B offline unless WANDB_MODE=online")] = None,
 ) -> None:
     """Train each method from the base model, evaluate every checkpoint, store every number."""
     from harness.config import parse_override
@@ -69,6 +73,13 @@ def run(
             method_config(user_cfg, m, opts)
     except RunError as exc:
         fail(str(exc))
+    from harness.tracking import TrackerError, check_trackers, parse_names
+
+    trackers = parse_names(log_with if log_with is not None else user_cfg.log_with)
+    try:
+        check_trackers(trackers)  # before any work: a tracker that cannot log stops the run now, not at the end
+    except TrackerError as exc:
+        fail(str(exc))
     cfg = user_cfg
     if smoke:
         user = [parse_override(s) for s in sets or []]
@@ -78,6 +89,7 @@ def run(
         log.info("--smoke set %s", ", ".join(made) or "nothing")
         if kept:
             log.info("--smoke kept your values of %s", ", ".join(k.split("=")[0] for k in kept))
+    cfg = cfg.model_copy(update={"log_with": trackers})
     from harness.data.folder import VideoDataError
     from harness.distributed import DistributedConfigError, init_from_env
     from harness.extras import MissingExtraError
