@@ -265,7 +265,10 @@ class RunDir:
                 raise CheckpointError(
                     f"checkpoint file {path / name} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
                     f"move {path} away and rerun with --resume to {back}") from exc
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except ValueError as exc:  # a state the trainer cannot continue from (e.g. written before compute counts)
+            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
 
     @staticmethod
     def checkpoint_logs(path: Path) -> list[tuple[int, str, float]]:

@@ -368,7 +368,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         adapter.model.train()
         try:
             t0 = time.perf_counter()
-            values = trainer.train_step(step)
+            values = trainer.counted_step(step)  # its logs plus compute/passes, compute/samples
             train_seconds += time.perf_counter() - t0
         except ValueError as exc:  # a data source ran dry, a reward cannot score, ...: say where, keep the rest
             raise RunError(f"{method} seed {seed} stopped at step {step}: {exc}; last good checkpoint: "

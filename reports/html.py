@@ -77,6 +77,12 @@ def provenance_html(info: RunInfo) -> str:
                 ("GPU", hw.get("cuda") or "none")])
 
 
+PASSES_NOTE = ("Each metric against the training step, then (at matched compute) against the passes of the "
+               "video model the method spent to reach the checkpoint: forward passes, one per video, a backward "
+               "counted as two more, rollouts, reference and old or EMA policies and the latent reward model's "
+               "backbone included, prepared pair sets not (trainers/base.py).")
+
+
 def plots_html(paths: Sequence[Path]) -> str:
     if not paths:
         return "<p>None.</p>"
@@ -135,9 +141,10 @@ def markdown_html(title: str, text: str) -> list[str]:
 
 def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots: Sequence[Path],
                train_plots: Sequence[Path], gallery: Sequence[GalleryItem], skips: pd.DataFrame,
-               tiny: bool, sections: Sequence[str] = ()) -> str:
+               tiny: bool, sections: Sequence[str] = (), train_note: str = "") -> str:
     """The whole report page as one string; ``sections``: the registered sections' HTML fragments
-    (reports/sections.py), placed between the training curves and the gallery."""
+    (reports/sections.py), placed between the training curves and the gallery; ``train_note``: the
+    caption line under the training curves (the series folded away because they never change)."""
     title = f"Alignment report: {info.run_id}"
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -147,7 +154,10 @@ def build_page(info: RunInfo, *, table_html: str, steps_html: str, metric_plots:
         "<details><summary>Every evaluated checkpoint</summary>", f'<div class="scroll">{steps_html}</div>',
         "</details>",
         "<h2>Metrics over training</h2>", plots_html(metric_plots),
+        f'<p class="note">{html.escape(PASSES_NOTE)}</p>' if any(p.stem.endswith("_vs_passes")
+                                                                 for p in metric_plots) else "",
         "<h2>Training curves</h2>", plots_html(train_plots),
+        f'<p class="note">{html.escape(train_note)}</p>' if train_note else "",
         *sections,
         "<h2>Sampled eval videos</h2>", gallery_html(gallery, info.sampler),
     ]

@@ -1,4 +1,10 @@
-"""Curves over training: each metric against the step (one line per method), and the training logs.
+"""Curves over training: each metric against the step and against the model passes spent (one line per
+method), and the training logs.
+
+The compute axis is the trainers' own count (trainers/base.py: ``compute/passes``, forward passes of the
+video model with a backward counted as two, cumulative, logged every step): methods whose steps cost 1x
+and 10x (SFT against FCRM's rollouts) or whose steps are windows of timesteps (APO) compare at matched
+compute there, as the papers compare them. The base model is at 0 passes.
 
 Figures are built with ``matplotlib.figure.Figure`` and saved through the Agg renderer, never through
 pyplot: no global figure state, no GUI backend, nothing changed for other code in the process.
@@ -21,6 +27,8 @@ from reports.tables import BASE, clean_aggregates, method_order, metric_order
 _SIZE = (6.0, 3.8)
 _DPI = 110
 _SEED_STYLES = ("-", "--", "-.", ":")
+PASSES = "compute/passes"
+PASSES_LABEL = "model passes (forward; a backward counts 2)"
 
 
 def save_figure(fig: Figure, directory: Path, stem: str, used: set[str]) -> Path:
@@ -50,26 +58,63 @@ def _with_base(rows: pd.DataFrame, base: pd.Series | None) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(extra), rows], ignore_index=True) if extra else rows
 
 
-def _plot_method(ax: Axes, rows: pd.DataFrame, color: tuple[float, ...], label: str) -> None:
-    """One seed: line and CI band (where stored). Several seeds: mean line and min-max band."""
+def _plot_method(ax: Axes, rows: pd.DataFrame, color: tuple[float, ...], label: str, x: str = "step") -> None:
+    """One seed: line and CI band (where stored). Several seeds: mean line and min-max band, at each
+    step's mean ``x`` over the seeds (the steps' passes can differ a little between seeds)."""
     seeds = rows["seed"].unique()
     if len(seeds) == 1:
         s = rows.sort_values("step")
-        ax.plot(s["step"], s["value"], marker="o", ms=3, color=color, label=label)
+        ax.plot(s[x], s["value"], marker="o", ms=3, color=color, label=label)
         band = s.dropna(subset=["ci_low", "ci_high"])
         if len(band) > 1:
-            ax.fill_between(band["step"], band["ci_low"], band["ci_high"], color=color, alpha=0.2, lw=0)
+            ax.fill_between(band[x], band["ci_low"], band["ci_high"], color=color, alpha=0.2, lw=0)
         return
     wide = rows.pivot_table(index="step", columns="seed", values="value", aggfunc="mean").sort_index()
-    ax.plot(wide.index, wide.mean(axis=1), marker="o", ms=3, color=color,
-            label=f"{label} (mean of {len(seeds)} seeds)")
-    ax.fill_between(wide.index, wide.min(axis=1), wide.max(axis=1), color=color, alpha=0.2, lw=0)
+    at = rows.groupby("step")[x].mean().reindex(wide.index)
+    ax.plot(at, wide.mean(axis=1), marker="o", ms=3, color=color, label=f"{label} (mean of {len(seeds)} seeds)")
+    ax.fill_between(at, wide.min(axis=1), wide.max(axis=1), color=color, alpha=0.2, lw=0)
+
+
+def passes_at_steps(logs: pd.DataFrame | None) -> pd.DataFrame:
+    """(method, seed, step, passes): the cumulative model passes logged at each step (trainers/base.py).
+    Empty for a run whose trainers did not count them (written before they did)."""
+    cols = ["method", "seed", "step", "passes"]
+    if logs is None or logs.empty:
+        return pd.DataFrame(columns=cols)
+    rows = logs[logs["key"] == PASSES]
+    return pd.DataFrame({"method": rows["method"], "seed": rows["seed"], "step": rows["step"].astype(int),
+                         "passes": pd.to_numeric(rows["value"], errors="coerce")}).dropna()
+
+
+def metric_points(agg: pd.DataFrame, logs: pd.DataFrame | None, metric: str) -> pd.DataFrame:
+    """Every checkpoint's value of ``metric`` with its step and the passes spent to reach it: the base
+    model at step 0 and 0 passes as every method's first point. ``passes`` is NaN where the run logged
+    none for that checkpoint (then it is left out of the compute plot only)."""
+    agg = clean_aggregates(agg)
+    data = agg[(agg["metric"] == metric) & agg["value"].notna()]
+    base_rows = data[data["method"] == BASE]
+    base = base_rows.iloc[0] if not base_rows.empty else None
+    parts = [base_rows.iloc[:1][["method", "seed", "step", "value", "ci_low", "ci_high"]]] if base is not None else []
+    for m in method_order(data["method"]):
+        rows = data[data["method"] == m]
+        if m != BASE and not rows.empty:
+            parts.append(_with_base(rows[["seed", "step", "value", "ci_low", "ci_high"]], base).assign(method=m))
+    if not parts:
+        return pd.DataFrame(columns=["method", "seed", "step", "passes", "value", "ci_low", "ci_high"])
+    out = pd.concat(parts, ignore_index=True)
+    out["step"] = out["step"].astype(int)
+    out = out.merge(passes_at_steps(logs), on=["method", "seed", "step"], how="left")
+    out.loc[out["step"] == 0, "passes"] = 0.0  # the starting model: nothing spent yet
+    return out[["method", "seed", "step", "passes", "value", "ci_low", "ci_high"]]
 
 
 def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None,
                   metrics: Sequence[str] | None = None,
-                  directions: Mapping[str, bool | None] | None = None) -> list[Path]:
-    """One PNG per metric: value against training step, base at step 0, one line per method."""
+                  directions: Mapping[str, bool | None] | None = None,
+                  logs: pd.DataFrame | None = None) -> list[Path]:
+    """Per metric, value against training step (``metric_<id>.png``) and, when the run's ``logs`` hold the
+    trainers' pass counts, against model passes (``metric_<id>_vs_passes.png``, next to it): base at
+    step 0 and 0 passes, one line per method."""
     agg = clean_aggregates(agg)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = method_order(agg["method"], methods)
@@ -79,31 +124,36 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
     paths: list[Path] = []
     used: set[str] = set()
     for ident in idents:
-        data = agg[(agg["metric"] == ident) & agg["value"].notna()]
-        if data.empty:  # e.g. temporal flickering when no video passed the static filter
+        points = metric_points(agg, logs, ident)
+        if points.empty:  # e.g. temporal flickering when no video passed the static filter
             continue
-        base_rows = data[data["method"] == BASE]
+        base_rows = points[points["method"] == BASE]
         base = base_rows.iloc[0] if not base_rows.empty else None
-        fig = Figure(figsize=_SIZE, layout="constrained")
-        ax = fig.add_subplot()
-        for m in order:
-            rows = data[data["method"] == m]
-            if m != BASE and not rows.empty:
-                _plot_method(ax, _with_base(rows, base), colors[m], m)
-        if base is not None:
-            ax.axhline(base["value"], color="grey", lw=0.8, ls=":")
-            lo, hi = base["ci_low"], base["ci_high"]
-            yerr = [[base["value"] - lo], [hi - base["value"]]] if pd.notna(lo) and pd.notna(hi) else None
-            ax.errorbar([0], [base["value"]], yerr=yerr, fmt="o", color="black", capsize=3, label=BASE,
-                        zorder=3)
         better = None if dirs[ident] is None else ("higher" if dirs[ident] else "lower") + " is better"
-        ax.set_title(ident, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"value {arrow(dirs[ident])} ({better})" if better else "value")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        paths.append(save_figure(fig, out_dir, f"metric_{slug(ident)}", used))
+        counted = points[(points["method"] != BASE) & points["passes"].notna() & (points["step"] > 0)]
+        axes = [("step", "training step", "")]
+        if not counted.empty:
+            axes.append(("passes", PASSES_LABEL, "_vs_passes"))
+        for x, xlabel, suffix in axes:
+            fig = Figure(figsize=_SIZE, layout="constrained")
+            ax = fig.add_subplot()
+            for m in order:
+                rows = points[points["method"] == m].dropna(subset=[x])
+                if m != BASE and not (rows[rows["step"] > 0] if x == "passes" else rows).empty:
+                    _plot_method(ax, rows, colors[m], m, x)
+            if base is not None:
+                ax.axhline(base["value"], color="grey", lw=0.8, ls=":")
+                lo, hi = base["ci_low"], base["ci_high"]
+                yerr = [[base["value"] - lo], [hi - base["value"]]] if pd.notna(lo) and pd.notna(hi) else None
+                ax.errorbar([0], [base["value"]], yerr=yerr, fmt="o", color="black", capsize=3, label=BASE,
+                            zorder=3)
+            ax.set_title(ident if x == "step" else f"{ident} at matched compute", fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"value {arrow(dirs[ident])} ({better})" if better else "value")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+            paths.append(save_figure(fig, out_dir, f"metric_{slug(ident)}{suffix}", used))
     return paths
 
 
@@ -112,15 +162,43 @@ def smoothing_window(n: int) -> int:
     return max(1, min(25, n // 20))
 
 
+def constant_series(logs: pd.DataFrame) -> dict[str, str]:
+    """Logged keys that never change: every method's and seed's series holds one value, and at least one
+    has several points (a key logged once, such as ``seconds`` at a single checkpoint, is not folded).
+    Each maps to its value and the methods (by name) that logged it: ``"0 (apo)"``, ``"16 (awm), 8 (dpo)"``."""
+    if logs.empty:
+        return {}
+    logs = logs.assign(value=pd.to_numeric(logs["value"], errors="coerce"))
+    out: dict[str, str] = {}
+    for key, data in logs.groupby("key", sort=True):
+        series = data.groupby(["method", "seed"])["value"]
+        if series.nunique(dropna=False).max() > 1 or series.size().max() < 2:
+            continue
+        by_value: dict[str, list[str]] = {}
+        for m, v in data.groupby("method", sort=True)["value"].first().items():
+            by_value.setdefault(f"{v:.6g}", []).append(str(m))
+        out[str(key)] = ", ".join(f"{v} ({', '.join(ms)})" for v, ms in by_value.items())
+    return out
+
+
+def folded_note(folded: Mapping[str, str]) -> str:
+    """The one caption line that lists the folded series (empty when there are none)."""
+    if not folded:
+        return ""
+    return "Constant over the run, not plotted: " + "; ".join(f"{k} = {v}" for k, v in folded.items()) + "."
+
+
 def training_curves(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None) -> list[Path]:
-    """One PNG per logged key (loss first): raw values faint, a rolling mean on top, per method and seed."""
+    """One PNG per logged key (loss first): raw values faint, a rolling mean on top, per method and seed.
+    Keys that never change (``constant_series``) are folded into a caption line (``folded_note``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if logs.empty:
         return []
+    folded = constant_series(logs)
     logs = logs.assign(value=pd.to_numeric(logs["value"], errors="coerce"))
     order = method_order(logs["method"], methods)
     colors = method_colors(order)
-    keys = sorted(logs["key"].unique(), key=lambda k: (k != "loss", k))
+    keys = sorted((k for k in logs["key"].unique() if k not in folded), key=lambda k: (k != "loss", k))
     paths: list[Path] = []
     used: set[str] = set()
     for key in keys:

@@ -18,7 +18,7 @@ from metrics.identity import directions_for
 from metrics.judges import overlaps
 from reports.gallery import build_gallery, eval_captions
 from reports.html import build_page
-from reports.plots import metric_curves, training_curves
+from reports.plots import constant_series, folded_note, metric_curves, training_curves
 from reports.run_info import load_run_info
 from reports.sections import ReportInputs, page_fragment, registered_sections
 from reports.tables import final_table, is_tiny, steps_to_html, steps_to_markdown, to_html, to_latex, to_markdown
@@ -56,9 +56,10 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
 
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
-    metric_plots = metric_curves(agg, out / "plots", info.methods, info.metrics, dirs)
+    metric_plots = metric_curves(agg, out / "plots", info.methods, info.metrics, dirs, logs=logs)
     plain_logs = logs[~logs["key"].str.startswith("probe/")] if not logs.empty else logs
     train_plots = training_curves(plain_logs, out / "plots", info.methods)
+    train_note = folded_note(constant_series(plain_logs))
     run = ReportInputs(info=info, agg=agg, records=records, logs=logs, overlap=overlap, plots=out / "plots")
     fragments: list[str] = []
     for sec in registered_sections():  # each section writes its <name>.md and adds its part of the page
@@ -72,8 +73,8 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
                             captions=eval_captions(info.preset, GALLERY_VIDEOS))
 
     page = build_page(info, table_html=to_html(table, **opts), steps_html=steps_to_html(agg, **order),
-                      metric_plots=metric_plots, train_plots=train_plots, gallery=gallery, skips=skips,
-                      sections=fragments, tiny=is_tiny(info.preset_name, table.metrics))
+                      metric_plots=metric_plots, train_plots=train_plots, train_note=train_note, gallery=gallery,
+                      skips=skips, sections=fragments, tiny=is_tiny(info.preset_name, table.metrics))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index

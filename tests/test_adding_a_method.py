@@ -74,6 +74,11 @@ def test_the_method_is_listed_trained_evaluated_and_stored(run):
         logs = store.train_logs()
         assert sorted(logs[logs["key"] == "loss"]["step"]) == [1, 2]  # --smoke: 2 steps
         assert ((logs["key"] == "sigma_mean") & (logs["value"] >= 0.5)).sum() == 2  # the method's own log
+        counted = logs[logs["key"].str.startswith("compute/")].sort_values(["key", "step"])
+        # batch 2, one trained forward (3 passes) a video; the runner's counts, cumulative
+        assert list(zip(counted["key"], counted["step"], counted["value"], strict=True)) == [
+            ("compute/passes", 1, 6.0), ("compute/passes", 2, 12.0),
+            ("compute/samples", 1, 2.0), ("compute/samples", 2, 4.0)]
         agg = store.aggregates()
         steps = agg[agg["method"] == "coarse"].groupby("metric")["step"].apply(sorted).to_dict()
         assert steps[METRIC] == [1, 2] and steps["motion_score[flow=dis,stat=mean]"] == [1, 2]

@@ -464,3 +464,58 @@ def test_report_fits_1400px_in_chromium(tmp_path: Path) -> None:
     assert json.loads(fits.stdout[:fits.stdout.rindex("}") + 1])["overflowing"] == []
     narrow = measure(700)
     assert narrow.returncode == 1 and "does NOT fit" in narrow.stdout
+
+
+# -- the compute axis and folded training series (issue 29) ---------------------------------------
+def _compute_logs(run_dir: Path) -> None:
+    """sft: 6 passes a step, seeds 0 and 1 alike; dpo: 16 a step; plus series that never change."""
+    with ResultStore(run_dir / "results.sqlite") as store:
+        for method, per_step, seeds in (("sft", 6, (0, 1)), ("dpo", 16, (0,))):
+            for seed in seeds:
+                store.log_train("run1", method, seed,
+                                [(s, "compute/passes", float(per_step * s)) for s in range(1, 101)]
+                                + [(s, "stage", 0.0) for s in range(1, 101)]
+                                + [(s, "pairs", 8.0 if method == "dpo" else 2.0) for s in range(1, 101)]
+                                + [(100, "seconds", 12.5)])
+
+
+def test_metric_points_place_checkpoints_at_the_passes_spent(tmp_path: Path) -> None:
+    from reports.plots import metric_points
+
+    values = _three_methods()
+    values["sft"][1] = {50: FINAL["base"], 100: FINAL["sft"]}
+    run_dir = make_run(tmp_path, values)
+    _compute_logs(run_dir)
+    with ResultStore(run_dir / "results.sqlite") as store:
+        agg, logs = store.aggregates("run1"), store.train_logs("run1")
+    pts = metric_points(agg, logs, UP)
+    at = {(r.method, r.seed, r.step): r.passes for r in pts.itertuples()}
+    assert at == {("base", 0, 0): 0.0, ("sft", 0, 0): 0.0, ("sft", 0, 50): 300.0, ("sft", 0, 100): 600.0,
+                  ("sft", 1, 0): 0.0, ("sft", 1, 50): 300.0, ("sft", 1, 100): 600.0,
+                  ("dpo", 0, 0): 0.0, ("dpo", 0, 50): 800.0, ("dpo", 0, 100): 1600.0}
+    assert pts.set_index(["method", "seed", "step"]).at[("dpo", 0, 100), "value"] == FINAL["dpo"][UP]
+    # Without pass counts (a run from before they were logged), every checkpoint has no compute position.
+    bare = metric_points(agg, logs[logs["key"] != "compute/passes"], UP)
+    assert bare[bare["step"] > 0]["passes"].isna().all()
+
+
+def test_constant_series_are_folded_and_compute_plots_drawn(tmp_path: Path) -> None:
+    from reports.plots import constant_series, folded_note
+
+    run_dir = make_run(tmp_path, _three_methods())
+    _compute_logs(run_dir)
+    with ResultStore(run_dir / "results.sqlite") as store:
+        logs = store.train_logs("run1")
+    folded = constant_series(logs)
+    # stage never changes; pairs differs between methods but never within one; seconds is logged once (kept);
+    # loss and compute/passes change.
+    assert folded == {"pairs": "8 (dpo), 2 (sft)", "stage": "0 (dpo, sft)"}
+    assert folded_note(folded).startswith("Constant over the run, not plotted: pairs = ")
+    index = render_report(run_dir)
+    plots = sorted(p.name for p in (run_dir / "report" / "plots").glob("*.png"))
+    assert "train_stage.png" not in plots and "train_pairs.png" not in plots
+    assert {"train_loss.png", "train_compute_passes.png", "train_seconds.png"} <= set(plots)
+    assert {"metric_subject_consistency_features_tiny.png",
+            "metric_subject_consistency_features_tiny_vs_passes.png"} <= set(plots)
+    page = index.read_text(encoding="utf-8")
+    assert "Constant over the run, not plotted: " in page and "at matched compute" in page

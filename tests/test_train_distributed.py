@@ -48,6 +48,10 @@ def test_two_processes_train_what_one_process_trains(runs):
         assert {"loss", "grad_norm"} <= set(logs["key"])
     keep = lambda df: df[df["key"].isin(["loss", "grad_norm"])].sort_values(["method", "step", "key"])  # noqa: E731
     np.testing.assert_allclose(keep(l1)["value"].to_numpy(), keep(l2)["value"].to_numpy(), rtol=1e-5, atol=1e-6)
+    # Compute: each rank counts the passes on its rows, summed over ranks: exactly one process's count.
+    counts = lambda df: df[df["key"].str.startswith("compute/")].sort_values(["method", "step", "key"])  # noqa: E731
+    assert len(counts(l1)) > 0
+    np.testing.assert_array_equal(counts(l1)["value"].to_numpy(), counts(l2)["value"].to_numpy())
 
 
 def test_sharded_evaluation_stores_the_single_process_records(runs):

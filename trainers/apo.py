@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.data.source import clip_batch
 from harness.data.video_io import frames_to_tensor, tensor_to_frames
-from harness.models.base import Conditioning
+from harness.models.base import Conditioning, uncounted
 from harness.models.registry import model_path
 from harness.sampling import SamplerConfig, guided_velocity, sample
 from trainers.base import Draw, SmokeChanges, Trainer, pairs_draws
@@ -309,8 +309,9 @@ class APOTrainer(Trainer):
 
     def _pairs(self, stage: int):
         if stage not in self._data:
-            self._data[stage] = load_pairs(self.adapter, self.preset, self.config.stages[stage].pairs, self.workdir,
-                                           sampler=self.sampler)
+            with uncounted():  # a pair set is prepared data, as dpo's built before training (trainers/base.py)
+                self._data[stage] = load_pairs(self.adapter, self.preset, self.config.stages[stage].pairs,
+                                               self.workdir, sampler=self.sampler)
         return self._data[stage]
 
     # -- data of one step --------------------------------------------------------------
@@ -333,6 +334,7 @@ class APOTrainer(Trainer):
         global batch alike (indices, seeds) and samples, ranks and encodes only its rows of it."""
         stage = self.config.stages[self.stage]
         b = self.config.batch_size
+        self.saw(2 * b)  # both videos of each pair, drawn or generated (tied online pairs included)
         if stage.kind in ("offline", "distill_dpo"):
             pairs = self._pairs(self.stage)
             idx = torch.randint(len(pairs), (b,), generator=self.generator).tolist()
@@ -446,6 +448,7 @@ class APOTrainer(Trainer):
         rows = self.dist.rows(b)  # every rank draws the global batch and keeps its rows
         idx = torch.randint(stage.conditions, (b,), generator=self.generator).tolist()
         batch = clip_batch(self.preset, stage.split, idx[rows])
+        self.saw(b)
         x0 = self.adapter.encode_video(batch.videos)
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
         sigma = self.timesteps.sample(b, self.generator).double() / T
@@ -482,7 +485,8 @@ class APOTrainer(Trainer):
         self.optimizer.zero_grad()
         if batch is None:  # every pair tied (on every rank alike): nothing to learn from this step
             return {"loss": 0.0, "grad_norm": 0.0, **logs}
-        own = self.own_pairs(step, batch) if own_pairs_due(self.config, self.preset, step) else {}
+        with uncounted():  # a measurement, not training compute
+            own = self.own_pairs(step, batch) if own_pairs_due(self.config, self.preset, step) else {}
         total, acc, margin, high = 0.0, 0.0, 0.0, []
         for t, loss, stats, last in self._window_losses(batch):
             self.optimizer.backward(loss, last=last)  # gradients summed over the window, as the paper does

@@ -1,5 +1,22 @@
 """The Trainer interface. The outer loop (checkpoints, evaluation, resume, logging)
-lives once in harness.runner; a trainer owns only its loss, its data and its state."""
+lives once in harness.runner; a trainer owns only its loss, its data and its state.
+
+Compute (issue 29: curves at matched compute, as the papers compare methods). ``counted_step`` logs two
+cumulative training values after every step:
+
+* ``compute/passes``: passes of the video model, in rows (one video through the network once), a
+  backward counted as two more forwards (the usual 1:2 forward/backward cost), summed over ranks. They
+  are counted, not declared: every ``ModelAdapter.predict`` reports to ``harness.models.base.counting_passes``,
+  so rollouts, reference and old/EMA-policy predictions and a latent reward model's backbone all count
+  (a backbone read up to one block counts as a whole forward). Not counted: prepared data (a preference
+  pair set's rollouts, built once before training or, for APO's later stages, when the stage starts, and
+  cached for every method and seed; FCRM's offline set, scored once), probes, evaluation, PG-DPO's
+  own-pairs measurement (``uncounted``), and networks that are not the video model (SHIFT's
+  discriminators, reward heads, caption encoders).
+* ``compute/samples``: videos that entered training, as the trainer reports them (``saw``): each data
+  clip, each video of a preference pair (two a pair, drawn or generated) and each rollout when it is
+  generated (a round reused for several steps, or replayed from a buffer, counts once). Global counts.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import ConfigError, PresetConfig
 from harness.distributed import current, deepspeed_config
-from harness.models.base import ModelAdapter
+from harness.models.base import ModelAdapter, count_samples, counting_passes
 from harness.sampling import SamplerConfig
 from trainers.claims import Objective, PaperClaim
 from trainers.optimizer import AdamWSettings, make_optimizer
@@ -166,6 +183,7 @@ class Trainer(ABC):
         self.dist = current()
         self.optimizer = make_optimizer([{"params": self.params, "lr": config.lr}], config.grad_clip, self.dist,
                                         config.optimizer_settings(), deepspeed_config())
+        self.compute = {"passes": 0, "samples": 0}  # cumulative, over every step trained (module docstring)
 
     @abstractmethod
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -190,6 +208,23 @@ class Trainer(ABC):
         loss, logs = self.compute_loss(step)
         grad_norm = self.optimize(loss)
         return {**self.dist.average_logs({"loss": loss.item(), **logs}), "grad_norm": grad_norm}
+
+    def counted_step(self, step: int) -> dict[str, float]:
+        """``train_step(step)`` with its compute counted: its logs plus the cumulative ``compute/passes``
+        and ``compute/samples`` (module docstring). The runner trains through this."""
+        with counting_passes() as count:
+            logs = self.train_step(step)
+        passes = float(count.passes)
+        if self.dist.enabled:  # each rank counted its own rows; samples are global counts on every rank
+            passes = self.dist.average_logs({"passes": passes})["passes"] * self.dist.world_size
+        self.compute["passes"] += round(passes)
+        self.compute["samples"] += count.samples
+        return {**logs, "compute/passes": float(self.compute["passes"]),
+                "compute/samples": float(self.compute["samples"])}
+
+    def saw(self, n: int) -> None:
+        """``n`` more videos entered training in this step (``compute/samples``; a no-op in a replay)."""
+        count_samples(n)
 
     def checkpoint_steps(self) -> set[int]:
         """Steps that must be checkpointed besides the runner's schedule (every ``eval_every`` and the
@@ -227,9 +262,13 @@ class Trainer(ABC):
     # -- resumable state: everything that changes the next step's numbers --------------
     def state_dict(self) -> dict[str, Any]:
         return {"lora": self.adapter.lora_state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "compute": dict(self.compute)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.adapter.load_lora_state_dict(state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if "compute" not in state:
+            raise ValueError("this checkpoint predates compute counting (no `compute` in its trainer state), so its "
+                             "run's compute/passes cannot continue; start the run afresh in a new --out directory")
+        self.compute = {k: int(v) for k, v in state["compute"].items()}

@@ -262,6 +262,7 @@ class FCRMTrainer(Trainer):
         with self._behaviour_weights():
             samples, rows = policy_rollouts(self.adapter, self.preset, cfg.split, cfg.condition_pool,
                                             cfg.conditions, cfg.group_size, self.generator, self.sampler)
+        self.saw(len(samples))
         samples.rewards = self._score(samples)
         keep = torch.isfinite(samples.rewards)
         self.dropped += int((~keep).sum())
@@ -333,6 +334,7 @@ class FCRMTrainer(Trainer):
         logs.update(self.round_logs)
         if self.offline is not None and self.offline_stats is not None and cfg.offline is not None:
             idx = torch.randint(len(self.offline), (cfg.batch_size,), generator=self.generator)
+            self.saw(cfg.batch_size)
             off = self.offline.take(idx)
             mean, sigma = self.offline_stats.update(off.rewards)  # the global batch's statistics, on every rank
             adv = offline_advantages(off.rewards, mean, sigma, cfg.offline.advantage, cfg.offline.a0,

@@ -152,6 +152,7 @@ class FlowGRPOTrainer(Trainer):
                 self.sigmas, cfg.eta, cfg.sigma_max, steps)
         finally:
             self.adapter.model.train(was_training)
+        self.saw(len(groups))
         zeros = torch.zeros(len(groups), dtype=torch.float64)
         samples = Samples(x0, first, captions, zeros, zeros.clone(), [batch.specs[i] for i in groups])
         samples.rewards = score_sharded(self.reward, samples, self.adapter, self.dist)

@@ -158,6 +158,7 @@ class SampleRoundTrainer(Trainer):
             self.before_round(step)
             samples, groups = policy_rollouts(self.adapter, self.preset, cfg.split, cfg.condition_pool, cfg.conditions,
                                               cfg.group_size, self.generator, self.sampler)
+            self.saw(len(samples))
             samples.rewards = score_sharded(self.reward, samples, self.adapter, self.dist)
             kept, dropped = finite_round(samples, groups, cfg.adv_std)
             self.dropped += dropped

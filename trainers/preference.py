@@ -29,7 +29,7 @@ from harness.data.preferences import (
 )
 from harness.data.source import clip_length, data_file, frame_size
 from harness.distributed import current
-from harness.models.base import Conditioning, ModelAdapter, weights_digest
+from harness.models.base import Conditioning, ModelAdapter, uncounted, weights_digest
 from harness.sampling import SamplerConfig
 from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
@@ -212,6 +212,7 @@ class PreferenceTrainer(Trainer):
         b = self.config.batch_size
         rows = self.dist.rows(b)  # this rank's share of the global batch (all of it on one process)
         idx = torch.randint(len(self.pairs), (b,), generator=self.generator)[rows].tolist()
+        self.saw(2 * b)  # both videos of each pair
         x_w, x_l, cond = self.pairs.tensors(self.adapter, idx)
         sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)[rows]
         noise = torch.randn((b, *x_w.shape[1:]), generator=self.generator)[rows]
@@ -230,7 +231,8 @@ class PreferenceTrainer(Trainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         batch = self.draw_batch(step)
-        own = self.own_pairs(*batch) if own_pairs_due(self.config, self.preset, step) else {}
+        with uncounted():  # a measurement, not training compute
+            own = self.own_pairs(*batch) if own_pairs_due(self.config, self.preset, step) else {}
         loss, logs = self.pair_loss(*batch)
         grad_norm = self.optimize(loss)
         return {**self.dist.average_logs({"loss": loss.item(), **logs, **own}), "grad_norm": grad_norm}

@@ -44,6 +44,7 @@ class SFTTrainer(Trainer):
         start = self.seed * 1_000_000 + step * b
         rows = self.dist.rows(b)  # this rank's share of the global batch (all of it on one process)
         batch = clip_batch(self.preset, self.config.split, range(start, start + b)[rows])
+        self.saw(b)
         x0 = self.adapter.encode_video(batch.videos)
         cond = self.adapter.encode_condition(batch.first_frames, batch.captions)
         sigma = sample_sigmas(self.config.timestep_sampling, b, self.generator)[rows]

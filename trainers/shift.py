@@ -235,6 +235,7 @@ class ShiftTrainer(Trainer):
         cfg, buf = self.config, self.config.buffer
         samples, rows = policy_rollouts(self.adapter, self.preset, cfg.split, cfg.condition_pool,
                                         buf.prompts, buf.rollouts_per_prompt, self.generator, self.sampler)
+        self.saw(len(samples))
         query_seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
         with torch.no_grad():
             frames = [tensor_to_frames(v) for v in self.adapter.decode_latents(samples.x0)]
@@ -278,6 +279,7 @@ class ShiftTrainer(Trainer):
         fake = fake.take(list(range(b))[rows])
         start = self.seed * 1_000_000 + step * b  # the clips `sft` sees at this step
         anchor = clip_batch(self.preset, cfg.anchor_split, range(start, start + b)[rows])
+        self.saw(b)
         x0 = self.adapter.encode_video(anchor.videos)
         cond = self.adapter.encode_condition(anchor.first_frames, anchor.captions)
         shape = (b, *x0.shape[1:])

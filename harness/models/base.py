@@ -10,9 +10,10 @@ base model serves as the reference policy without a second copy in memory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -68,13 +69,97 @@ class Conditioning:
                        captions=tuple(c for p in parts for c in p.captions))
 
 
+@dataclass
+class PassCount:
+    """The video model's work inside a ``counting_passes()`` context, in rows (one video, one network
+    evaluation): ``forward`` rows of ``ModelAdapter.predict`` (a batch of B counts B, a CFG batch of
+    2B counts 2B; a partial forward, such as the latent reward model reading one block's tokens, counts
+    as a whole one), ``backward`` rows whose prediction a gradient flowed back through (once per
+    backward: a prediction back-propagated twice counts twice), and ``samples`` as trainers report
+    them (``count_samples``). ``passes`` counts a backward as two forwards (trainers/base.py)."""
+
+    forward: int = 0
+    backward: int = 0
+    samples: int = 0
+
+    @property
+    def passes(self) -> int:
+        return self.forward + 2 * self.backward
+
+
+# The innermost open count (None: an `uncounted()` block); every adapter's predict reports to it.
+_COUNTS: list[PassCount | None] = []
+_DEPTH = [0]  # predict calls in progress: a subclass's predict that calls its parent's counts once
+
+
+@contextlib.contextmanager
+def counting_passes() -> Iterator[PassCount]:
+    """Count the passes of every adapter's model (the policy, its reference and EMA weights, and a
+    separate backbone such as the latent reward model's) while the context is open."""
+    count = PassCount()
+    _COUNTS.append(count)
+    try:
+        yield count
+    finally:
+        _COUNTS.pop()
+
+
+@contextlib.contextmanager
+def uncounted() -> Iterator[None]:
+    """Passes run for a measurement inside a counted step (PG-DPO's own-pairs Gamma), not for training."""
+    _COUNTS.append(None)
+    try:
+        yield
+    finally:
+        _COUNTS.pop()
+
+
+def count_samples(n: int) -> None:
+    """``n`` more samples seen by the open count (a no-op outside one, e.g. in a probe's replay)."""
+    if _COUNTS and _COUNTS[-1] is not None:
+        _COUNTS[-1].samples += n
+
+
+def _counted(predict: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(predict)
+    def wrapper(self: ModelAdapter, x_t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        count = _COUNTS[-1] if _COUNTS and not _DEPTH[0] else None
+        rows = int(x_t.shape[0])
+        if count is not None:
+            count.forward += rows  # before the call: a forward stopped early (block features) still counts
+        _DEPTH[0] += 1
+        try:
+            out = predict(self, x_t, *args, **kwargs)
+        finally:
+            _DEPTH[0] -= 1
+        if count is not None and isinstance(out, torch.Tensor) and out.requires_grad:
+            def backward(grad: torch.Tensor) -> None:
+                count.backward += rows
+
+            out.register_hook(backward)
+        return out
+
+    wrapper.__counted__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class ModelAdapter(ABC):
-    """One model family. Tensors follow diffusers' video layout (B, C, T, H, W)."""
+    """One model family. Tensors follow diffusers' video layout (B, C, T, H, W).
+
+    Every family's ``predict`` is wrapped so that ``counting_passes()`` sees it (the trainers' compute
+    axis): a forward pass of the model goes through ``predict`` only."""
 
     prediction_type: ClassVar[str]  # "flow" (velocity = noise - x0), later "v" / "eps"
     num_train_timesteps: ClassVar[int] = 1000
 
     model: nn.Module
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict")
+        if own is not None and not getattr(own, "__counted__", False) and not getattr(own, "__isabstractmethod__",
+                                                                                       False):
+            cls.predict = _counted(own)  # type: ignore[method-assign]
 
     # -- spaces ---------------------------------------------------------------
     @abstractmethod
