@@ -11,6 +11,7 @@ from tiny_runs import fast_preset, run_cache  # noqa: F401  (run_cache: autouse 
 
 from harness.models.base import counting_passes, uncounted
 from harness.models.tiny_wan import TinyWanAdapter
+from trainers.base import trainer_settings
 from trainers.registry import trainer_for
 
 B = 2  # batch size of every method here
@@ -65,7 +66,7 @@ def hand_count(method: str, cfg) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("method", list(SMALL))
 def test_logged_compute_matches_a_hand_count(method):
     preset = fast_preset()
-    section = {**preset.methods[method], "batch_size": B, **SMALL[method]}
+    section = {**trainer_settings(preset.methods[method]), "batch_size": B, **SMALL[method]}
     cls = trainer_for(method, section)
     cfg = cls.config_class(**section)
     trainer = cls(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, 0)
@@ -87,7 +88,7 @@ def test_a_probe_replay_is_not_counted_and_old_checkpoints_are_refused():
     preset = fast_preset()
     cls = trainer_for("sft")
     trainer = cls(TinyWanAdapter.load(preset.base_checkpoint_path()), preset,
-                  cls.config_class(**{**preset.methods["sft"], "batch_size": B}), 0)
+                  cls.config_class(**{**trainer_settings(preset.methods["sft"]), "batch_size": B}), 0)
     trainer.coming_loss(0)  # a probe's replay outside a step: not training compute
     logs = trainer.counted_step(0)
     assert (logs["compute/passes"], logs["compute/samples"]) == (3 * B, B)
