@@ -267,6 +267,12 @@ class APOTrainer(Trainer):
         self._base: dict[str, torch.Tensor] | None = None
         self._data: dict[object, object] = {}  # pair sets per stage, rankers
         self._window: torch.Tensor | None = None  # the last timestep window (a stride < window carries some over)
+        # Offline pair sets and half-online anchors are data fixed before training (the paper's are human-labelled
+        # sets): each stage's is built (or read from the run's cache) now, from the starting model, never from a
+        # later stage's model.
+        for i, stage in enumerate(config.stages):
+            if stage.pairs is not None:
+                self._pairs(i)
 
     # -- stages ----------------------------------------------------------------------
     def checkpoint_steps(self) -> set[int]:
