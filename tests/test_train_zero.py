@@ -83,8 +83,12 @@ def runs(tmp_path_factory):
 
 def test_zero2_trains_what_one_process_trains(runs):
     one, zero = runs
-    # One engine per method (the tiny apo has one stage; tests/test_optimizer.py restarts an engine).
-    assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [len(METHODS)] * 2
+    # One engine per method, and one more per later APO stage (each stage starts a fresh optimizer:
+    # tests/test_optimizer.py restarts an engine); the tiny apo is the paper's three-stage curriculum.
+    from harness.config import load_preset
+
+    engines = len(METHODS) + len(load_preset("tiny").methods["apo"]["stages"]) - 1
+    assert [int((zero / f"engines_rank{r}").read_text()) for r in (0, 1)] == [engines] * 2
     for r in (0, 1):  # each rank ran the model on its half of every batch of 4 (sft's rows: test_train_distributed)
         # FCRM scores half of its 8 offline samples and of each round's 4 rollouts (one process: 8 and 4).
         assert json.loads((zero / f"rows_rank{r}.json").read_text()) == {**{m: [2] for m in TRAINING_FORWARDS},
