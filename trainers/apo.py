@@ -16,7 +16,8 @@ Stages (``stages`` in the config, run in order; their steps add up to ``steps``)
     versa (needs ``pairs``: the labelled anchors).
 Each stage's reference is the frozen result of the previous stage: at a stage
 boundary the LoRA update is folded into the base weights and the adapters restart,
-so "adapters disabled" is the previous stage's model. Stage ends are checkpoints.
+so "adapters disabled" is the previous stage's model. Stage ends are checkpoints unless
+``stage_checkpoints`` is false (a checkpoint anywhere rebuilds its stage when loaded).
 
   * ``distill``: guidance distillation (Eq. 3-4): the student (the policy, one forward
     pass) regresses the teacher's (the previous stage, frozen) CFG + STG guided velocity on
@@ -137,6 +138,9 @@ class APOConfig(DPOObjectiveConfig):
         StageConfig(kind="online", steps=20), StageConfig(kind="half_online", steps=20, pairs=PairsConfig()),
         StageConfig(kind="offline", steps=20)], min_length=1,
         description="run in order; default: the paper's online, half-online, offline curriculum (Sec. 3.3)")
+    stage_checkpoints: bool = Field(
+        True, description="checkpoint (and so evaluate and probe) every stage end besides the runner's schedule; "
+                          "false: only the schedule's checkpoints (a resumed run rebuilds the stages either way)")
 
     @classmethod
     def smoke_changes(cls, section: dict[str, Any], with_steps: bool) -> SmokeChanges:
@@ -276,7 +280,7 @@ class APOTrainer(Trainer):
 
     # -- stages ----------------------------------------------------------------------
     def checkpoint_steps(self) -> set[int]:
-        return {int(e) for e in self.ends}
+        return {int(e) for e in self.ends} if self.config.stage_checkpoints else set()
 
     def stage_at(self, step: int) -> int:
         return int(np.searchsorted(self.ends, step, side="right"))
