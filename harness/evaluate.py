@@ -475,6 +475,12 @@ def evaluate_videos(preset: PresetConfig, folder: Path, out: Path, metric_names:
     with _new_store(out, run_id, preset, {"videos": str(folder)}) as store:
         ckpt = store.checkpoint(run_id, "videos", 0, 0, str(folder), {"source": "files"})
         bind_inputs(store, ckpt, key, f"--videos {folder}")
+        # A row naming a video the folder lacks: named and recorded, never silently dropped.
+        for name in sorted(set(mapping or ()) - {f.name for f in files}):
+            reason = f"{name} is listed in {conditions} but is not in {folder}"
+            log.warning("skipping %s", reason)
+            store.add_skip(ckpt, name, reason)
+            skipped.append(name)
         videos = []
         for f in files:
             try:

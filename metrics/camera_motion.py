@@ -283,10 +283,12 @@ class CameraMotion(PerVideoMetric):
         }
         return float(label in pred["predicted"]), 1.0, extras
 
-    def update(self, sample: VideoSample) -> dict[str, Any]:
-        record = super().update(sample)
-        self._labels.append(record["extras"]["label"])
-        return record
+    def _record(self, sample: VideoSample, value: float | None, weight: float,
+                extras: dict[str, Any]) -> dict[str, Any]:
+        # Every path records through here (update and the evaluator's update_many alike), so the labels stay
+        # aligned with the values.
+        self._labels.append(extras["label"])
+        return super()._record(sample, value, weight, extras)
 
     @property
     def compute_extras(self) -> dict[str, Any]:

@@ -271,6 +271,17 @@ def test_aggregate_is_the_mean_of_matches_with_per_label_means():
     assert extras["n_per_label"] == {"pan_left": 2, "pan_right": 1, "static": 1}
 
 
+def test_the_evaluators_batched_path_keeps_the_labels_aligned():
+    """Before: only ``update`` recorded the label, and the evaluator's ``update_many`` left the labels empty,
+    so every evaluation with camera_motion failed at its aggregate (zip of 0 labels with N values)."""
+    one, _ = _scored_metric(LABELLED)
+    batched = get_metric("camera_motion", tracker=EdgeTracker(_uniform(3, 0)))
+    batched.update_many(LABELLED[:3])
+    batched.update_many(LABELLED[3:])
+    assert batched.compute() == one.compute()
+    assert batched.compute_extras == one.compute_extras
+
+
 def test_merged_states_equal_single_process():
     single, _ = _scored_metric(LABELLED)
     first, _ = _scored_metric(LABELLED[:2])

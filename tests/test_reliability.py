@@ -310,10 +310,14 @@ def test_i2v_dimensions_need_the_conditioning_images(tmp_path, world):
         w = csv.writer(f)
         w.writerow(["video", "image", "prompt"])
         w.writerows([["a.mp4", "images/a.png", "a red square"], ["b.mp4", "images/b.png", ""],
-                     ["c.mp4", "images/c.png", ""]])  # d.mp4 has no row
+                     ["c.mp4", "images/c.png", ""],  # d.mp4 has no row
+                     ["e.mp4", "images/e.png", ""], ["gone.mp4", "images/a.png", ""]])  # no such image; no such video
+    _clips(world, folder, [("e.mp4", 4)])
     r = _cli("eval", "--videos", folder, "--conditions", table, "--out", tmp_path / "o2", "--metrics", "i2v_subject")
     assert r.exit_code == 0, r.output
     with ResultStore(tmp_path / "o2" / "results.sqlite") as s:
         assert sorted(s.records()["video_id"]) == ["a.mp4", "b.mp4"]
         reasons = dict(zip(s.skips()["video_id"], s.skips()["reason"], strict=True))
     assert "aspect ratio" in reasons["c.mp4"] and "no row" in reasons["d.mp4"]
+    assert "e.png does not exist" in reasons["e.mp4"] and "is not in" in reasons["gone.mp4"]
+    assert set(reasons) == {"c.mp4", "d.mp4", "e.mp4", "gone.mp4"}
