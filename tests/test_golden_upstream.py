@@ -442,6 +442,43 @@ def test_cotracker_tracks_match_upstream_predictor(kind, call, tmp_path, monkeyp
     np.testing.assert_array_equal(got.visible, arrays[f"{kind}/{call}/visible"])
 
 
+# -- camera_motion end to end: frames -> CoTracker2 (random weights) -> classification -> aggregate ----------------
+def test_camera_motion_end_to_end_matches_upstream(tmp_path, monkeypatch):
+    """Upstream's camera_motion on GIFs with its CoTracker2 hub predictor (random-init weights), against the metric
+    with the `cotracker2` tracker on the same frames and weights: each video's predicted labels and 0/1, the
+    aggregate and the per-label means are exact. Upstream truncates positions to integers (``.long()``) before it
+    classifies; the tracks agree to about 1e-4 px (test_cotracker_tracks_match_upstream_predictor), so a truncated
+    position can still differ by 1 where a track lies that close to an integer (1 of 1600 here, at a cell that
+    decides nothing). The cells that decide (the four edge midpoints, first and last frame) must be exact."""
+    from harness.weights import init_random
+    from metrics.camera_motion import CameraMotion, edge_points
+
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path))
+    init_random(["cotracker2"], log=lambda _: None)  # the seeded file make_golden.py gave upstream's hub entry point
+    arrays, meta = _load("camera_motion_e2e")
+    metric = CameraMotion(tracker="cotracker2")
+    grids = []
+    inner = metric.tracker.track_grid
+
+    def kept(frames, grid_size):
+        out = inner(frames, grid_size)
+        grids.append(out.xy)
+        return out
+
+    metric.tracker.track_grid = kept
+    for want in meta["results"]["per_video"]:
+        record = metric.update(VideoSample(want["name"], arrays[f"frames/{want['name']}"], 8.0))
+        got, ref = np.trunc(grids[-1]).astype(np.int64), arrays[f"tracks/{want['name']}"]
+        assert np.abs(got - ref).max() <= 1 and (got != ref).mean() < 0.005
+        cells = [r * 10 + c for edge in edge_points().values() for r, c in edge]
+        np.testing.assert_array_equal(got[[0, -1]][:, cells], ref[[0, -1]][:, cells])
+        assert (record["extras"]["label"], record["extras"]["predicted"]) == (want["target"], want["predicted"])
+        assert record["value"] == want["score"], want["name"]
+    assert metric.compute() == pytest.approx(meta["results"]["camera_motion"], abs=1e-12)
+    per_type = {k: v for k, v in meta["results"]["per_type"].items() if v is not None}
+    assert metric.compute_extras["per_label"] == pytest.approx(per_type, abs=1e-12)
+
+
 # -- I3D features against piergiaj/pytorch-i3d (random weights) ----------------------------------------------------
 @pytest.mark.parametrize("output", ["logits", "pooled"])
 def test_i3d_features_match_pytorch_i3d(output, tmp_path, monkeypatch):

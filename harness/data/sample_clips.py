@@ -26,6 +26,7 @@ SAMPLE_CLIPS = {
     "bigbuckbunny.mp4": (1280, 720, "a big rabbit in a green meadow, camera static"),
     "bikes.mp4": (640, 272, "cyclists ride past on a street, camera pans left"),
     "carphone_pristine.mp4": (176, 144, "a man talks on a phone in a car, camera static"),
+    "carphone_distorted.mp4": (176, 144, "a man talks on a phone in a car, camera static"),  # 7 KB: blocky
 }
 
 
