@@ -68,7 +68,8 @@ def test_every_vbench_i2v_dimension_and_fvd_on_real_clips(clips, tmp_path, monke
     assert skips.empty, skips
     names = {m.split("[")[0]: m for m in agg.index if not m.startswith("rollup:")}
     assert set(names) == {*VBENCH_I2V, "fvd"}, sorted(names)
-    assert all("random-weights" in m for m in names.values())
+    # every dimension read from a network says that its weights are random (temporal flickering reads none)
+    assert all("random-weights" in m for d, m in names.items() if d != "temporal_flickering"), names
     for dim in VBENCH_I2V:  # every clip scored, whatever its size
         rows = records[records["metric"] == names[dim]]
         assert sorted(rows["video_id"]) == sorted(CLIPS), dim
