@@ -497,6 +497,35 @@ def test_i3d_features_match_pytorch_i3d(output, tmp_path, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+# -- VideoMAE-v2 ViT-g/14 at full size: upstream's parameter layout --------------------------------------------------
+@pytest.mark.parametrize(("head", "classes"), [("k710", 710), ("ssv2", 174)])
+def test_videomae_v2_full_size_layout_is_upstreams(head, classes):
+    """At full size (1B parameters) only the layout is compared: every key and shape of upstream's
+    vit_giant_patch14_224 (as cd-fvd builds it) is what the random-init writer produces (``upstream_layout``), and
+    the converted tensors fit the harness's model exactly (built and loaded on the meta device: no memory). The
+    values of the same architecture are checked at a reduced size above."""
+    from harness.scorers.backends.real.videomae import (
+        build_videomae_v2,
+        convert_videomae_v2,
+        upstream_layout,
+        videomae_v2_config,
+    )
+
+    meta = json.loads((GOLDEN / "videomae_v2_g_layout.json").read_text())
+    want = {k: tuple(v) for k, v in meta["layout_k710"].items()}
+    if head == "ssv2":
+        want |= {k: tuple(v) for k, v in meta["ssv2_differs_in"].items()}
+    config = videomae_v2_config()
+    assert upstream_layout(config, classes) == want
+    with torch.device("meta"):
+        model = build_videomae_v2(num_classes=classes)
+        converted = convert_videomae_v2({k: torch.empty(v) for k, v in want.items()}, config.num_hidden_layers)
+    own = model.state_dict()
+    assert set(converted) == set(own)
+    assert all(converted[k].shape == own[k].shape for k in own)
+    assert sum(v.numel() for v in own.values()) > 1_000_000_000  # the full ViT-g, not a reduced one
+
+
 # -- VideoMAE-v2 against upstream's modeling_finetune (ViT-g's design at a small size, random weights) -------------
 @pytest.mark.parametrize("output", ["fc_norm", "logits"])
 def test_videomae_v2_matches_upstream_vision_transformer(output, tmp_path, monkeypatch):
