@@ -267,7 +267,7 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
     for method, (cfg, schedule) in plans.items():
         for seed in seeds:
             _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress,
-                       trackers.open(run_id, method, seed))
+                       lambda first, method=method, seed=seed: trackers.open(run_id, method, seed, first))
 
 
 def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:
@@ -299,7 +299,7 @@ def _recover(rundir: RunDir, store: ResultStore, run_id: str, method: str, seed:
 
 def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id: str, evaluator: Evaluator,
                method: str, cfg: TrainerConfig, schedule: Schedule, seed: int, show_progress: bool,
-               track: Session) -> None:
+               open_tracker: Callable[[int], Session]) -> None:
     log.info("%s seed %d: preparing the trainer", method, seed)
     torch.manual_seed(seed)
     try:
@@ -353,6 +353,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
                            final=is_final(step, schedule.steps))
     if start:  # the loaded state is the latest checkpoint again
         load(start)
+    track = open_tracker(start + 1 if start else 0)  # what it logs from here on replaces an earlier session's
     logs: list[tuple[int, str, float]] = []
     extra_checkpoints = trainer.checkpoint_steps()
     log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, schedule.steps)

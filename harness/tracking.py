@@ -240,8 +240,12 @@ class RunTrackers:
             check_trackers(self.names)
             log.info("experiment trackers: %s", describe(self.names, rundir))
 
-    def open(self, run_id: str, method: str, seed: int | None) -> Session:
-        """Finish the previous session and start ``<method>/seed<k>`` (``method`` alone for seed None)."""
+    def open(self, run_id: str, method: str, seed: int | None, first_step: int = 0) -> Session:
+        """Finish the previous session and start ``<method>/seed<k>`` (``method`` alone for seed None).
+
+        ``first_step``: the first step this session logs. A resumed run logs again from there (the base
+        model's step 0, the steps trained after the last checkpoint), so TensorBoard is told to hide what
+        an earlier session logged at that step and later (``purge_step``): each step is shown once."""
         self._session.close()
         if not self.names:
             return self._session
@@ -254,7 +258,7 @@ class RunTrackers:
             directory = self.rundir.trackers(kind)
             directory.mkdir(parents=True, exist_ok=True)
             if kind == "tensorboard":
-                tracker = LOGGER_TYPE_TO_CLASS[kind](name, directory)
+                tracker = LOGGER_TYPE_TO_CLASS[kind](name, directory, purge_step=first_step)
             else:  # wandb: offline files under the run directory, one W&B run per method and seed
                 project = os.environ.get("WANDB_PROJECT", "video-alignment-harness")
                 tracker = LOGGER_TYPE_TO_CLASS[kind](project, name=f"{run_id}-{name.replace('/', '-')}",

@@ -165,7 +165,8 @@ def test_checkpoints_after_a_distill_stage_are_evaluated_and_recorded_without_gu
     pairs = {"conditions": 4, "per_condition": 2}
     preset = _apo_preset(tmp_path, {"batch_size": 2, "stages": [{"kind": "offline", "steps": 1, "pairs": pairs},
                                                                 {"kind": "distill", "steps": 1, "conditions": 4},
-                                                                {"kind": "distill_dpo", "steps": 1, "pairs": pairs}]},
+                                                                {"kind": "distill_dpo", "steps": 1, "pairs": pairs}],
+                                     "stage_checkpoints": True},  # every stage end evaluated (tiny: off)
                          "sampler.guidance_scale=3.0")
     out = tmp_path / "run"
     run(preset, out, RunOptions(["apo"], [0], eval_every=100, metrics=["dynamic_degree"], show_progress=False))

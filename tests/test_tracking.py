@@ -101,6 +101,46 @@ def test_trackers_are_not_part_of_the_run(tb_run):
     run(fast_preset(), tb_run, _opts(resume=True))  # everything is there: nothing trained, nothing refused
 
 
+class _Kill(BaseException):
+    """A kill: not an Exception, so nothing in the harness catches it."""
+
+
+def test_a_resumed_run_shows_each_step_once(tmp_path, monkeypatch):
+    """Before: a resumed run logged the base model's step 0 again, and the steps trained after the last
+    checkpoint twice (once before the kill, once after), so TensorBoard drew them twice. Killed while saving
+    the step-2 checkpoint (its training rows were already sent to the tracker), then resumed: every tag has each
+    step once, with the store's values."""
+    pytest.importorskip("tensorboard", reason="the `trackers` extra (scripts/install.sh installs it)")
+    import harness.rundir as rundir_mod
+
+    out = tmp_path / "run"
+    save = rundir_mod.RunDir.save_checkpoint
+
+    def killed_at_2(self, state, path, step, logs):
+        if step == 2:
+            raise _Kill
+        return save(self, state, path, step, logs)
+
+    monkeypatch.setattr(rundir_mod.RunDir, "save_checkpoint", killed_at_2)
+    with pytest.raises(_Kill):
+        run(fast_preset("log_with=[tensorboard]"), out, _opts())
+    monkeypatch.setattr(rundir_mod.RunDir, "save_checkpoint", save)
+    root = RunDir(out).trackers("tensorboard")
+    assert 2 in {e.step for e in _events(root / "sft" / "seed0").Scalars("train/loss")}  # logged before the kill
+    run(fast_preset("log_with=[tensorboard]"), out, _opts(resume=True))
+    with ResultStore(out / "results.sqlite") as store:
+        logs = store.train_logs()
+    for directory in (root / "base", root / "sft" / "seed0"):
+        acc = _events(directory)
+        for tag in acc.Tags()["scalars"]:
+            steps = [e.step for e in acc.Scalars(tag)]
+            assert len(steps) == len(set(steps)), (directory.name, tag, steps)
+    got = _scalars(_events(root / "sft" / "seed0"))
+    mine = logs[(logs["method"] == "sft") & (logs["key"] == "loss")]
+    assert {step: v for (tag, step), v in got.items() if tag == "train/loss"} == {
+        int(r.step): _f32(r.value) for r in mine.itertuples()}
+
+
 @pytest.mark.parametrize("args, says", [
     (["--log-with", "tensorboard,mlflow"], "unknown tracker(s) mlflow"),
     (["--log-with", "tensorboard", "--log-with", "neptune"], "unknown tracker(s) neptune"),
