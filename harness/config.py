@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,23 @@ class ProbesConfig(BaseModel):
                                                  "(the same for every method)")
 
 
+class TuningConfig(BaseModel):
+    """The learning-rate sweep every method gets (harness/tuning.py, `harness tune`, docs/tuning.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: int = Field(3, ge=2, description="learning rates per method")
+    ratio: float = Field(3.0, gt=1, description="ratio of neighbouring learning rates; the preset's lr is the middle")
+    seed: int = Field(0, ge=0, description="the one training seed of every candidate")
+    split: str = Field("prompts", description="split of the validation conditions of methods trained on a judge "
+                                              "(a method with none: held-out clips of the split it imitates)")
+    start: int = Field(500_000, ge=0, description="first validation clip index (no method may train on them)")
+    videos: int = Field(64, ge=2, description="validation videos (or clips) each candidate is scored on")
+    record: str | None = Field(None, description="the recorded sweep (JSON written by `harness tune --record`), "
+                                                 "relative to the preset file; read into `results`")
+    results: dict[str, Any] | None = Field(None, description="the recorded sweep, as loaded from `record`")
+
+
 class PresetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,6 +133,8 @@ class PresetConfig(BaseModel):
         None, description="a real model family in a local directory; default: the tiny model (base_checkpoint)")
     data: VideoDataConfig | None = Field(
         None, description="real footage (a folder of videos with captions, or DAVIS); default: the synthetic world")
+    tuning: TuningConfig | None = Field(
+        None, description="the learning-rate sweep every method gets, and its recorded results (docs/tuning.md)")
 
     @field_validator("methods")
     @classmethod
@@ -151,7 +171,7 @@ class PresetConfig(BaseModel):
         is always left out."""
         out = self.model_dump(mode="json")
         del out["log_with"]  # where a copy of the numbers goes, not what they are: a run resumes with other trackers
-        for key in ("adapter", "data"):
+        for key in ("adapter", "data", "tuning"):
             if out[key] is None:
                 del out[key]
         for key in ("batch_size", "final_num_videos"):
@@ -236,6 +256,7 @@ def _preset_data(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[str, d
         raise ConfigError(f"malformed YAML in {source}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a YAML mapping of sections, got {type(data).__name__}")
+    _read_tuning_record(data, source, path.parent if path.is_file() else None)
     parent = data.pop("extends", None)
     if parent is not None:
         # A variant names its parent and lists only what it changes; mappings merge, lists replace.
@@ -248,6 +269,31 @@ def _preset_data(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[str, d
         _, base = _preset_data(parent, (*chain, name_or_path))
         data = _deep_update(base, data)
     return source, data
+
+
+def tuning_record_path(record: str, folder: Path | None) -> Path:
+    """Where a preset's ``tuning.record`` lives: next to the preset file (a packaged preset's: in
+    harness/presets)."""
+    p = Path(record)
+    if p.is_absolute():
+        return p
+    return (folder / p) if folder is not None else Path(str(resources.files("harness.presets"))) / p
+
+
+def _read_tuning_record(data: dict[str, Any], source: str, folder: Path | None) -> None:
+    """Load the sweep a preset's ``tuning.record`` names into ``tuning.results`` (in place)."""
+    tuning = data.get("tuning")
+    if not isinstance(tuning, dict) or not tuning.get("record"):
+        return
+    path = tuning_record_path(str(tuning["record"]), folder)
+    if not path.is_file():
+        raise ConfigError(f"{source}: tuning.record {path} does not exist; run `harness tune --record` or remove "
+                          "tuning.record")
+    try:
+        tuning["results"] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: tuning.record {path} is not readable JSON ({exc}); run `harness tune "
+                          "--record` again") from exc
 
 
 def load_preset(name_or_path: str, overrides: list[dict[str, Any]] | None = None) -> PresetConfig:

@@ -115,7 +115,7 @@ def probe_set_problems(configs: dict, preset: PresetConfig) -> list[str]:
         for d in training_draws(method, mcfg):
             if d.split != probe.split:
                 continue
-            if preset.data is None and not (d.start < probe.stop and (d.stop is None or probe.start < d.stop)):
+            if preset.data is None and not d.overlaps(probe.split, probe.start, probe.stop):
                 continue
             why = "" if preset.data is None else " (on footage every index wraps around the split)"
             problems.append(f"the held-out probe set (probes.split={cfg.split!r}, {probe.span()}) overlaps {d.what}: "

@@ -38,6 +38,7 @@ from metrics.judges import MARK, metric_judges
 from reports.objectives import objective_change, seed_interval
 from reports.sections import ReportInputs, SectionOutput, section
 from reports.tables import markdown_grid
+from reports.budget import compute_summary, tuning_summary
 from trainers.claims import PaperClaim
 from trainers.registry import get_trainer, ordered_trainers
 
@@ -230,7 +231,9 @@ def check_claims(data: RunData, claims: list[PaperClaim] | None = None,
     return pd.DataFrame(rows, columns=["paper", "claim", "evidence", "verdict", "overlap"])
 
 
-def claims_markdown(table: pd.DataFrame, preset: str) -> str:
+def claims_markdown(table: pd.DataFrame, preset: str, tuning: str = "") -> str:
+    """The claims table; ``tuning``: paragraphs on the run's tuning and compute budgets (reports/budget.py),
+    put first."""
     if table.empty or (table["verdict"] == ABSENT).all():
         return ""
     counts = table["verdict"].value_counts()
@@ -238,6 +241,8 @@ def claims_markdown(table: pd.DataFrame, preset: str) -> str:
             "per eval video at each method's final checkpoint, averaged over seeds, with 95 % intervals that "
             "combine video and seed noise (reports/claims.py). "
             + ", ".join(f"{counts.get(v, 0)} {v}" for v in (HOLDS, FAILS, UNSURE, ABSENT)) + ".\n\n")
+    if tuning:
+        head = f"{tuning}\n\n{head}"
     marked = "overlap" in table and table["overlap"].astype(bool).any()
     cells = [[r.paper, r.claim, r.evidence + (f" {MARK}" if getattr(r, "overlap", "") else ""), f"**{r.verdict}**"]
              for r in table.itertuples()]
@@ -252,5 +257,7 @@ def claims_markdown(table: pd.DataFrame, preset: str) -> str:
 @section("claims", "Paper claims")
 def claims_section(run: ReportInputs) -> SectionOutput | None:
     table = check_claims(RunData(run.records, run.logs), signals=run.info.training_signals)
-    text = claims_markdown(table, run.info.preset_name)
+    _, tuning = tuning_summary((run.info.preset.get("tuning") or {}).get("results"), run.info.method_configs)
+    budget = "\n\n".join(t for t in (tuning, compute_summary(run.logs)) if t)
+    text = claims_markdown(table, run.info.preset_name, budget)
     return SectionOutput(text) if text else None

@@ -15,7 +15,7 @@ QUICK = ["--steps", "2", "--set", "pretrain.batch_size=2", "--set", "pretrain.ju
          "--set", "pretrain.warmup_steps=1", "--no-progress"]
 
 
-COMMANDS = ("run", "reproduce", "eval", "sample", "report", "export", "regress", "world", "list", "weights")
+COMMANDS = ("run", "reproduce", "tune", "eval", "sample", "report", "export", "regress", "world", "list", "weights")
 BUILDERS = ("base", "features", "latent-rm", "motion-rm", "fewstep")
 
 

@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "harness.sample_eval": ORCHESTRATION,
     "harness.smoke": ORCHESTRATION,
     "harness.tracking": ORCHESTRATION,
+    "harness.tuning": ORCHESTRATION,
     "harness.vbench_export": ORCHESTRATION,
     "reports": REPORTS,
     "harness.cli": ENTRY,

@@ -53,6 +53,7 @@ def trainer_settings(section: dict[str, Any]) -> dict[str, Any]:
 
 # A method's "clip walk": SFT-style batches read clip seed * 1000000 + step * batch_size on, for every seed.
 CLIP_WALK = "clips seed * 1000000 + step * batch_size, for every seed"
+WALK_STRIDE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,27 @@ class Draw:
     split: str
     start: int
     stop: int | None
+    walk: int = 0  # > 0: a clip walk of this many clips a step (CLIP_WALK); start/stop then bound every seed's
 
     def span(self) -> str:
         return f"{self.split} clips {self.start}..{'' if self.stop is None else self.stop - 1}"
+
+    def ranges(self, seeds: list[int], steps: int) -> list[tuple[int, int | None]]:
+        """The [start, stop) index ranges a run of ``seeds`` x ``steps`` steps reads: a walk's exact
+        clips (seed * 1000000 + step * walk), any other draw its whole span."""
+        if not self.walk:
+            return [(self.start, self.stop)]
+        return [(s * WALK_STRIDE, s * WALK_STRIDE + steps * self.walk) for s in seeds]
+
+    def overlaps(self, split: str, start: int, stop: int, seeds: list[int] | None = None,
+                 steps: int | None = None) -> bool:
+        """Whether clips ``start`` .. ``stop - 1`` of ``split`` meet this draw (a walk: for ``seeds`` and
+        ``steps`` when both are given, else anywhere in the split)."""
+        if split != self.split:
+            return False
+        spans = self.ranges(seeds, steps) if self.walk and seeds is not None and steps is not None \
+            else [(self.start, self.stop)]
+        return any(a < stop and (b is None or start < b) for a, b in spans)
 
 
 class TrainerConfig(BaseModel):
@@ -130,7 +149,7 @@ class TrainerConfig(BaseModel):
         out = pairs_draws(getattr(self, "pairs", None), where)
         split = getattr(self, "split", None)
         if not out and isinstance(split, str):
-            out.append(Draw(f"{where}.split ({CLIP_WALK})", split, 0, None))
+            out.append(Draw(f"{where}.split ({CLIP_WALK})", split, 0, None, walk=self.batch_size))
         return out
 
     def batch_layout(self) -> list[tuple[str, int, int]]:

@@ -141,7 +141,7 @@ class ShiftConfig(TrainerConfig):
         return [*pairs_draws(getattr(self, "pairs", None), where),
                 Draw(f"{where} (rollout conditions, condition_pool)", self.split, 0, self.condition_pool),
                 Draw(f"{where}.real", self.real.split, self.real.start, self.real.start + self.real.count),
-                Draw(f"{where}.anchor_split ({CLIP_WALK})", self.anchor_split, 0, None)]
+                Draw(f"{where}.anchor_split ({CLIP_WALK})", self.anchor_split, 0, None, walk=self.batch_size)]
 
     def training_signals(self) -> list[str]:
         return list(self.rewards)
