@@ -286,8 +286,9 @@ def tune(preset: PresetConfig, methods: list[str], out: Path, show_progress: boo
             rows.append(cand)
         good = [c for c in rows if c.ok()]
         if not good:
-            raise TuningError(f"{method}: every learning rate of the sweep diverged ({', '.join(f'{c.lr:g}' for c in rows)}); "
-                              f"lower methods.{method}.lr (the sweep's centre)")
+            tried = ", ".join(f"{c.lr:g}" for c in rows)
+            raise TuningError(f"{method}: every learning rate of the sweep diverged ({tried}); lower "
+                              f"methods.{method}.lr (the sweep's centre)")
         chosen = max(good, key=lambda c: c.score)
         record["methods"][method] = {
             "center": center, "steps": schedule.steps, "criterion": crit.describe(tuning),

@@ -35,10 +35,10 @@ import pandas as pd
 from scipy import stats
 
 from metrics.judges import MARK, metric_judges
+from reports.budget import compute_summary, tuning_summary
 from reports.objectives import objective_change, seed_interval
 from reports.sections import ReportInputs, SectionOutput, section
 from reports.tables import markdown_grid
-from reports.budget import compute_summary, tuning_summary
 from trainers.claims import PaperClaim
 from trainers.registry import get_trainer, ordered_trainers
 

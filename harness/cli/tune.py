@@ -40,8 +40,9 @@ def tune(
         fail("--record writes the sweep next to the preset: drop --set, or put the change in the preset file")
     adopted = _adopted(cfg, chosen)
     if record and adopted:
-        fail(f"{adopted}: a sweep centres on the preset's lr, so this would give the method a second budget; set the lr "
-             "back to the recorded centre to redo the same sweep, or delete its entry from the record to start over")
+        fail(f"{adopted}: a sweep centres on the preset's lr, so this would give the method a second budget; set "
+             "the lr back to the recorded centre to redo the same sweep, or delete its entry from the record to "
+             "start over")
     try:
         result = run_sweep(cfg, chosen, out, progress, steps)
         if record:
