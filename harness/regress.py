@@ -284,7 +284,13 @@ def _diff(a: Any, b: Any, where: str, out: list[str], skip: set[str] = frozenset
             if k not in skip:
                 _diff(a.get(k), b.get(k), f"{where}.{k}", out)
     elif a != b:
-        out.append(f"{where}: {a!r} -> {b!r}")
+        out.append(f"{where}: {_short(a)} -> {_short(b)}")
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    """A setting as the diff shows it: a long one (a recorded tuning sweep) cut, with its length."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def compare(board: dict, run_dir: Path, z: float = Z_DEFAULT) -> Comparison:
