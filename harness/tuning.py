@@ -166,7 +166,11 @@ def _train(preset: PresetConfig, method: str, cfg: TrainerConfig, schedule: Sche
     for step in tqdm(range(schedule.steps), desc=f"tune {method} lr={cfg.lr:g}", disable=not show_progress,
                      leave=False):
         adapter.model.train()
-        values = trainer.counted_step(step)
+        try:
+            values = trainer.counted_step(step)
+        except ValueError as exc:  # a data source ran dry, a reward cannot score, ...: say where; finished
+            raise TuningError(f"{method} lr={cfg.lr:g} stopped at step {step}: {exc}; the finished candidates are "
+                              "kept in the sweep directory (run `harness tune` again once fixed)") from exc
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             return trainer, time.perf_counter() - t0, f"non-finite {bad} at step {step}"
@@ -282,7 +286,9 @@ def tune(preset: PresetConfig, methods: list[str], out: Path, show_progress: boo
                 tmp = path.with_suffix(".partial")
                 tmp.write_text(json.dumps(asdict(cand), indent=1))
                 tmp.replace(path)
-            log.info("%s lr=%g: %s", method, lr, cand.diverged or f"score {cand.score:.5g} (se {cand.se:.2g})")
+            shown = None if cand.score is None else (cand.score if crit.higher_is_better else -cand.score)
+            log.info("%s lr=%g: %s", method, lr, cand.diverged or f"{'score' if crit.higher_is_better else 'loss'} "
+                     f"{shown:.5g} (se {cand.se:.2g})")
             rows.append(cand)
         good = [c for c in rows if c.ok()]
         if not good:

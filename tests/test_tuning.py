@@ -204,3 +204,21 @@ def test_recording_a_sweep_around_an_adopted_choice_is_refused(tmp_path):
     assert result.exit_code == 2
     assert "methods.fcrm.lr (0.0045) is the recorded sweep's choice, not its centre (0.0015)" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_a_training_step_that_fails_names_the_candidate_and_keeps_the_finished_ones(tmp_path, monkeypatch):
+    import harness.tuning as tuning
+    from trainers.sft import SFTTrainer
+
+    preset = load_preset("tiny", [{"tuning": {"videos": 4}}])
+    tune(preset, ["sft"], tmp_path, show_progress=False, steps=1)
+    finished = sorted(p.name for p in (tmp_path / "sft").iterdir())
+
+    def dry(self, step):
+        raise ValueError("split 'finetune' ran dry")
+
+    monkeypatch.setattr(SFTTrainer, "counted_step", dry)
+    with pytest.raises(tuning.TuningError, match=r"sft lr=0.0005 stopped at step 0: split 'finetune' ran dry; "
+                                                 "the finished candidates are kept"):
+        tune(load_preset("tiny", [{"tuning": {"videos": 5}}]), ["sft"], tmp_path, show_progress=False, steps=1)
+    assert sorted(p.name for p in (tmp_path / "sft").iterdir()) == finished
