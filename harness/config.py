@@ -76,7 +76,8 @@ class ProbesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     names: list[str] = Field(default_factory=lambda: ["likelihood_displacement", "chosen_logp_step", "gamma"])
-    every: int = Field(25, ge=1, description="probe every this many steps (and at step 0 and each checkpoint)")
+    every: int = Field(25, ge=1, description="probe every this many steps, and at step 0 and the last step; not at "
+                                             "other checkpoints: the series is the same whatever eval_every is")
     pairs: int = Field(16, ge=1, description="probe pairs: rollout pairs of conditions start.. of `split`")
     per_condition: int = Field(4, ge=2)
     # The held-out probe set: the same for every method and disjoint from every method's training

@@ -70,6 +70,7 @@ class Evaluator:
                                + "\n  ".join(missing) + "\nfetch them all with: harness weights prefetch "
                                + " ".join(names))
         self._sets: dict[int, tuple] = {}
+        self._told: set[str] = set()  # metrics already logged as final-set only
         self.use_set(final=False)
 
     def use_set(self, final: bool) -> int:
@@ -86,6 +87,26 @@ class Evaluator:
         self.eval, self.seeds, self.eval_digest = self._sets[n]
         self._count(n)
         return n
+
+    def metrics_for(self, final: bool) -> list[Metric]:
+        """The metrics a checkpoint is scored with: all of them on the final eval set; on an intermediate set
+        smaller than the final one, not those whose estimate needs more videos than it holds (FVD: its feature
+        dimension + 1, else the covariance is singular). Those are computed at the base model and each method's
+        last checkpoint, on the final set, and the run log says so once; an intermediate checkpoint stores no
+        value for them rather than an unreliable one."""
+        n, n_final = self.preset.eval.size(False), self.preset.eval.size(True)
+        if final or n >= n_final:
+            return self.metrics
+        kept = []
+        for metric in self.metrics:
+            need = metric.min_videos() if hasattr(metric, "min_videos") else 0
+            if need <= n:
+                kept.append(metric)
+            elif metric.spec.name not in self._told:
+                self._told.add(metric.spec.name)
+                log.info("%s is computed on the final eval set only (%d videos): its estimate needs >= %d videos "
+                         "and intermediate checkpoints take %d (eval.num_videos)", metric.spec.name, n_final, need, n)
+        return kept
 
     def _count(self, n: int) -> None:
         for metric in self.metrics:  # set metrics biased by the sample count (FVD) name it in their identity
@@ -169,20 +190,23 @@ class Evaluator:
         other weights, sampler settings or eval set are dropped and computed again. ``final``: the
         larger eval set of the base model and of each method's last checkpoint (``eval.final_num_videos``)."""
         self.use_set(final)
+        metrics = self.metrics_for(final)
         key = self.inputs_key(weights, sampler)
         bind_inputs(store, checkpoint_id, key, f"checkpoint {samples_path.parent}")
-        if current().broadcast(any(not store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics)):
+        if current().broadcast(any(not store.has_aggregate(checkpoint_id, m.identity) for m in metrics)):
             videos = self.video_samples(self.samples_for(adapter, samples_path, show_progress, sampler, key))
-            return self.score(store, checkpoint_id, videos, show_progress)
+            return self.score(store, checkpoint_id, videos, show_progress, metrics)
         return self._rollups(store, checkpoint_id, {"eval_videos": len(self.seeds), "eval_set": self.eval_digest})
 
     def score(self, store: ResultStore, checkpoint_id: int, videos: list[VideoSample],
-              show_progress: bool = True) -> dict[str, float]:
-        """Compute every metric without a stored aggregate on given videos, then the roll-ups."""
+              show_progress: bool = True, metrics: list[Metric] | None = None) -> dict[str, float]:
+        """Compute every metric (of ``metrics``, default all) without a stored aggregate on given videos,
+        then the roll-ups."""
         d = current()
         self._count(len(videos))
-        done = d.broadcast([store.has_aggregate(checkpoint_id, m.identity) for m in self.metrics])
-        todo = [m for m, have in zip(self.metrics, done, strict=True) if not have]
+        metrics = self.metrics if metrics is None else metrics
+        done = d.broadcast([store.has_aggregate(checkpoint_id, m.identity) for m in metrics])
+        todo = [m for m, have in zip(metrics, done, strict=True) if not have]
         rank, world = d.rank, d.world_size
         mine = videos[rank::world]  # with torch.distributed, each rank scores every world-th video
         # Each embedder runs once per video, batched across videos; each flow once per frame pair.

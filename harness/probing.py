@@ -1,8 +1,9 @@
 """Runs the training probes of a preset inside the outer loop (see trainers/probes.py).
 
 Probe values go to the train logs as ``probe/<name>/<key>`` at step 0, every
-``probes.every`` steps and at each checkpoint; at a checkpoint each probe's summary
-is stored as an aggregate under the probe's identity, next to the video metrics.
+``probes.every`` steps and at the last step (the probes' own schedule, independent of
+``eval_every``); at each checkpoint each probe's summary of the steps probed so far is
+stored as an aggregate under the probe's identity, next to the video metrics.
 
 The probes measure every method on one held-out probe set: pairs built from clips
 ``probes.start`` .. ``probes.start + probes.pairs - 1`` of ``probes.split``, which no method trains

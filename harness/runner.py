@@ -384,7 +384,10 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         done = step + 1
         at_checkpoint = done % schedule.eval_every == 0 or done == schedule.steps or done in extra_checkpoints
-        if probes and (at_checkpoint or probes.due(done)):
+        # Probes follow their own schedule (step 0, every probes.every steps, the last step), not the
+        # checkpoints': a probe series means the same whatever eval_every is, and a dense curve of cheap
+        # intermediate evaluations does not pay a probe at each point.
+        if probes and (probes.due(done) or done == schedule.steps):
             logs.extend(track.log(probes.measure(trainer, done)))
         if at_checkpoint:
             # The order a crash anywhere can resume from: the checkpoint with its logs (complete or

@@ -223,6 +223,13 @@ class FVD(Metric):
         videos and one on 192 are never stored, tabled or plotted as one metric."""
         self.n_generated = None if n is None else int(n)
 
+    def min_videos(self) -> int:
+        """The fewest generated videos whose feature covariance is not singular: the feature dimension + 1.
+        On fewer the value is unreliable (frechet.py warns); the evaluator then computes FVD on the final
+        eval set only when a checkpoint's intermediate set is smaller (harness/evaluate.py)."""
+        dim = self.extractor.dim if self.extractor is not None else self.backend.clip_classifier.features.out_features
+        return int(dim) + 1
+
     def identity_options(self) -> dict[str, object]:
         gen = {} if self.n_generated is None else {"gen": self.n_generated}
         return {**self._identity_options(), **gen}

@@ -41,6 +41,27 @@ def save_figure(fig: Figure, directory: Path, stem: str, used: set[str]) -> Path
     return path
 
 
+def curve_figure(title: str, two_line_xlabel: bool = False) -> tuple[Figure, Axes]:
+    """A one-axes curve figure with fixed margins: the report draws about a hundred of them, and matplotlib's
+    constrained layout draws each twice (it measures, then renders), which took about half the report's
+    time. The margins fit the curves' tick labels, one- or two-line x labels and the title, which is broken
+    after a comma when it is too long for one line (a metric identity with many options)."""
+    title = wrap_title(title)
+    fig = Figure(figsize=_SIZE)
+    fig.subplots_adjust(left=0.13, right=0.98, top=0.86 if "\n" in title else 0.92,
+                        bottom=0.2 if two_line_xlabel else 0.14)
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=10)
+    return fig, ax
+
+
+def wrap_title(text: str, width: int = 80) -> str:
+    """``text`` on two lines, broken after the last comma that keeps the first line within ``width``
+    characters, when it is longer than that (unchanged where there is no such comma)."""
+    cut = text.rfind(",", 0, width) if len(text) > width else -1
+    return text if cut < 0 else f"{text[:cut + 1]}\n{text[cut + 1:]}"
+
+
 def method_colors(methods: Sequence[str]) -> dict[str, tuple[float, ...]]:
     """A stable colour per method (base black), the same in every figure."""
     cmap = colormaps["tab10"]
@@ -114,8 +135,9 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
                   logs: pd.DataFrame | None = None) -> list[Path]:
     """Per metric, value against training step (``metric_<id>.png``) and, when the run's ``logs`` hold the
     trainers' pass counts, against model passes (``metric_<id>_vs_passes.png``, next to it): base at
-    step 0 and 0 passes, one line per method."""
-    agg = clean_aggregates(agg)
+    step 0 and 0 passes, one line per method. Where the checkpoints were evaluated on eval sets of different
+    sizes (a smaller intermediate set), the figure says which points rest on how many videos."""
+    raw, agg = agg, clean_aggregates(agg)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = method_order(agg["method"], methods)
     colors = method_colors(order)
@@ -135,8 +157,8 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
         if not counted.empty:
             axes.append(("passes", PASSES_LABEL, "_vs_passes"))
         for x, xlabel, suffix in axes:
-            fig = Figure(figsize=_SIZE, layout="constrained")
-            ax = fig.add_subplot()
+            note = eval_set_note(raw, ident)
+            fig, ax = curve_figure(ident if x == "step" else f"{ident} at matched compute", bool(note))
             for m in order:
                 rows = points[points["method"] == m].dropna(subset=[x])
                 if m != BASE and not (rows[rows["step"] > 0] if x == "passes" else rows).empty:
@@ -147,14 +169,25 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
                 yerr = [[base["value"] - lo], [hi - base["value"]]] if pd.notna(lo) and pd.notna(hi) else None
                 ax.errorbar([0], [base["value"]], yerr=yerr, fmt="o", color="black", capsize=3, label=BASE,
                             zorder=3)
-            ax.set_title(ident if x == "step" else f"{ident} at matched compute", fontsize=10)
-            ax.set_xlabel(xlabel)
+            ax.set_xlabel(f"{xlabel}\n{note}" if note else xlabel, fontsize=8 if note else None)
             ax.set_ylabel(f"value {arrow(dirs[ident])} ({better})" if better else "value")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
             paths.append(save_figure(fig, out_dir, f"metric_{slug(ident)}{suffix}", used))
     return paths
+
+
+def eval_set_note(agg: pd.DataFrame, metric: str) -> str:
+    """Which points of a metric's curve rest on how many eval videos, when the sizes differ (the intermediate
+    checkpoints' smaller set, ``eval.num_videos``, against the final one); empty when they are all the same."""
+    if "extras" not in agg.columns:
+        return ""
+    extras = agg.loc[agg["metric"] == metric, "extras"]
+    sizes = sorted({int(e["eval_videos"]) for e in extras if isinstance(e, dict) and e.get("eval_videos")})
+    if len(sizes) < 2:
+        return ""
+    return f"intermediate checkpoints: {sizes[0]} eval videos; base and last: {sizes[-1]} (nested, same seeds)"
 
 
 def smoothing_window(n: int) -> int:
@@ -203,9 +236,10 @@ def training_curves(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | 
     used: set[str] = set()
     for key in keys:
         data = logs[logs["key"] == key]
-        fig = Figure(figsize=_SIZE, layout="constrained")
-        ax = fig.add_subplot()
-        smoothed = False
+        shown = data[data["method"].isin(order)]
+        smoothed = any(smoothing_window(len(g)) > 1 for _, g in shown.groupby(["method", "seed"]))
+        note = " (faint: raw, line: rolling mean)" if smoothed else ""
+        fig, ax = curve_figure(f"training: {key}{note}")
         for m in order:
             rows = data[data["method"] == m]
             seeds = sorted(rows["seed"].unique())
@@ -215,12 +249,9 @@ def training_curves(logs: pd.DataFrame, out_dir: Path, methods: Sequence[str] | 
                 label = f"{m} seed {seed}" if len(seeds) > 1 else m
                 w = smoothing_window(len(s))
                 if w > 1:
-                    smoothed = True
                     ax.plot(s["step"], s["value"], color=colors[m], alpha=0.25, lw=0.8)
                 y = s["value"].rolling(w, min_periods=1).mean()
                 ax.plot(s["step"], y, color=colors[m], ls=style, lw=1.4, label=label)
-        note = " (faint: raw, line: rolling mean)" if smoothed else ""
-        ax.set_title(f"training: {key}{note}", fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -519,3 +519,17 @@ def test_constant_series_are_folded_and_compute_plots_drawn(tmp_path: Path) -> N
             "metric_subject_consistency_features_tiny_vs_passes.png"} <= set(plots)
     page = index.read_text(encoding="utf-8")
     assert "Constant over the run, not plotted: " in page and "at matched compute" in page
+
+
+def test_curves_say_which_points_rest_on_the_smaller_eval_set():
+    import pandas as pd
+
+    from reports.plots import eval_set_note
+
+    def agg(sizes):
+        return pd.DataFrame({"metric": ["m"] * len(sizes), "extras": [{"eval_videos": n} for n in sizes]})
+
+    assert eval_set_note(agg([192, 16, 16, 192]), "m") == ("intermediate checkpoints: 16 eval videos; base and "
+                                                           "last: 192 (nested, same seeds)")
+    assert eval_set_note(agg([48, 48]), "m") == ""  # one set: nothing to say
+    assert eval_set_note(agg([192, 16]), "other") == ""

@@ -11,6 +11,7 @@ from harness.smoke import smoke_changes
 
 PRESET_WIDE = [(("eval", "num_videos"), 4), (("eval", "final_num_videos"), None), (("sampler", "num_steps"), 4),
                (("probes", "pairs"), 4), (("probes", "draws"), 1)]
+PROBED_EACH_STEP = [(("probes", "every"), 1)]  # with steps: each of the 2 steps is a checkpoint and is probed
 _APO_PAIRS = {"source": "rollouts", "split": "prompts", "conditions": 8, "per_condition": 4, "judge": "latent_rm"}
 # issue #26: the tiny `apo` is the paper's online, half-online, offline curriculum
 APO_STAGES = [{"kind": "online", "steps": 7, "ranker": "latent_rm", "split": "prompts", "conditions": 8},
@@ -62,11 +63,12 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_smoke_changes_are_pinned(case):
     methods, with_steps, overrides, per_method = CASES[case]
-    assert smoke_changes(load_preset("tiny", overrides), methods, with_steps) == [*PRESET_WIDE, *per_method]
+    wide = [*PRESET_WIDE, *(PROBED_EACH_STEP if with_steps else [])]
+    assert smoke_changes(load_preset("tiny", overrides), methods, with_steps) == [*wide, *per_method]
 
 
 def test_every_tiny_method_gets_steps_first():
     """Every method and variant of the tiny preset shrinks its steps (2) and evaluates after each."""
     cfg = load_preset("tiny")
     for m in cfg.methods:
-        assert smoke_changes(cfg, [m], True)[len(PRESET_WIDE):][:2] == _steps(m)
+        assert smoke_changes(cfg, [m], True)[len(PRESET_WIDE) + len(PROBED_EACH_STEP):][:2] == _steps(m)
