@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -129,15 +130,73 @@ def metric_points(agg: pd.DataFrame, logs: pd.DataFrame | None, metric: str) -> 
     return out[["method", "seed", "step", "passes", "value", "ci_low", "ci_high"]]
 
 
+def _sizes(agg: pd.DataFrame) -> pd.Series:
+    """Each aggregate's eval-set size (``extras.eval_videos``; NaN where it has none, e.g. a training probe)."""
+    if "extras" not in agg.columns:
+        return pd.Series(float("nan"), index=agg.index)
+    return agg["extras"].map(lambda e: e.get("eval_videos") if isinstance(e, dict) else None).astype(float)
+
+
+def _weighted_mean(rows: pd.DataFrame) -> float:
+    v = pd.to_numeric(rows["value"], errors="coerce").to_numpy(float)
+    w = pd.to_numeric(rows["weight"], errors="coerce").fillna(1.0).to_numpy(float)
+    ok = np.isfinite(v) & (w > 0)
+    return float(np.dot(w[ok], v[ok]) / w[ok].sum()) if ok.any() else float("nan")
+
+
+def on_shared_videos(agg: pd.DataFrame, records: pd.DataFrame | None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The aggregates a curve plots, every point on the same videos, and a note per metric where that took work.
+
+    A run evaluates the base model and each last checkpoint on the final eval set and the checkpoints between on
+    its first ``eval.num_videos`` clips (same seeds). Joined as they are, a curve would move with the subset, not
+    with training. So for a metric whose checkpoints differ in set size, each checkpoint's value and bootstrap
+    interval are recomputed from its per-video records over the videos all of them share, once the records are
+    seen to reproduce every stored value on its own set (a weighted mean). A metric without per-video records
+    (a roll-up, a set metric) or whose records do not reproduce its values keeps only its checkpoints on the
+    largest set. Metrics evaluated on one set size are returned as stored."""
+    from harness.store import bootstrap_ci
+
+    sizes, notes, parts = _sizes(agg), {}, []
+    for metric, rows in agg.groupby("metric", sort=False):
+        found = sorted(set(sizes[rows.index].dropna().astype(int)))
+        if len(found) < 2:
+            parts.append(rows)
+            continue
+        rec = records[records["metric"] == metric] if records is not None and not records.empty else None
+        by_ckpt = dict(iter(rec.groupby("checkpoint_id"))) if rec is not None else {}
+        ids = [set(by_ckpt[c]["video_id"]) if c in by_ckpt else set() for c in rows["checkpoint_id"]]
+        shared = set.intersection(*ids) if ids else set()
+        faithful = bool(shared) and all(
+            c in by_ckpt and (np.isclose(_weighted_mean(by_ckpt[c]), v, rtol=1e-9, atol=1e-12)
+                              or (np.isnan(v) and np.isnan(_weighted_mean(by_ckpt[c]))))
+            for c, v in zip(rows["checkpoint_id"], pd.to_numeric(rows["value"], errors="coerce"), strict=True))
+        if not faithful:
+            parts.append(rows[sizes[rows.index] == found[-1]])
+            notes[metric] = f"only the checkpoints on {found[-1]} eval videos (no per-video values at {found[0]})"
+            continue
+        out = rows.copy()
+        for i, c in zip(rows.index, rows["checkpoint_id"], strict=True):
+            sub = by_ckpt[c][by_ckpt[c]["video_id"].isin(shared)]
+            v = pd.to_numeric(sub["value"], errors="coerce").to_numpy(float)
+            w = pd.to_numeric(sub["weight"], errors="coerce").fillna(1.0).to_numpy(float)
+            ok = np.isfinite(v) & (w > 0)
+            mean, lo, hi = bootstrap_ci(v[ok], w[ok]) if ok.any() else (float("nan"),) * 3
+            out.loc[i, ["value", "ci_low", "ci_high"]] = [mean, lo, hi]
+        parts.append(out)
+        notes[metric] = f"all points on the same {len(shared)} eval videos (tables: {found[-1]} at base and last)"
+    return (pd.concat(parts).sort_index() if parts else agg), notes
+
+
 def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None,
                   metrics: Sequence[str] | None = None,
                   directions: Mapping[str, bool | None] | None = None,
-                  logs: pd.DataFrame | None = None) -> list[Path]:
+                  logs: pd.DataFrame | None = None, records: pd.DataFrame | None = None) -> list[Path]:
     """Per metric, value against training step (``metric_<id>.png``) and, when the run's ``logs`` hold the
     trainers' pass counts, against model passes (``metric_<id>_vs_passes.png``, next to it): base at
-    step 0 and 0 passes, one line per method. Where the checkpoints were evaluated on eval sets of different
-    sizes (a smaller intermediate set), the figure says which points rest on how many videos."""
-    raw, agg = agg, clean_aggregates(agg)
+    step 0 and 0 passes, one line per method. Every point of a curve rests on the same eval videos
+    (``on_shared_videos``, from the per-video ``records``), and the figure says so under its axis."""
+    agg, notes = on_shared_videos(agg, records)
+    agg = clean_aggregates(agg)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = method_order(agg["method"], methods)
     colors = method_colors(order)
@@ -157,7 +216,7 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
         if not counted.empty:
             axes.append(("passes", PASSES_LABEL, "_vs_passes"))
         for x, xlabel, suffix in axes:
-            note = eval_set_note(raw, ident)
+            note = notes.get(ident, "")
             fig, ax = curve_figure(ident if x == "step" else f"{ident} at matched compute", bool(note))
             for m in order:
                 rows = points[points["method"] == m].dropna(subset=[x])
@@ -176,18 +235,6 @@ def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | Non
                 ax.legend(fontsize=8)
             paths.append(save_figure(fig, out_dir, f"metric_{slug(ident)}{suffix}", used))
     return paths
-
-
-def eval_set_note(agg: pd.DataFrame, metric: str) -> str:
-    """Which points of a metric's curve rest on how many eval videos, when the sizes differ (the intermediate
-    checkpoints' smaller set, ``eval.num_videos``, against the final one); empty when they are all the same."""
-    if "extras" not in agg.columns:
-        return ""
-    extras = agg.loc[agg["metric"] == metric, "extras"]
-    sizes = sorted({int(e["eval_videos"]) for e in extras if isinstance(e, dict) and e.get("eval_videos")})
-    if len(sizes) < 2:
-        return ""
-    return f"intermediate checkpoints: {sizes[0]} eval videos; base and last: {sizes[-1]} (nested, same seeds)"
 
 
 def smoothing_window(n: int) -> int:

@@ -56,7 +56,8 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
 
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
-    metric_plots = metric_curves(agg, out / "plots", info.methods, info.metrics, dirs, logs=logs)
+    metric_plots = metric_curves(agg, out / "plots", info.methods, info.metrics, dirs, logs=logs,
+                                 records=records)
     plain_logs = logs[~logs["key"].str.startswith("probe/")] if not logs.empty else logs
     train_plots = training_curves(plain_logs, out / "plots", info.methods)
     train_note = folded_note(constant_series(plain_logs))

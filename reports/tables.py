@@ -508,9 +508,23 @@ def step_table(agg: pd.DataFrame, methods: Sequence[str] | None = None,
     return wide
 
 
+def eval_set_sizes(agg: pd.DataFrame) -> dict[tuple[str, int, int], str]:
+    """(method, seed, step) -> the number of eval videos its metrics were computed on, when the run's checkpoints
+    differ in it (a smaller intermediate set); empty when they are all evaluated on one set size."""
+    if agg.empty or "extras" not in agg.columns:
+        return {}
+    size = agg["extras"].map(lambda e: e.get("eval_videos") if isinstance(e, dict) else None)
+    known = agg.assign(size=size).dropna(subset=["size"])
+    if known["size"].nunique() < 2:
+        return {}
+    return {(str(m), int(sd), int(st)): "/".join(str(int(x)) for x in sorted(g["size"].unique()))
+            for (m, sd, st), g in known.groupby(_KEY)}
+
+
 def _step_grid(agg: pd.DataFrame, escape: Callable[[str], str], show_ci: bool, methods: Sequence[str] | None,
                metrics: Sequence[str] | None, overlap: Overlap = None,
                mark: str = MARK) -> tuple[list[str], list[list[str]]]:
+    sizes = eval_set_sizes(agg)  # a column of its own where checkpoints differ in eval-set size
     values = step_table(agg, methods, metrics)
     cols = [c for c in values.columns if c not in _KEY]
     lows, highs = step_table(agg, methods, metrics, "ci_low"), step_table(agg, methods, metrics, "ci_high")
@@ -518,8 +532,8 @@ def _step_grid(agg: pd.DataFrame, escape: Callable[[str], str], show_ci: bool, m
     decimals = {c: decimals_for(c, values[c]) for c in cols}
     body = []
     for i in range(len(values)):
-        cells = [escape(str(values.at[i, "method"])), str(int(values.at[i, "seed"])),
-                 str(int(values.at[i, "step"]))]
+        key = (str(values.at[i, "method"]), int(values.at[i, "seed"]), int(values.at[i, "step"]))
+        cells = [escape(key[0]), str(key[1]), str(key[2]), *([sizes.get(key, "")] if sizes else [])]
         for c in cols:
             v, lo, hi, d = values.at[i, c], lows.at[i, c], highs.at[i, c], decimals[c]
             text = format_number(v, d)
@@ -527,12 +541,13 @@ def _step_grid(agg: pd.DataFrame, escape: Callable[[str], str], show_ci: bool, m
                 text += f" [{format_number(lo, d)}, {format_number(hi, d)}]"
             cells.append(escape(text) + (mark if _marked(overlap, str(values.at[i, "method"]), c) else ""))
         body.append(cells)
-    return ["Method", "Seed", "Step", *(escape(labels[c]) for c in cols)], body
+    return ["Method", "Seed", "Step", *(["Videos"] if sizes else []), *(escape(labels[c]) for c in cols)], body
 
 
 def steps_to_markdown(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence[str] | None = None,
                       metrics: Sequence[str] | None = None, overlap: Overlap = None) -> str:
-    """The appendix table: every evaluated checkpoint, values (and CIs with ``show_ci``) per metric."""
+    """The appendix table: every evaluated checkpoint, values (and CIs with ``show_ci``) per metric, and the
+    number of eval videos each row rests on where checkpoints differ in it (``Videos``)."""
     if agg.empty:
         return "_No results stored for this run._\n"
     grid = markdown_grid(*_step_grid(agg, _md_escape, show_ci, methods, metrics, overlap))
@@ -546,7 +561,6 @@ def steps_to_html(agg: pd.DataFrame, *, show_ci: bool = False, methods: Sequence
     every metric in one table is far wider than a page."""
     if agg.empty:
         return "<p>No results stored for this run.</p>"
-    agg = clean_aggregates(agg)
     parts = []
     for group, cols in column_groups(metric_order(agg["metric"].unique(), metrics)):
         headers, body = _step_grid(agg[agg["metric"].isin(cols)], html.escape, show_ci, methods, cols, overlap,

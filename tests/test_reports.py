@@ -521,15 +521,39 @@ def test_constant_series_are_folded_and_compute_plots_drawn(tmp_path: Path) -> N
     assert "Constant over the run, not plotted: " in page and "at matched compute" in page
 
 
-def test_curves_say_which_points_rest_on_the_smaller_eval_set():
+def test_curves_put_every_point_on_the_same_videos():
+    """Checkpoints on a 16-video subset and base/last on the full set: a curve's points are recomputed on the
+    shared videos from the per-video records (which reproduce the stored values), so the curve does not move
+    with the subset; a metric without records keeps only its points on the full set."""
     import pandas as pd
 
-    from reports.plots import eval_set_note
+    from reports.plots import on_shared_videos
 
-    def agg(sizes):
-        return pd.DataFrame({"metric": ["m"] * len(sizes), "extras": [{"eval_videos": n} for n in sizes]})
-
-    assert eval_set_note(agg([192, 16, 16, 192]), "m") == ("intermediate checkpoints: 16 eval videos; base and "
-                                                           "last: 192 (nested, same seeds)")
-    assert eval_set_note(agg([48, 48]), "m") == ""  # one set: nothing to say
-    assert eval_set_note(agg([192, 16]), "other") == ""
+    rng = np.random.default_rng(0)
+    full, sub = [f"v{i}" for i in range(8)], [f"v{i}" for i in range(2)]
+    recs, aggs = [], []
+    for cid, (step, ids) in enumerate([(0, full), (1, sub), (2, full)]):
+        vals = rng.random(len(ids)) + (5.0 if step == 0 else 0.0)  # the first two videos differ from the rest
+        recs += [{"checkpoint_id": cid, "metric": "m", "video_id": v, "value": x, "weight": 1.0}
+                 for v, x in zip(ids, vals, strict=True)]
+        aggs.append({"checkpoint_id": cid, "method": "base" if step == 0 else "sft", "seed": 0, "step": step,
+                     "metric": "m", "value": vals.mean(), "ci_low": None, "ci_high": None,
+                     "extras": {"eval_videos": len(ids)}})
+        aggs.append({"checkpoint_id": cid, "method": "base" if step == 0 else "sft", "seed": 0, "step": step,
+                     "metric": "rollup:r", "value": 1.0, "ci_low": None, "ci_high": None,
+                     "extras": {"eval_videos": len(ids)}})
+    agg, records = pd.DataFrame(aggs), pd.DataFrame(recs)
+    out, notes = on_shared_videos(agg, records)
+    m = out[out["metric"] == "m"].set_index("step")["value"]
+    for step in (0, 1, 2):
+        r = records[(records["checkpoint_id"] == step) & records["video_id"].isin(sub)]
+        assert m[step] == pytest.approx(r["value"].mean())  # the same two videos at every step
+    assert notes["m"] == "all points on the same 2 eval videos (tables: 8 at base and last)"
+    assert sorted(out[out["metric"] == "rollup:r"]["step"]) == [0, 2]  # no records: only the full-set points
+    assert "no per-video values at 2" in notes["rollup:r"]
+    bad = records.assign(value=records["value"] + (records["checkpoint_id"] == 2))  # records that disagree
+    out, notes = on_shared_videos(agg, bad)
+    assert sorted(out[out["metric"] == "m"]["step"]) == [0, 2]
+    same = agg[agg["step"] != 1]  # one set size: returned as stored, no note
+    out, notes = on_shared_videos(same, records)
+    assert out.equals(same) and notes == {}
