@@ -557,3 +557,18 @@ def test_curves_put_every_point_on_the_same_videos():
     same = agg[agg["step"] != 1]  # one set size: returned as stored, no note
     out, notes = on_shared_videos(same, records)
     assert out.equals(same) and notes == {}
+
+
+def test_step_tables_name_each_rows_eval_set_size():
+    import pandas as pd
+
+    def row(method, step, n, value):
+        return {"method": method, "seed": 0, "step": step, "metric": "motion_score[flow=dis,stat=mean]",
+                "value": value, "ci_low": None, "ci_high": None, "extras": {"eval_videos": n}}
+
+    mixed = pd.DataFrame([row("base", 0, 192, 0.25), row("sft", 50, 16, 0.2), row("sft", 100, 192, 0.22)])
+    lines = steps_to_markdown(mixed).splitlines()
+    assert lines[0].startswith("| Method | Seed | Step | Videos |")
+    assert [line.split("|")[4].strip() for line in lines[2:5]] == ["192", "16", "192"]
+    one = pd.DataFrame([row("base", 0, 48, 0.25), row("sft", 100, 48, 0.22)])
+    assert "Videos" not in steps_to_markdown(one)  # one set size: no column
