@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from reports.sections import ReportInputs, SectionOutput, section
-from reports.tables import clean_aggregates, markdown_grid
+from reports.tables import clean_aggregates, full_set_only, markdown_grid
 
 TRAIN_REWARD_KEYS = ("reward/fake_mean", "reward/round_mean")  # shift, fcrm
 FVD_DRIFT_LIMIT = 0.20  # +20 % FVD over the start: the paper's beta = 10 run (+24 %) already counts as drift
@@ -80,10 +80,12 @@ def _training_judge(method: str, overlap: Mapping[str, Mapping[str, object]] | N
 
 def hacking_table(agg: pd.DataFrame, logs: pd.DataFrame | None, methods: list[str],
                   overlap: Mapping[str, Mapping[str, object]] | None = None) -> pd.DataFrame:
-    """``overlap`` (metrics.judges.overlaps): which metrics read each method's training judges."""
+    """``overlap`` (metrics.judges.overlaps): which metrics read each method's training judges. Checkpoints
+    evaluated on a smaller intermediate eval set are left out (``full_set_only``): the diagnostics compare steps,
+    and a subset's sampling noise must not read as a peak or a fall."""
     if agg.empty:
         return pd.DataFrame()
-    agg = clean_aggregates(agg)
+    agg = clean_aggregates(full_set_only(agg))
     logs = logs if logs is not None else pd.DataFrame(columns=["method", "key", "step", "value"])
     base_gap = _agg_series(agg, "base", "rollup:shift_motion_minus_appearance")
     rows = []

@@ -572,3 +572,25 @@ def test_step_tables_name_each_rows_eval_set_size():
     assert [line.split("|")[4].strip() for line in lines[2:5]] == ["192", "16", "192"]
     one = pd.DataFrame([row("base", 0, 48, 0.25), row("sft", 100, 48, 0.22)])
     assert "Videos" not in steps_to_markdown(one)  # one set size: no column
+
+
+def test_hacking_diagnostics_compare_full_set_checkpoints_only():
+    """A dip at a 16-video intermediate checkpoint is the subset's noise, not a peak or a fall of the gap."""
+    import pandas as pd
+
+    from reports.hacking import hacking_table
+    from reports.tables import full_set_only
+
+    gap = "rollup:shift_motion_minus_appearance"
+
+    def row(method, step, n, value, metric=gap):
+        return {"method": method, "seed": 0, "step": step, "metric": metric, "value": value, "ci_low": None,
+                "ci_high": None, "extras": {"eval_videos": n} if n else {"kind": "training-probe"}}
+
+    agg = pd.DataFrame([row("base", 0, 192, 0.08), row("shift", 50, 16, 0.30), row("shift", 100, 192, 0.05),
+                        row("shift", 50, None, 1.0, "chosen_logp_step[x]")])
+    kept = full_set_only(agg)
+    assert sorted(zip(kept["step"], kept["metric"], strict=True)) == [
+        (0, gap), (50, "chosen_logp_step[x]"), (100, gap)]  # the probe has no set size: kept
+    table = hacking_table(agg, None, ["shift"])
+    assert 50 not in set(table[table["gap"].notna()]["step"])
