@@ -68,6 +68,9 @@ def provenance_html(info: RunInfo) -> str:
     others = ", ".join(f"{k} {val}" for k, val in v.items() if k not in ("python", "torch", "diffusers"))
     sampler = ", ".join(f"{k}={val}" for k, val in info.sampler.items())
     size = f"{info.num_videos} videos" if info.num_videos else None
+    if size and info.intermediate_num_videos:
+        size += (f" at the base model and each last checkpoint; the checkpoints between on its first "
+                 f"{info.intermediate_num_videos} (same seeds)")
     return _kv([("run id", info.run_id), ("preset", info.preset_name),
                 ("description", info.preset.get("description")), ("eval set", size), ("sampler", sampler),
                 ("methods", ", ".join(info.methods)), ("git commit", commit), ("python", v.get("python")),

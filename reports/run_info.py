@@ -46,6 +46,13 @@ class RunInfo:
         return int(n) if n is not None else None
 
     @property
+    def intermediate_num_videos(self) -> int | None:
+        """Eval videos of the checkpoints between, when fewer than the final set's (eval.num_videos); else None."""
+        ev = self.preset.get("eval") or {}
+        n, final = ev.get("num_videos"), self.num_videos
+        return int(n) if n is not None and final is not None and int(n) < final else None
+
+    @property
     def sampler(self) -> dict[str, Any]:
         return dict(self.preset.get("sampler") or {})
 
