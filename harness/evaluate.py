@@ -437,7 +437,8 @@ def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_name
                         show_progress: bool = True) -> Path:
     """Evaluate one checkpoint into ``out``. Its results and samples are tied to the digest of its
     weights: another checkpoint evaluated into the same ``out`` is stored under its own name and never
-    reuses these samples; the same checkpoint with changed weights is sampled and scored again."""
+    reuses these samples; the same checkpoint with changed weights is sampled and scored again. It is scored
+    on the final eval set (``eval.final_num_videos``), as the tables score a method's last checkpoint."""
 
     evaluator = Evaluator(preset, metric_names)
     where = RunDir.locate(path) if (path / LORA).is_file() else None
@@ -453,7 +454,8 @@ def evaluate_checkpoint(preset: PresetConfig, path: Path, out: Path, metric_name
     run_id = f"eval-{label}"
     with _new_store(out, run_id, preset, {"checkpoint": str(path.resolve())}) as store:
         ckpt = store.checkpoint(run_id, method, seed, step, str(path.resolve()), preset.sampler.model_dump())
-        evaluator.evaluate(store, ckpt, adapter, out / "samples" / f"{label}.npz", show_progress, weights=weights)
+        evaluator.evaluate(store, ckpt, adapter, out / "samples" / f"{label}.npz", show_progress, weights=weights,
+                           final=True)
     return RunDir(out).results
 
 

@@ -160,3 +160,15 @@ def test_denser_checkpoints_change_no_number(finished, tmp_path):
         assert a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])), k
     probed = sorted(logs[logs["key"].str.startswith("probe/")]["step"].unique())
     assert probed == [0, 2]  # not step 1, a checkpoint of the dense run
+
+
+def test_evaluating_one_checkpoint_uses_the_final_set(finished, tmp_path):
+    """`harness eval --checkpoint` scores a checkpoint as the tables score a method's last one: on the final set."""
+    from harness.evaluate import evaluate_checkpoint
+
+    ckpt = finished / "checkpoints" / "sft" / "seed0" / "step000001"  # an intermediate checkpoint of the run
+    results = evaluate_checkpoint(_preset(), ckpt, tmp_path / "eval", METRICS, show_progress=False)
+    with ResultStore(results) as store:
+        agg = store.aggregates()
+    assert {r.extras["eval_videos"] for r in agg.itertuples() if not r.metric.startswith("rollup:")} == {FINAL}
+    assert agg["metric"].str.startswith("fvd[").any()
