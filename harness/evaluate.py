@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -266,16 +266,26 @@ class Evaluator:
                         checkpoint_id, "; ".join(twice))
             return by_name
         label = _rollup_label(identities)
-        for prefix, fn in (("vbench_i2v", vbench_i2v_rollup), ("shift", shift_rollup)):
-            result = fn(by_name)
-            if prefix == "vbench_i2v" and not result["complete"]:
-                prefix = "vbench_i2v_partial"  # never under the name of upstream's score
-            for key, value in result.items():
-                if isinstance(value, float) and not _isnan(value):
-                    store.add_aggregate(checkpoint_id, f"rollup:{prefix}_{key}[{label}]", value, 1, None, None,
-                                        {"missing": result.get("missing", []), "inputs": identities,
-                                         **(set_extras or {})})
+        for name, (value, missing) in rollup_values(by_name).items():
+            store.add_aggregate(checkpoint_id, f"{name}[{label}]", value, 1, None, None,
+                                {"missing": missing, "inputs": identities, **(set_extras or {})})
         return by_name
+
+
+def rollup_values(by_name: Mapping[str, float]) -> dict[str, tuple[float, list[str]]]:
+    """The roll-ups of one checkpoint's dimension values (base name -> value), each under its name without the
+    backend label (``rollup:shift_motion``, ``rollup:vbench_i2v_partial_total``, ...) with the dimensions it
+    lacks; NaN roll-ups are left out. VBench-I2V's carry ``partial`` unless every dimension is present: never
+    under the name of upstream's score."""
+    out = {}
+    for prefix, fn in (("vbench_i2v", vbench_i2v_rollup), ("shift", shift_rollup)):
+        result = fn(by_name)
+        if prefix == "vbench_i2v" and not result["complete"]:
+            prefix = "vbench_i2v_partial"
+        for key, value in result.items():
+            if isinstance(value, float) and not _isnan(value):
+                out[f"rollup:{prefix}_{key}"] = (value, result.get("missing", []))
+    return out
 
 
 def _duplicates(identities: Sequence[str]) -> list[str]:

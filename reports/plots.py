@@ -157,7 +157,8 @@ def on_shared_videos(agg: pd.DataFrame, records: pd.DataFrame | None) -> tuple[p
     from harness.store import bootstrap_ci
 
     sizes, notes, parts = _sizes(agg), {}, []
-    for metric, rows in agg.groupby("metric", sort=False):
+    rollups = agg["metric"].str.startswith("rollup:")
+    for metric, rows in agg[~rollups].groupby("metric", sort=False):
         found = sorted(set(sizes[rows.index].dropna().astype(int)))
         if len(found) < 2:
             parts.append(rows)
@@ -184,7 +185,47 @@ def on_shared_videos(agg: pd.DataFrame, records: pd.DataFrame | None) -> tuple[p
             out.loc[i, ["value", "ci_low", "ci_high"]] = [mean, lo, hi]
         parts.append(out)
         notes[metric] = f"all points on the same {len(shared)} eval videos (tables: {found[-1]} at base and last)"
+    dims = pd.concat(parts) if parts else agg.iloc[:0]
+    parts.append(_rollups_on_shared_videos(agg[rollups], agg[~rollups], dims, sizes, notes))
     return (pd.concat(parts).sort_index() if parts else agg), notes
+
+
+def _rollups_on_shared_videos(rolls: pd.DataFrame, stored: pd.DataFrame, shared: pd.DataFrame, sizes: pd.Series,
+                              notes: dict[str, str]) -> pd.DataFrame:
+    """Roll-ups (no per-video values) recomputed from their dimensions' values on the shared videos, where every
+    dimension they read was recomputed there and the dimensions' stored values reproduce each stored roll-up;
+    else only their points on the largest set."""
+    from harness.evaluate import rollup_values
+    from metrics.rollups import rollup_constituents
+
+    def by_checkpoint(rows: pd.DataFrame) -> dict[int, dict[str, float]]:
+        return {int(c): {m.split("[")[0]: float(v) for m, v in zip(g["metric"], g["value"], strict=True)}
+                for c, g in rows.groupby("checkpoint_id")}
+
+    def rollup(values: dict[str, float] | None, name: str) -> float:
+        return rollup_values(values or {}).get(name, (float("nan"), []))[0]
+
+    full, moved = by_checkpoint(stored), by_checkpoint(shared)
+    recomputed = {n.split("[")[0]: n for n, text in notes.items() if text.startswith("all points on the same")}
+    out = []
+    for metric, rows in rolls.groupby("metric", sort=False):
+        found = sorted(set(sizes[rows.index].dropna().astype(int)))
+        if len(found) < 2:
+            out.append(rows)
+            continue
+        name, ckpts = metric.split("[")[0], [int(c) for c in rows["checkpoint_id"]]
+        reads = {d for c in ckpts for d in full.get(c, {})} & set(rollup_constituents(metric))
+        faithful = bool(reads) and reads <= set(recomputed) and all(
+            np.isclose(rollup(full.get(c), name), v, rtol=1e-9, atol=1e-12)
+            for c, v in zip(ckpts, pd.to_numeric(rows["value"]), strict=True))
+        if not faithful:
+            out.append(rows[sizes[rows.index] == found[-1]])
+            notes[metric] = f"only the checkpoints on {found[-1]} eval videos (no per-video values at {found[0]})"
+            continue
+        rows = rows.assign(value=[rollup(moved.get(c), name) for c in ckpts], ci_low=None, ci_high=None)
+        out.append(rows)
+        notes[metric] = notes[recomputed[sorted(reads)[0]]].replace("all points", "all points (from its dimensions)")
+    return pd.concat(out) if out else rolls
 
 
 def metric_curves(agg: pd.DataFrame, out_dir: Path, methods: Sequence[str] | None = None,

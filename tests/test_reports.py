@@ -594,3 +594,35 @@ def test_hacking_diagnostics_compare_full_set_checkpoints_only():
         (0, gap), (50, "chosen_logp_step[x]"), (100, gap)]  # the probe has no set size: kept
     table = hacking_table(agg, None, ["shift"])
     assert 50 not in set(table[table["gap"].notna()]["step"])
+
+
+def test_rollup_curves_are_recomputed_from_their_dimensions_on_the_shared_videos():
+    import pandas as pd
+
+    from reports.plots import on_shared_videos
+
+    rng = np.random.default_rng(1)
+    dims = ["motion_smoothness[interp=x]", "dynamic_degree[flow=x]"]
+    full, sub = [f"v{i}" for i in range(6)], ["v0", "v1"]
+    recs, aggs = [], []
+    for cid, (step, ids) in enumerate([(0, full), (1, sub), (2, full)]):
+        means = {}
+        for d in dims:
+            vals = rng.random(len(ids))
+            recs += [{"checkpoint_id": cid, "metric": d, "video_id": v, "value": x, "weight": 1.0}
+                     for v, x in zip(ids, vals, strict=True)]
+            means[d] = vals.mean()
+        common = {"checkpoint_id": cid, "method": "base" if step == 0 else "sft", "seed": 0, "step": step,
+                  "ci_low": None, "ci_high": None, "extras": {"eval_videos": len(ids)}}
+        aggs += [{**common, "metric": d, "value": means[d]} for d in dims]
+        aggs.append({**common, "metric": "rollup:shift_motion[tiny]", "value": float(np.mean(list(means.values())))})
+    agg, records = pd.DataFrame(aggs), pd.DataFrame(recs)
+    out, notes = on_shared_videos(agg, records)
+    roll = out[out["metric"] == "rollup:shift_motion[tiny]"].set_index("step")["value"]
+    for step in (0, 1, 2):
+        r = records[(records["checkpoint_id"] == step) & records["video_id"].isin(sub)]
+        assert roll[step] == pytest.approx(r.groupby("metric")["value"].mean().mean())  # its dimensions on v0, v1
+    assert notes["rollup:shift_motion[tiny]"].startswith("all points (from its dimensions) on the same 2 eval videos")
+    stale = agg.assign(value=np.where(agg["metric"].str.startswith("rollup:") & (agg["step"] == 2), 9.0, agg["value"]))
+    out, notes = on_shared_videos(stale, records)  # a stored roll-up its dimensions do not reproduce
+    assert sorted(out[out["metric"] == "rollup:shift_motion[tiny]"]["step"]) == [0, 2]
