@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from metrics.identity import directions_for
 from reports.identity import arrow, slug
-from reports.tables import BASE, clean_aggregates, method_order, metric_order
+from reports.tables import BASE, clean_aggregates, eval_set_size, method_order, metric_order
 
 _SIZE = (6.0, 3.8)
 _DPI = 110
@@ -130,13 +130,6 @@ def metric_points(agg: pd.DataFrame, logs: pd.DataFrame | None, metric: str) -> 
     return out[["method", "seed", "step", "passes", "value", "ci_low", "ci_high"]]
 
 
-def _sizes(agg: pd.DataFrame) -> pd.Series:
-    """Each aggregate's eval-set size (``extras.eval_videos``; NaN where it has none, e.g. a training probe)."""
-    if "extras" not in agg.columns:
-        return pd.Series(float("nan"), index=agg.index)
-    return agg["extras"].map(lambda e: e.get("eval_videos") if isinstance(e, dict) else None).astype(float)
-
-
 def _weighted_mean(rows: pd.DataFrame) -> float:
     v = pd.to_numeric(rows["value"], errors="coerce").to_numpy(float)
     w = pd.to_numeric(rows["weight"], errors="coerce").fillna(1.0).to_numpy(float)
@@ -156,7 +149,7 @@ def on_shared_videos(agg: pd.DataFrame, records: pd.DataFrame | None) -> tuple[p
     largest set. Metrics evaluated on one set size are returned as stored."""
     from harness.store import bootstrap_ci
 
-    sizes, notes, parts = _sizes(agg), {}, []
+    sizes, notes, parts = eval_set_size(agg), {}, []
     rollups = agg["metric"].str.startswith("rollup:")
     for metric, rows in agg[~rollups].groupby("metric", sort=False):
         found = sorted(set(sizes[rows.index].dropna().astype(int)))

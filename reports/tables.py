@@ -508,13 +508,20 @@ def step_table(agg: pd.DataFrame, methods: Sequence[str] | None = None,
     return wide
 
 
+def eval_set_size(agg: pd.DataFrame) -> pd.Series:
+    """Each aggregate's eval-set size (``extras.eval_videos``), NaN where it records none (a training probe)."""
+    if "extras" not in agg.columns:
+        return pd.Series(float("nan"), index=agg.index)
+    return agg["extras"].map(lambda e: e.get("eval_videos") if isinstance(e, dict) else None).astype(float)
+
+
 def full_set_only(agg: pd.DataFrame) -> pd.DataFrame:
     """For each metric, only its rows on the largest eval set (rows that record no set size, such as the training
     probes, are kept): what a diagnostic comparing steps may join, so that the sampling noise of a smaller
     intermediate set is never read as a change over training."""
-    if agg.empty or "extras" not in agg.columns:
+    if agg.empty:
         return agg
-    size = agg["extras"].map(lambda e: e.get("eval_videos") if isinstance(e, dict) else None).astype(float)
+    size = eval_set_size(agg)
     largest = size.groupby(agg["metric"]).transform("max")
     return agg[size.isna() | (size == largest)]
 
@@ -522,9 +529,9 @@ def full_set_only(agg: pd.DataFrame) -> pd.DataFrame:
 def eval_set_sizes(agg: pd.DataFrame) -> dict[tuple[str, int, int], str]:
     """(method, seed, step) -> the number of eval videos its metrics were computed on, when the run's checkpoints
     differ in it (a smaller intermediate set); empty when they are all evaluated on one set size."""
-    if agg.empty or "extras" not in agg.columns:
+    if agg.empty:
         return {}
-    size = agg["extras"].map(lambda e: e.get("eval_videos") if isinstance(e, dict) else None)
+    size = eval_set_size(agg)
     known = agg.assign(size=size).dropna(subset=["size"])
     if known["size"].nunique() < 2:
         return {}
