@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -356,7 +356,11 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
     track = open_tracker(start + 1 if start else 0)  # what it logs from here on replaces an earlier session's
     logs: list[tuple[int, str, float]] = []
     extra_checkpoints = trainer.checkpoint_steps()
-    log.info("%s seed %d: training steps %d-%d", method, seed, start + 1, schedule.steps)
+    if start < schedule.steps:
+        log.info("%s seed %d: training steps %d-%d", method, seed, start + 1,
+                 _segment_end(start, schedule, extra_checkpoints))
+    else:
+        log.info("%s seed %d: training already complete (step %d)", method, seed, start)
     if probes and start == 0:
         logs.extend(track.log(probes.measure(trainer, 0)))
     last_good = rundir.checkpoint(method, seed, start) if start else None
@@ -383,7 +387,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
         logs.extend(track.log((step + 1, k, float(v)) for k, v in values.items()))
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         done = step + 1
-        at_checkpoint = done % schedule.eval_every == 0 or done == schedule.steps or done in extra_checkpoints
+        at_checkpoint = _is_checkpoint(done, schedule, extra_checkpoints)
         # Probes follow their own schedule (step 0, every probes.every steps, the last step), not the
         # checkpoints': a probe series means the same whatever eval_every is, and a dense curve of cheap
         # intermediate evaluations does not pay a probe at each point.
@@ -409,6 +413,18 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
                                weights=checkpoint_weights(preset, path, cfg.base_checkpoint) if d.is_main else "",
                                final=is_final(done, schedule.steps))
             track.checkpoint(store, ckpt, done, path / SAMPLES)
+            if done < schedule.steps:  # each training segment has its own line (benchmarks/bench_budget.py times them)
+                log.info("%s seed %d: training steps %d-%d", method, seed, done + 1,
+                         _segment_end(done, schedule, extra_checkpoints))
+
+
+def _is_checkpoint(step: int, schedule: Schedule, extra_checkpoints: Collection[int]) -> bool:
+    return step % schedule.eval_every == 0 or step == schedule.steps or step in extra_checkpoints
+
+
+def _segment_end(start: int, schedule: Schedule, extra_checkpoints: Collection[int]) -> int:
+    """The first checkpoint after ``start``: where the training segment that begins there ends."""
+    return next(s for s in range(start + 1, schedule.steps + 1) if _is_checkpoint(s, schedule, extra_checkpoints))
 
 
 def _logged_seconds(store: ResultStore, run_id: str, method: str, seed: int, step: int) -> float:

@@ -6,6 +6,7 @@ intermediate one is too small for it; a resumed run evaluates the same sets."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -44,9 +45,28 @@ def finished(tmp_path_factory):
     from tiny_runs import shared_cache
 
     out = tmp_path_factory.mktemp("final") / "run"
-    with shared_cache(tmp_path_factory):
-        run(_preset(), out, _opts())
+    lines = _Lines()
+    runner_log = logging.getLogger("harness.runner")
+    level = runner_log.level
+    runner_log.addHandler(lines)
+    runner_log.setLevel(logging.INFO)
+    try:
+        with shared_cache(tmp_path_factory):
+            run(_preset(), out, _opts())
+    finally:
+        runner_log.removeHandler(lines)
+        runner_log.setLevel(level)
+    (out / "runner.log").write_text("\n".join(lines.messages))
     return out
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def test_final_and_base_use_the_larger_set(finished):
@@ -87,7 +107,7 @@ def test_fvd_on_the_final_set_only(finished):
     assert json.loads(keys[1])["eval_set"] != json.loads(keys[2])["eval_set"]
 
 
-def test_resume_evaluates_the_same_sets(finished, tmp_path):
+def test_resume_evaluates_the_same_sets(finished, tmp_path, caplog):
     import shutil
 
     out = tmp_path / "run"
@@ -100,7 +120,10 @@ def test_resume_evaluates_the_same_sets(finished, tmp_path):
                 "WHERE method = 'sft' AND step = 2)")
     con.commit()
     con.close()
-    run(_preset(), out, _opts(resume=True, adopt=True))  # a copy of the finished run
+    with caplog.at_level(logging.INFO, logger="harness.runner"):
+        run(_preset(), out, _opts(resume=True, adopt=True))  # a copy of the finished run
+    assert "sft seed 0: training already complete (step 2)" in caplog.messages
+    assert not any("training steps" in m for m in caplog.messages)
     after = {(r.method, r.step, r.metric): (r.value, r.n) for r in _aggregates(out).itertuples()}
     assert after.keys() == before.keys()
     for k, (v, n) in before.items():
@@ -172,3 +195,16 @@ def test_evaluating_one_checkpoint_uses_the_final_set(finished, tmp_path):
         agg = store.aggregates()
     assert {r.extras["eval_videos"] for r in agg.itertuples() if not r.metric.startswith("rollup:")} == {FINAL}
     assert agg["metric"].str.startswith("fvd[").any()
+
+
+def test_each_training_segment_is_logged(finished):
+    """The run log names each stretch of training between checkpoints (benchmarks/bench_budget.py times
+    training and evaluation from these lines), the first one from the step a run starts at."""
+    from harness.runner import Schedule, _segment_end
+
+    messages = (finished / "runner.log").read_text().splitlines()
+    assert [m for m in messages if "training steps" in m or "evaluating step" in m] == [
+        "sft seed 0: training steps 1-1", "sft seed 0: evaluating step 1",
+        "sft seed 0: training steps 2-2", "sft seed 0: evaluating step 2"]
+    schedule = Schedule(steps=100, eval_every=50)
+    assert [_segment_end(s, schedule, {20}) for s in (0, 20, 50)] == [20, 50, 100]  # a trainer's own checkpoint
