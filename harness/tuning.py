@@ -23,7 +23,7 @@ evaluation numbers leaks the yardstick into the method. So every method gets the
 
 Each candidate's result is written to ``<out>/<method>/lr=<lr>.json`` when it finishes, keyed by
 everything that made it (preset, method settings, tuning settings), so an interrupted sweep resumes
-where it stopped and a changed preset computes again. ``<out>/tuning.json`` holds the whole sweep;
+where it stopped and a changed preset computes again (a preset that only evaluates differently does not). ``<out>/tuning.json`` holds the whole sweep;
 ``--record`` also writes it next to the preset (``tuning.record``), where the preset loader reads it
 back into every run's stored preset, and the claims report says whether the compared methods ran
 at the learning rates the sweep chose (matched tuning budget).
@@ -141,10 +141,23 @@ class Candidate:
         return self.score is not None and math.isfinite(self.score)
 
 
+# What a candidate's training and score never read: the evaluation's set and metrics, the probes and the
+# checkpoint schedule (a sweep trains without checkpoints, probes or evaluation). A run that only evaluates
+# differently reuses the sweep. Kept: eval.batch_size (the batch pair sets are sampled in) and
+# eval.backends (the judges' backends).
+_NOT_READ = {"eval": ("num_videos", "final_num_videos", "seed", "metrics"), "probes": None}
+
+
 def _key(preset: PresetConfig, record: dict, tuning: TuningConfig) -> str:
-    """What made a candidate: the preset without the other methods and the sweep's record, the method's
-    settings (lr included) and the tuning settings."""
+    """What made a candidate: the preset without the other methods, the sweep's record and what training
+    never reads (``_NOT_READ``), the method's settings (lr included, eval_every not) and the tuning settings."""
     p = {k: v for k, v in preset.record().items() if k not in ("methods", "tuning")}
+    for section, fields in _NOT_READ.items():
+        if fields is None:
+            p.pop(section, None)
+        else:
+            p[section] = {k: v for k, v in p[section].items() if k not in fields}
+    record = {k: v for k, v in record.items() if k != "eval_every"}
     t = tuning.model_dump(mode="json", exclude={"record", "results"})
     text = json.dumps({"preset": p, "method": record, "tuning": t, "format": FORMAT}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

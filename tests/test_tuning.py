@@ -113,6 +113,14 @@ def test_a_resumed_sweep_trains_nothing_again(swept, monkeypatch):
 
     monkeypatch.setattr(tuning, "_train", no_training)
     assert tune(preset, ["sft", "flow-grpo"], out, show_progress=False, steps=1)["methods"] == record["methods"]
+    # What training and the validation score never read (the eval set and metrics, probes, the checkpoint
+    # schedule) reuses the candidates.
+    evaluated_otherwise = load_preset("tiny", [
+        {"tuning": {"videos": 4}, "sampler": {"num_steps": 4}, "eval": {"num_videos": 7, "metrics": ["fvd"]},
+         "probes": {"every": 3},
+         "methods": {"flow-grpo": {"conditions": 2, "batch_size": 8}, "sft": {"eval_every": 1}}}])
+    assert tune(evaluated_otherwise, ["sft", "flow-grpo"], out, show_progress=False, steps=1)["methods"] == \
+        record["methods"]
     # Another setting (more validation videos) is another candidate: computed again, not reused.
     other = load_preset("tiny", [{"tuning": {"videos": 5}, "sampler": {"num_steps": 4}}])
     with pytest.raises(AssertionError, match="trained again"):
