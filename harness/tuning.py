@@ -23,7 +23,8 @@ evaluation numbers leaks the yardstick into the method. So every method gets the
 
 Each candidate's result is written to ``<out>/<method>/lr=<lr>.json`` when it finishes, keyed by
 everything that made it (preset, method settings, tuning settings), so an interrupted sweep resumes
-where it stopped and a changed preset computes again (a preset that only evaluates differently does not). ``<out>/tuning.json`` holds the whole sweep;
+where it stopped and a changed preset computes again (one that only evaluates differently does
+not). ``<out>/tuning.json`` holds the whole sweep;
 ``--record`` also writes it next to the preset (``tuning.record``), where the preset loader reads it
 back into every run's stored preset, and the claims report says whether the compared methods ran
 at the learning rates the sweep chose (matched tuning budget).
