@@ -17,11 +17,12 @@ is missing, so its store equals an uninterrupted run's row for row (tests/test_f
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -63,9 +64,10 @@ class RunOptions:
     show_progress: bool = True
     # Actions on an existing run, not settings of it (left out of the manifest's options):
     extend_seeds: bool = False  # add --seeds to the run's recorded seeds
+    extend_methods: bool = False  # add --methods to the run's recorded methods
     adopt: bool = False  # continue a run directory that was copied or moved here
 
-    ACTIONS = ("resume", "show_progress", "extend_seeds", "adopt")
+    ACTIONS = ("resume", "show_progress", "extend_seeds", "extend_methods", "adopt")
 
     def __post_init__(self) -> None:
         bad = [s for s in self.seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
@@ -182,6 +184,9 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
     """Check everything that can be checked from the settings, then (and only then) create the run
     directory, take its lock and run. A start that fails leaves no directory behind."""
     _prepare_out(out, opts.resume)
+    if opts.extend_methods:  # the run's recorded methods first, then the new ones (trained after them)
+        recorded = current().broadcast(_recorded_methods(out) if current().is_main else None)
+        opts = replace(opts, methods=[*recorded, *(m for m in opts.methods if m not in recorded)])
     if preset.threads:
         torch.set_num_threads(preset.threads)
     plans = {m: method_plan(preset, m, opts) for m in opts.methods}
@@ -251,9 +256,18 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
     try:
         store.add_run(run_id, preset.name, run_config, seeds, prov)
     except ValueError as exc:  # same directory, different settings: never mix numbers
-        raise RunError(f"{rundir.root} holds a run with other settings ({exc}); choose another --out") from exc
+        recorded = store.run_config(run_id)
+        added = _methods_added(recorded, run_config)
+        if added is None:
+            raise RunError(f"{rundir.root} holds a run with other settings ({exc}); choose another --out") from exc
+        if not opts.extend_methods:
+            raise RunError(f"{rundir.root} holds a run of methods {list(recorded['methods'])}; to add "
+                           f"{', '.join(added)} to it pass --extend-methods (recorded with the run), or choose "
+                           "another --out") from exc
+        store.set_config(run_id, run_config)
     opts = RunOptions(**{**asdict(opts), "seeds": seeds})
-    if d.is_main and (manifest is None or manifest["options"].get("seeds") != seeds):
+    if d.is_main and (manifest is None or manifest["options"].get("seeds") != seeds
+                      or manifest["options"].get("methods") != opts.methods):
         store.set_seeds(run_id, seeds)
         rundir.write_manifest({**(manifest or {"run_id": run_id, "directory": str(rundir.root.resolve()),
                                                **run_config, **prov}), "options": opts.settings()})
@@ -268,6 +282,33 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
         for seed in seeds:
             _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress,
                        lambda first, method=method, seed=seed: trackers.open(run_id, method, seed, first))
+
+
+def _recorded_methods(out: Path) -> list[str]:
+    """The methods of the run in ``out`` as its manifest records them (none for a new run)."""
+    try:
+        manifest = RunDir(out).read_manifest() if RunDir(out).results.exists() else None
+    except RunDirError as exc:
+        raise RunError(str(exc)) from exc
+    return list((manifest or {}).get("options", {}).get("methods", []))
+
+
+_PER_METHOD = ("methods", "training_signals")  # the run config's sections keyed by method
+
+
+def _methods_added(recorded: dict | None, config: dict) -> list[str] | None:
+    """The methods ``config`` adds to a run recorded with ``recorded``, when adding them is its only
+    difference (every other setting, and every recorded method's, the same); else None."""
+    config = json.loads(json.dumps(config, default=str))  # as the store compares it
+    if recorded is None or any(recorded.get(k) != config.get(k) for k in recorded.keys() | config.keys()
+                               if k not in _PER_METHOD):
+        return None
+    for key in _PER_METHOD:
+        old, new = recorded.get(key, {}), config.get(key, {})
+        if any(new.get(m, ...) != v for m, v in old.items()):
+            return None
+    added = [m for m in config["methods"] if m not in recorded["methods"]]
+    return added or None
 
 
 def _eval_mode(adapter: ModelAdapter) -> ModelAdapter:

@@ -136,6 +136,17 @@ class ResultStore:
                                  f"(differing top-level keys: {', '.join(keys)}); a resumed run must use "
                                  f"the same config, or pick a new run_id")
 
+    def run_config(self, run_id: str) -> dict | None:
+        """The config a run was registered with (None: no such run)."""
+        with self._lock:
+            row = self.conn.execute("SELECT config_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_config(self, run_id: str, config: dict) -> None:
+        """Record the config of a run that was deliberately extended (methods added to it)."""
+        with self._tx() as c:
+            c.execute("UPDATE runs SET config_json=? WHERE run_id=?", (_dumps(config), run_id))
+
     def seeds(self, run_id: str) -> list[int] | None:
         """The seeds a run was registered with (None: no such run)."""
         with self._lock:

@@ -184,6 +184,35 @@ def test_other_seeds_are_refused_or_extend_the_run_on_record(tmp_path):
     run(_preset(), out, _opts(steps=1, seeds=[0, 1]))  # the recorded seeds: continues, nothing to do
 
 
+def test_methods_are_added_to_a_run_only_on_request_and_recorded(tmp_path):
+    """Before: a method could not join a finished run (its config differed: "choose another --out"), so
+    claims runs took some rows from other runs. Now --extend-methods adds it, on record, when every other
+    setting and the recorded methods' own are unchanged; the finished method is neither retrained nor
+    re-evaluated."""
+    preset = fast_preset("methods.sft-b.trainer=sft", "methods.sft-b.lr=0.003")
+    out = tmp_path / "run"
+    run(preset, out, _opts(steps=1))
+    with ResultStore(out / "results.sqlite") as s:
+        before = s.aggregates().set_index(["method", "step", "metric"])["value"]
+    trained = {p: p.stat().st_mtime_ns for p in (out / "checkpoints" / "sft").rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match=r"run of methods \['sft'\]; to add sft-b to it pass --extend-methods"):
+        run(preset, out, _opts(steps=1, methods=["sft", "sft-b"]))
+    run(preset, out, _opts(steps=1, methods=["sft-b"], extend_methods=True))
+    with ResultStore(out / "results.sqlite") as s:
+        after = s.aggregates().set_index(["method", "step", "metric"])["value"]
+        config = s.run_config(out.name)
+    assert sorted(config["methods"]) == ["sft", "sft-b"]
+    assert json.loads((out / "run.json").read_text())["options"]["methods"] == ["sft", "sft-b"]
+    assert set(after.index.get_level_values("method")) == {"base", "sft", "sft-b"}
+    assert after.loc[before.index].equals(before)  # sft and the base model: the same numbers
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # sft's checkpoints and samples untouched
+    run(preset, out, _opts(steps=1, methods=["sft", "sft-b"]))  # the recorded methods: continues
+    # A recorded method's settings changed: another run, never an extension.
+    changed = fast_preset("methods.sft-b.trainer=sft", "methods.sft-b.lr=0.003", "methods.sft.lr=0.002")
+    with pytest.raises(RunError, match="holds a run with other settings"):
+        run(changed, out, _opts(steps=1, methods=["sft", "sft-b", "dpo"], extend_methods=True))
+
+
 def test_negative_or_repeated_seeds_fail_before_any_work(tmp_path):
     """Before: --seeds -1 failed only after the base evaluation was stored."""
     r = _cli("run", "--seeds", "-1", "--out", tmp_path / "run", "--no-progress")

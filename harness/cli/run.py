@@ -40,6 +40,9 @@ def run(
     report: Annotated[bool, typer.Option(help="render the report at the end")] = True,
     extend_seeds: Annotated[bool, typer.Option("--extend-seeds", help="add --seeds to the seeds of the run in "
                                                                       "--out (recorded with the run)")] = False,
+    extend_methods: Annotated[bool, typer.Option(
+        "--extend-methods", help="add --methods to the methods of the run in --out (recorded with the run; the "
+                                 "recorded methods' settings must be unchanged)")] = False,
     adopt: Annotated[bool, typer.Option("--adopt", help="continue a run directory that was copied or moved to "
                                                         "--out (its run id is kept)")] = False,
     log_with: Annotated[list[str] | None, typer.Option(
@@ -68,7 +71,7 @@ def run(
     try:
         opts = RunOptions(methods=chosen, seeds=seed_list, steps=steps, eval_every=eval_every,
                           metrics=split_csv(metrics), resume=resume, show_progress=progress,
-                          extend_seeds=extend_seeds, adopt=adopt)
+                          extend_seeds=extend_seeds, extend_methods=extend_methods, adopt=adopt)
         for m in chosen:
             method_config(user_cfg, m, opts)
     except RunError as exc:
