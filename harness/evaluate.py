@@ -409,6 +409,10 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
     preset = Preset(**info["preset"])
     evaluator = Evaluator(preset, metric_names)
     with run.lock(), ResultStore(run.results) as store:  # never beside a `harness run` writing the same run
+        from harness.provenance import provenance
+
+        for run_id in store.runs()["run_id"]:  # a run directory's store holds its one run
+            store.begin_session(run_id, {"command": "eval --run", "metrics": metric_names}, provenance())
         for row in store.checkpoints().itertuples():
             path = run.resolve(row.path)
             # Re-sample with the settings the checkpoint was evaluated with (a method may have its own).
@@ -435,7 +439,9 @@ def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> Re
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(RunDir(out).results)
     try:
-        store.add_run(run_id, preset.name, {"preset": preset.record(), **config}, [0], provenance())
+        prov = provenance()
+        store.add_run(run_id, preset.name, {"preset": preset.record(), **config}, [0], prov)
+        store.begin_session(run_id, {"command": "eval", **config}, prov)
     except ValueError as exc:
         store.close()
         raise ValueError(f"{out} already holds results of {run_id!r} from other inputs or settings ({exc}); "

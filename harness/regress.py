@@ -135,9 +135,19 @@ def build_leaderboard(run_dir: Path, note: str = "") -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": note,
         "run": {k: manifest.get(k) for k in ("run_id", "options", "preset", "methods", "metrics")},
-        "provenance": {k: manifest.get(k) for k in ("git", "versions", "hardware")},
+        "provenance": {**{k: manifest.get(k) for k in ("git", "versions", "hardware")},
+                       **({"sessions": sessions} if (sessions := run_sessions(run_dir)) else {})},
         "entries": records,
     }
+
+
+def run_sessions(run_dir: Path) -> list[dict]:
+    """Each invocation that wrote the run: when it started, its command and options, its commit and library
+    versions (a run resumed or extended on other code names every commit its numbers came from)."""
+    with open_readonly(RunDir(run_dir).results) as store:
+        rows = store.sessions().to_dict("records")
+    return [{"started": r["started"], "command": r["command"],
+             **{k: (r["provenance"] or {}).get(k) for k in ("git", "versions")}} for r in rows]
 
 
 def write_leaderboard(board: dict, path: Path) -> Path:

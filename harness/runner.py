@@ -266,6 +266,8 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
                            "another --out") from exc
         store.set_config(run_id, run_config)
     opts = RunOptions(**{**asdict(opts), "seeds": seeds})
+    store.begin_session(run_id, {"command": "run", **{k: v for k, v in asdict(opts).items() if k != "show_progress"}},
+                        prov)
     if d.is_main and (manifest is None or manifest["options"].get("seeds") != seeds
                       or manifest["options"].get("methods") != opts.methods):
         store.set_seeds(run_id, seeds)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
-TABLES = ("runs", "checkpoints", "records", "aggregates", "skips", "train_logs", "inputs")
+TABLES = ("runs", "checkpoints", "records", "aggregates", "skips", "train_logs", "inputs", "sessions")
 EXPORT_FORMATS = ("csv", "parquet")
 
 _SCHEMA = """
@@ -51,9 +51,34 @@ CREATE TABLE IF NOT EXISTS train_logs (
     PRIMARY KEY (run_id, method, seed, step, key));
 CREATE TABLE IF NOT EXISTS inputs (
     checkpoint_id INTEGER PRIMARY KEY REFERENCES checkpoints(checkpoint_id), key_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id),
+    started TEXT NOT NULL, command_json TEXT, provenance_json TEXT NOT NULL);
 """
+# Columns added after the first layout: (table, column, type). A writer adds them to an older file (its old
+# rows hold NULL: made before sessions were recorded); readers never migrate and read what is there.
+_ADDED_COLUMNS = (("aggregates", "session_id", "INTEGER"), ("train_logs", "session_id", "INTEGER"))
 
 _CKPT_COLS = "c.run_id, c.method, c.seed, c.step"
+
+# Upserts whose row keeps the session that computed it: rewriting the same numbers (a resumed run storing
+# again what its files or dimensions give) leaves session_id alone; a changed number names the writing session.
+_UPSERT_AGGREGATE = """
+INSERT INTO aggregates (checkpoint_id, metric, value, n, ci_low, ci_high, extras_json, session_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (checkpoint_id, metric) DO UPDATE SET
+    session_id = CASE WHEN aggregates.value IS excluded.value AND aggregates.n = excluded.n
+                       AND aggregates.ci_low IS excluded.ci_low AND aggregates.ci_high IS excluded.ci_high
+                       AND aggregates.extras_json IS excluded.extras_json
+                  THEN aggregates.session_id ELSE excluded.session_id END,
+    value = excluded.value, n = excluded.n, ci_low = excluded.ci_low, ci_high = excluded.ci_high,
+    extras_json = excluded.extras_json"""
+_UPSERT_TRAIN_LOG = """
+INSERT INTO train_logs (run_id, method, seed, step, key, value, session_id) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id, method, seed, step, key) DO UPDATE SET
+    session_id = CASE WHEN train_logs.value IS excluded.value THEN train_logs.session_id
+                      ELSE excluded.session_id END,
+    value = excluded.value"""
 
 
 def _now() -> str:
@@ -88,9 +113,14 @@ class ResultStore:
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(f"BEGIN;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES "
                                     f"('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
+            with self.conn:
+                for table, column, kind in _ADDED_COLUMNS:
+                    if column not in {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except BaseException:
             self.conn.close()
             raise
+        self.session_id: int | None = None
 
     def _check_version(self) -> None:
         """Refuse before touching anything: an older harness must not write into a newer layout."""
@@ -135,6 +165,16 @@ class ResultStore:
                 raise ValueError(f"run {run_id!r} already exists in {self.path} with a different config "
                                  f"(differing top-level keys: {', '.join(keys)}); a resumed run must use "
                                  f"the same config, or pick a new run_id")
+
+    def begin_session(self, run_id: str, command: dict, provenance: dict) -> int:
+        """Record one invocation that writes into a run (its options, commit, library versions, hardware);
+        the aggregates and training logs written from here on name it, so results a resumed or extended run
+        computed on other code say which code that was."""
+        with self._tx() as c:
+            cur = c.execute("INSERT INTO sessions (run_id, started, command_json, provenance_json) "
+                            "VALUES (?, ?, ?, ?)", (run_id, _now(), _dumps(command), _dumps(provenance)))
+        self.session_id = int(cur.lastrowid)
+        return self.session_id
 
     def run_config(self, run_id: str) -> dict | None:
         """The config a run was registered with (None: no such run)."""
@@ -204,8 +244,8 @@ class ResultStore:
         """Upsert; its presence is what marks a metric done for :meth:`has_aggregate`."""
         value, ci_low, ci_high = (None if x is None else float(x) for x in (value, ci_low, ci_high))
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (checkpoint_id, metric, value, int(n), ci_low, ci_high, _dumps(extras)))
+            c.execute(_UPSERT_AGGREGATE,
+                      (checkpoint_id, metric, value, int(n), ci_low, ci_high, _dumps(extras), self.session_id))
 
     def add_skip(self, checkpoint_id: int, video_id: str, reason: str) -> None:
         """Record why a video was not evaluated, so the gap is reported rather than silently averaged."""
@@ -214,9 +254,10 @@ class ResultStore:
 
     def log_train(self, run_id: str, method: str, seed: int,
                   rows: Iterable[tuple[int, str, float]]) -> None:
-        params = ((run_id, method, int(seed), int(step), key, float(value)) for step, key, value in rows)
+        params = ((run_id, method, int(seed), int(step), key, float(value), self.session_id)
+                  for step, key, value in rows)
         with self._tx() as c:
-            c.executemany("INSERT OR REPLACE INTO train_logs VALUES (?, ?, ?, ?, ?, ?)", params)
+            c.executemany(_UPSERT_TRAIN_LOG, params)
 
     # ---- resume queries ------------------------------------------------------------------------------
 
@@ -264,6 +305,15 @@ class ResultStore:
         return self._frame(f"SELECT {_CKPT_COLS}, s.* FROM skips s JOIN checkpoints c USING (checkpoint_id) "
                            "ORDER BY s.checkpoint_id, s.video_id")
 
+    def sessions(self, run_id: str | None = None) -> pd.DataFrame:
+        """The invocations that wrote into the store (none in a file from before sessions were recorded)."""
+        with self._lock:
+            has = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions'").fetchone()
+        if not has:
+            return pd.DataFrame(columns=["session_id", "run_id", "started", "command", "provenance"])
+        where, params = self._where(run_id=run_id)
+        return self._frame(f"SELECT * FROM sessions{where} ORDER BY session_id", params)
+
     def train_logs(self, run_id: str | None = None) -> pd.DataFrame:
         where, params = self._where(run_id=run_id)
         order = " ORDER BY run_id, method, seed, step, key"
@@ -276,7 +326,9 @@ class ResultStore:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for table in TABLES:
+        with self._lock:
+            present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in (t for t in TABLES if t in present):  # a file from before a table existed lacks it
             with self._lock:
                 df = pd.read_sql_query(f"SELECT * FROM {table}", self.conn)
             path = out / f"{table}.{fmt}"
@@ -309,7 +361,7 @@ def open_readonly(path: str | Path) -> Iterator[ResultStore]:
         raise StoreError(f"{path} does not exist; point at the results.sqlite a run wrote "
                          "(`harness run --out DIR` writes DIR/results.sqlite)")
     store = ResultStore.__new__(ResultStore)  # not __init__: that creates the schema
-    store.path, store._lock = path, threading.RLock()
+    store.path, store._lock, store.session_id = path, threading.RLock(), None
     try:
         store.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
                                      check_same_thread=False)

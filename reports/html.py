@@ -73,7 +73,8 @@ def provenance_html(info: RunInfo) -> str:
                  f"{info.intermediate_num_videos} (same seeds)")
     return _kv([("run id", info.run_id), ("preset", info.preset_name),
                 ("description", info.preset.get("description")), ("eval set", size), ("sampler", sampler),
-                ("methods", ", ".join(info.methods)), ("git commit", commit), ("python", v.get("python")),
+                ("methods", ", ".join(info.methods)), ("git commit", commit), ("sessions", info.sessions_line()),
+                ("python", v.get("python")),
                 ("torch", v.get("torch")), ("diffusers", v.get("diffusers")), ("other libraries", others),
                 ("platform", hw.get("platform")), ("processor", hw.get("processor")),
                 ("CPU cores", hw.get("cpu_count")), ("torch threads", hw.get("torch_threads")),

@@ -32,6 +32,8 @@ class RunInfo:
     method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # trainer settings per method
     # the judges each method trained on (TrainerConfig.training_signals), as the run recorded them
     training_signals: dict[str, list[str]] = field(default_factory=dict)
+    # each invocation that wrote into the run (store's sessions): started, command, provenance
+    sessions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def preset_name(self) -> str | None:
@@ -55,6 +57,21 @@ class RunInfo:
     @property
     def sampler(self) -> dict[str, Any]:
         return dict(self.preset.get("sampler") or {})
+
+    def sessions_line(self) -> str | None:
+        """The invocations that wrote the run, when there were several: when, and on which commits (a
+        resumed or extended run may have run other code; each stored result names its session)."""
+        if len(self.sessions) < 2:
+            return None
+        commits = []
+        for sess in self.sessions:
+            git = (sess.get("provenance") or {}).get("git") or {}
+            label = str(git.get("commit", "unknown"))[:9] + (" (uncommitted changes)" if git.get("dirty") else "")
+            if label not in commits:
+                commits.append(label)
+        when = f"{str(self.sessions[0].get('started'))[:16]} to {str(self.sessions[-1].get('started'))[:16]} UTC"
+        code = f"commit {commits[0]}" if len(commits) == 1 else f"{len(commits)} commits: {', '.join(commits)}"
+        return f"{len(self.sessions)} sessions, {when}, on {code} (each result in the store names its session)"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -103,6 +120,7 @@ def load_run_info(run_dir: Path, store: ResultStore) -> RunInfo:
                         if isinstance(v, dict)},
         training_signals=_signals(meta.get("training_signals") or config.get("training_signals"),
                                   meta.get("methods") or config.get("methods") or {}),
+        sessions=store.sessions(str(run_id)).to_dict("records"),
     )
 
 

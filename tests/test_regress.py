@@ -94,6 +94,9 @@ def test_update_writes_a_leaderboard_and_bad_files_are_named(runs, tmp_path):
     assert upd.exit_code == 0 and path.exists()
     board = json.loads(path.read_text())
     assert board["schema_version"] == rg.SCHEMA_VERSION and board["provenance"]["git"]["commit"]
+    (session,) = board["provenance"]["sessions"]  # one invocation wrote the run: its command, commit, versions
+    assert session["command"]["command"] == "run" and session["command"]["seeds"] == [3]
+    assert session["git"] == board["provenance"]["git"] and session["versions"]["torch"]
     with ResultStore(runs["same3"] / "results.sqlite") as store:
         assert len(board["entries"]) == store.aggregates()[["method", "step", "metric"]].drop_duplicates().shape[0]
     path.write_text("{not json")

@@ -207,6 +207,17 @@ def test_methods_are_added_to_a_run_only_on_request_and_recorded(tmp_path):
     assert after.loc[before.index].equals(before)  # sft and the base model: the same numbers
     assert {p: p.stat().st_mtime_ns for p in trained} == trained  # sft's checkpoints and samples untouched
     run(preset, out, _opts(steps=1, methods=["sft", "sft-b"]))  # the recorded methods: continues
+    # Each invocation that wrote the run is a session on record, which the results name.
+    with ResultStore(out / "results.sqlite") as s:
+        sessions, agg = s.sessions(), s.aggregates()
+    assert [c.get("extend_methods") for c in sessions["command"]] == [False, True, False]
+    assert set(agg[agg["method"] == "sft"]["session_id"]) == {sessions["session_id"].iloc[0]}
+    assert set(agg[agg["method"] == "sft-b"]["session_id"]) == {sessions["session_id"].iloc[1]}
+    from reports.run_info import load_run_info
+
+    with ResultStore(out / "results.sqlite") as s:
+        line = load_run_info(out, s).sessions_line()
+    assert line.startswith("3 sessions, ") and "on commit " in line  # the report's provenance says so
     # A recorded method's settings changed: another run, never an extension.
     changed = fast_preset("methods.sft-b.trainer=sft", "methods.sft-b.lr=0.003", "methods.sft.lr=0.002")
     with pytest.raises(RunError, match="holds a run with other settings"):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.store import SCHEMA_VERSION, ResultStore, bootstrap_ci
+from harness.store import SCHEMA_VERSION, TABLES, ResultStore, bootstrap_ci, open_readonly
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"preset": "tiny", "sampler": {"kind": "ode", "steps": 4}, "lr": 1e-4}
@@ -179,7 +179,7 @@ def test_export_csv_and_parquet(tmp_path):
     store.add_aggregate(cid, METRIC, 1.0, 3)
     store.log_train("r1", "dpo", 0, [(s, "loss", 1.0 / s) for s in range(1, 6)])
     expected = {"runs": 1, "checkpoints": 1, "records": 3, "aggregates": 1, "skips": 0, "train_logs": 5,
-                "inputs": 0}
+                "inputs": 0, "sessions": 0}
     for fmt, read in (("csv", pd.read_csv), ("parquet", pd.read_parquet)):
         paths = store.export(tmp_path / fmt, fmt=fmt)
         assert {p.stem: len(read(p)) for p in paths} == expected
@@ -212,3 +212,53 @@ def test_newer_schema_refused(tmp_path):
     message = rf"r\.sqlite: schema_version {SCHEMA_VERSION + 1} is newer .*supports \({SCHEMA_VERSION}\)"
     with pytest.raises(RuntimeError, match=message):
         ResultStore(db)
+
+
+def test_each_session_is_recorded_and_names_what_it_wrote(tmp_path):
+    """Results that a resumed run computed on other code say which code that was: every invocation that writes
+    is a session (options, commit, versions), and each aggregate and training log names its session."""
+    path = tmp_path / "r.sqlite"
+    store, cid = _store_with_ckpt(path)
+    store.add_aggregate(cid, "before", 1.0, 3)  # written outside any session (e.g. a test's store)
+    first = store.begin_session("r1", {"command": "run"}, {"git": {"commit": "abc", "dirty": False}})
+    store.add_aggregate(cid, METRIC, 1.0, 3)
+    store.log_train("r1", "dpo", 0, [(1, "loss", 0.5)])
+    store.close()
+    with ResultStore(path) as store:  # resumed on other code
+        second = store.begin_session("r1", {"command": "run", "resume": True}, {"git": {"commit": "def"}})
+        ckpt = store.checkpoint("r1", "dpo", 0, 200, "/ckpt/dpo-200", SAMPLER)
+        store.add_aggregate(ckpt, METRIC, 2.0, 3)
+        store.log_train("r1", "dpo", 0, [(2, "loss", 0.4)])
+        store.add_aggregate(cid, METRIC, 1.0, 3)  # stored again, unchanged: still the first session's number
+        store.log_train("r1", "dpo", 0, [(1, "loss", 0.5)])
+        store.add_aggregate(cid, "before", 1.5, 3)  # changed: now the second session's
+    with open_readonly(path) as store:
+        sessions = store.sessions("r1")
+        agg = store.aggregates().set_index(["step", "metric"])["session_id"]
+        logs = store.train_logs().set_index("step")["session_id"]
+    assert list(sessions["session_id"]) == [first, second] and first != second
+    assert [p["git"]["commit"] for p in sessions["provenance"]] == ["abc", "def"]
+    assert sessions["command"].iloc[1] == {"command": "run", "resume": True}
+    assert agg[(100, "before")] == second and agg[(100, METRIC)] == first and agg[(200, METRIC)] == second
+    assert logs[1] == first and logs[2] == second
+
+
+def test_a_store_from_before_sessions_gains_them_when_written(tmp_path):
+    """An older file (no sessions table, no session columns): readers read it as it is; a writer adds the
+    table and columns, its old rows naming no session."""
+    path = tmp_path / "old.sqlite"
+    store, cid = _store_with_ckpt(path)
+    store.add_aggregate(cid, METRIC, 1.0, 3)
+    store.close()
+    con = sqlite3.connect(path)  # back to the layout before sessions
+    con.executescript("DROP TABLE sessions; ALTER TABLE aggregates DROP COLUMN session_id; "
+                      "ALTER TABLE train_logs DROP COLUMN session_id;")
+    con.close()
+    with open_readonly(path) as store:
+        assert store.sessions().empty and "session_id" not in store.aggregates()
+        assert {p.stem for p in store.export(tmp_path / "csv")} == set(TABLES) - {"sessions"}
+    with ResultStore(path) as store:
+        store.begin_session("r1", {"command": "run"}, {})
+        store.add_aggregate(cid, "new", 2.0, 3)
+        agg = store.aggregates().set_index("metric")["session_id"]
+    assert pd.isna(agg[METRIC]) and agg["new"] == 1
