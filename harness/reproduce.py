@@ -74,6 +74,19 @@ def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return agg, rec, logs
 
 
+def _session_commits(run_dir: Path) -> list[str]:
+    """The distinct commits of the sessions that wrote a run, in order (a '+' marks uncommitted changes)."""
+    with open_readonly(RunDir(run_dir).results) as store:
+        sessions = store.sessions()
+    out: list[str] = []
+    for prov in sessions["provenance"] if not sessions.empty else []:
+        git = (prov or {}).get("git") or {}
+        label = str(git.get("commit", "unknown"))[:9] + ("+" if git.get("dirty") else "")
+        if label not in out:
+            out.append(label)
+    return out
+
+
 def _differ(a: pd.DataFrame, b: pd.DataFrame, key: list[str], atol: float) -> tuple[pd.DataFrame, list[str], int]:
     if a.empty and b.empty:
         return pd.DataFrame(), [], 0
@@ -103,6 +116,10 @@ def diff_runs(original: Path, rerun: Path, manifest_a: dict | None = None, manif
         a, b = manifest_a.get(section) or {}, manifest_b.get(section) or {}
         prov += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
                  for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    for name, run_dir in (("original", original), ("rerun", rerun)):
+        commits = _session_commits(run_dir)
+        if len(commits) > 1:  # resumed or extended on other code: its numbers came from several commits
+            prov.append(f"{name}: written by sessions on {len(commits)} commits ({', '.join(commits)})")
     return RunDiff(agg, rec, logs, only_agg + only_rec + only_log, prov,
                    {"aggregates": n_agg, "records": n_rec, "train_logs": n_log})
 

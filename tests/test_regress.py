@@ -119,6 +119,11 @@ def test_same_seed_and_config_store_identical_numbers(runs, tmp_path):
     changed = diff_runs(copy, tmp_path / "again")
     assert not changed.identical and len(changed.aggregates) == 1
     assert changed.aggregates["delta"].abs().iloc[0] == pytest.approx(1e-6)
+    with ResultStore(copy / "results.sqlite") as store:  # the copy was resumed on other code: the diff says so
+        store.begin_session(store.runs()["run_id"].iloc[0], {"command": "run", "resume": True},
+                            {"git": {"commit": "0123456789abc"}})
+    assert any(line.startswith("original: written by sessions on 2 commits") and "012345678" in line
+               for line in diff_runs(copy, tmp_path / "again").provenance)
 
 
 def test_reproduce_cli_refuses_a_directory_without_manifest(tmp_path):
