@@ -77,6 +77,8 @@ class MetricSpec:
     # The column group of the paper-layout tables (metrics/groups.py): VBench-I2V quality, I2V, FVD in the
     # main table; motion, hacking diagnostics, rewards, probes in the second one.
     group: str = OTHER
+    # When the aggregate can be undefined (NaN) and why: the note under a table whose column has no value.
+    undefined: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

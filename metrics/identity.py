@@ -67,6 +67,20 @@ def _registry_groups() -> dict[str, str]:
     return {str(spec.name): str(getattr(spec, "group", OTHER)) for spec in specs}
 
 
+def undefined_notes(identities: Iterable[str]) -> dict[str, str]:
+    """Each identity's ``MetricSpec.undefined`` (when and why it has no value), "" when it declares none or the
+    registry cannot be listed (a note only explains a table)."""
+    identities = list(identities)
+    try:
+        from metrics.registry import list_metrics
+
+        notes = {str(spec.name): str(getattr(spec, "undefined", "")) for spec in list_metrics()}
+    except Exception as exc:  # see _registry_directions
+        log.warning("metric notes unavailable (metrics.registry: %s)", exc)
+        notes = {}
+    return {i: notes.get(metric_name(i), "") for i in identities}
+
+
 def groups_for(identities: Iterable[str]) -> dict[str, str]:
     """The table group key of each identity, with one registry look-up; roll-ups by their family."""
     identities = list(identities)

@@ -67,6 +67,9 @@ def flicker_score(frames: np.ndarray) -> float:
                "tiny frames) instead of RAFT-things; MAE in float64 rather than float32; "
                "static_filter=False scores every video, as VBench-I2V does (the vbench-i2v group's setting)",
     group="vbench-quality",
+    undefined="with its static filter (VBench's text-to-video form) it is undefined when no video passes the "
+              "filter, as on 16-px frames, where the 3/256-of-the-side threshold is 0.19 px; static_filter=False "
+              "scores every video, as VBench-I2V does",
 ))
 class TemporalFlickering(PerVideoMetric):
     def __init__(self, flow: str | FlowBackend = "dis", flow_options: dict[str, Any] | None = None,

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import pandas as pd
 
 from metrics.groups import BY_KEY, GROUPS, OTHER, MetricGroup, group_rank
-from metrics.identity import directions_for, groups_for, is_rollup, metric_backend, metric_name
+from metrics.identity import (
+    directions_for,
+    groups_for,
+    is_rollup,
+    metric_backend,
+    metric_name,
+    undefined_notes,
+)
 from metrics.judges import MARK
 from reports.identity import arrow, backend_summary, column_labels, decimals_for, format_number, header_labels
 
@@ -213,6 +220,11 @@ def footnote_lines(table: FinalTable, preset: str | None, overlap: Overlap = Non
     ``metrics``: the columns the table shows (default: all of ``table``)."""
     metrics = list(table.metrics if metrics is None else metrics)
     lines = [f"Backends: {backend_summary(metrics) or 'none'}."]
+    empty = [m for m in metrics if m in table.mean.columns and table.mean[m].isna().all()]
+    if empty:
+        notes, labels = undefined_notes(empty), header_labels(empty)
+        lines.append("–: no value for any method. " + " ".join(
+            f"{labels[m]}: {notes[m] or 'undefined at every final checkpoint'}." for m in empty))
     if note := overlap_line(overlap, table.methods, metrics):
         lines.append(note)
     if is_tiny(preset, table.metrics):

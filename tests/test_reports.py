@@ -626,3 +626,20 @@ def test_rollup_curves_are_recomputed_from_their_dimensions_on_the_shared_videos
     stale = agg.assign(value=np.where(agg["metric"].str.startswith("rollup:") & (agg["step"] == 2), 9.0, agg["value"]))
     out, notes = on_shared_videos(stale, records)  # a stored roll-up its dimensions do not reproduce
     assert sorted(out[out["metric"] == "rollup:shift_motion[tiny]"]["step"]) == [0, 2]
+
+
+def test_a_column_without_any_value_is_explained_under_the_table(tmp_path: Path) -> None:
+    """Before: temporal flickering showed a column of '–' on the tiny preset with no word on why (its static
+    filter admits no 16-px video). Now the footnote says that no method has a value and why, from the metric's
+    own MetricSpec.undefined; a metric that declares no reason still gets the line."""
+    flicker, other = "temporal_flickering[flow=dis]", "motion_score[flow=dis,stat=mean]"
+    table = _layout_table(tmp_path, [QUALITY[0], flicker, other])
+    table.mean[[flicker, other]] = np.nan
+    md = to_markdown(table, preset="tiny", num_videos=4)
+    (line,) = [x for x in md.splitlines() if x.startswith("–: no value for any method.")]
+    assert "temporal flickering: with its static filter" in line and "static_filter=False" in line
+    assert "motion score: undefined at every final checkpoint." in line
+    assert "subject consistency" not in line
+    table.mean[flicker] = 0.9  # one method with a value: no note for that column
+    table.mean[other] = 0.5
+    assert "no value for any method" not in to_markdown(table, preset="tiny", num_videos=4)
