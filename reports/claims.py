@@ -38,7 +38,7 @@ from metrics.judges import MARK, metric_judges
 from reports.budget import compute_summary, tuning_summary
 from reports.objectives import objective_change, seed_interval
 from reports.sections import ReportInputs, SectionOutput, section
-from reports.tables import markdown_grid
+from reports.tables import Unfinished, markdown_grid, unfinished_line
 from trainers.claims import PaperClaim
 from trainers.registry import get_trainer, ordered_trainers
 
@@ -215,15 +215,22 @@ def claim_overlap(claim: PaperClaim, signals: Mapping[str, Iterable[str]] | None
 
 
 def check_claims(data: RunData, claims: list[PaperClaim] | None = None,
-                 signals: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+                 signals: Mapping[str, Iterable[str]] | None = None,
+                 unfinished: Iterable[Unfinished] = ()) -> pd.DataFrame:
     """One row per claim; ``signals`` (each method's training judges) fills the ``overlap`` column: the
-    claim is decided on a metric whose judge one of its methods trained on."""
+    claim is decided on a metric whose judge one of its methods trained on. ``data`` holds finished seeds
+    only (reports/render.py); ``unfinished`` names the seeds left out, so a claim whose method has no
+    finished seed says so instead of "not in the run"."""
     rows = []
     have = data.methods()
+    reached = {u.method: f"step {u.reached} of {u.scheduled}" for u in unfinished}
     for claim in claims or registered_claims():
         missing = [m for m in (*claim.methods, "base") if m not in have]
         if missing:
-            finding = Finding(f"needs method(s) {', '.join(missing)} in the run", ABSENT)
+            why = [f"{m} unfinished (evaluated to {reached[m]})" for m in missing if m in reached]
+            absent = [m for m in missing if m not in reached]
+            text = "; ".join(why + ([f"needs method(s) {', '.join(absent)} in the run"] if absent else []))
+            finding = Finding(text, ABSENT)
         else:
             finding = KINDS[claim.kind](data, claim)
         rows.append({"paper": claim.paper, "claim": claim.text, "evidence": finding.evidence,
@@ -231,9 +238,10 @@ def check_claims(data: RunData, claims: list[PaperClaim] | None = None,
     return pd.DataFrame(rows, columns=["paper", "claim", "evidence", "verdict", "overlap"])
 
 
-def claims_markdown(table: pd.DataFrame, preset: str, tuning: str = "") -> str:
+def claims_markdown(table: pd.DataFrame, preset: str, tuning: str = "",
+                    unfinished: Iterable[Unfinished] = ()) -> str:
     """The claims table; ``tuning``: paragraphs on the run's tuning and compute budgets (reports/budget.py),
-    put first."""
+    put first; ``unfinished``: the seeds left out, named under the table."""
     if table.empty or (table["verdict"] == ABSENT).all():
         return ""
     counts = table["verdict"].value_counts()
@@ -251,13 +259,16 @@ def claims_markdown(table: pd.DataFrame, preset: str, tuning: str = "") -> str:
         foot = (f"\n{MARK} decided on a metric whose judge a compared method trained on, so it reads that method's "
                 "own training signal, not a held-out judge: "
                 + "; ".join(f"{r.claim}: {r.overlap}" for r in table.itertuples() if r.overlap) + ".\n")
+    if note := unfinished_line(unfinished):
+        foot += f"\n{note}\n"
     return head + markdown_grid(["paper", "claim", "evidence", "verdict"], cells) + foot
 
 
 @section("claims", "Paper claims")
 def claims_section(run: ReportInputs) -> SectionOutput | None:
-    table = check_claims(RunData(run.records, run.logs), signals=run.info.training_signals)
+    table = check_claims(RunData(run.records, run.logs), signals=run.info.training_signals,
+                         unfinished=run.unfinished)
     _, tuning = tuning_summary((run.info.preset.get("tuning") or {}).get("results"), run.info.method_configs)
     budget = "\n\n".join(t for t in (tuning, compute_summary(run.logs)) if t)
-    text = claims_markdown(table, run.info.preset_name, budget)
+    text = claims_markdown(table, run.info.preset_name, budget, run.unfinished)
     return SectionOutput(text) if text else None

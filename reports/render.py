@@ -21,7 +21,16 @@ from reports.html import build_page
 from reports.plots import constant_series, folded_note, metric_curves, training_curves
 from reports.run_info import load_run_info
 from reports.sections import ReportInputs, page_fragment, registered_sections
-from reports.tables import final_table, is_tiny, steps_to_html, steps_to_markdown, to_html, to_latex, to_markdown
+from reports.tables import (
+    drop_unfinished,
+    final_table,
+    is_tiny,
+    steps_to_html,
+    steps_to_markdown,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 
 GALLERY_VIDEOS = 4
 
@@ -44,7 +53,11 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
 
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = final_table(agg, info.methods, info.metrics)
+    # Final comparisons (the main table, every section) read only seeds evaluated at their scheduled last step;
+    # the per-step table and the curves keep every checkpoint, an unfinished seed's included.
+    table = final_table(agg, info.methods, info.metrics, schedule=info.scheduled_steps)
+    done = {"agg": drop_unfinished(agg, table.unfinished), "records": drop_unfinished(records, table.unfinished),
+            "logs": drop_unfinished(logs, table.unfinished)}
     dirs = directions_for(table.metrics)
     overlap = overlaps(info.training_signals, agg["metric"].unique() if not agg.empty else [])
     opts = {"show_ci": show_ci, "directions": dirs, "preset": info.preset_name, "num_videos": info.num_videos,
@@ -61,7 +74,7 @@ def render_report(run_dir: Path, show_ci: bool = False) -> Path:
     plain_logs = logs[~logs["key"].str.startswith("probe/")] if not logs.empty else logs
     train_plots = training_curves(plain_logs, out / "plots", info.methods)
     train_note = folded_note(constant_series(plain_logs))
-    run = ReportInputs(info=info, agg=agg, records=records, logs=logs, overlap=overlap, plots=out / "plots")
+    run = ReportInputs(info=info, **done, overlap=overlap, plots=out / "plots", unfinished=table.unfinished)
     fragments: list[str] = []
     for sec in registered_sections():  # each section writes its <name>.md and adds its part of the page
         output = sec.render(run)

@@ -55,6 +55,12 @@ class RunInfo:
         return int(n) if n is not None and final is not None and int(n) < final else None
 
     @property
+    def scheduled_steps(self) -> dict[str, int]:
+        """Each method's scheduled last step (its recorded ``steps``), where the run recorded one."""
+        return {m: int(cfg["steps"]) for m, cfg in self.method_configs.items()
+                if isinstance(cfg.get("steps"), int) and not isinstance(cfg.get("steps"), bool)}
+
+    @property
     def sampler(self) -> dict[str, Any]:
         return dict(self.preset.get("sampler") or {})
 

@@ -2,7 +2,8 @@
 
 A section is a function decorated with ``@section(name, title)`` in the module that owns its
 tables. It receives the run's inputs (``ReportInputs``: run info with the method configs,
-aggregates, per-video records, training logs, the training-judge overlap, the plot folder) and
+aggregates, per-video records, training logs, the training-judge overlap, the plot folder; seeds that
+did not reach their scheduled last step are left out of all of them, ``unfinished`` names them) and
 returns a ``SectionOutput``: its Markdown, written to ``report/<name>.md`` when not empty, and its
 HTML fragment for the page (by default the Markdown under the section's title); or None when the
 run has nothing for it (e.g. none of its methods). Sections appear on the page in
@@ -22,6 +23,7 @@ import pandas as pd
 
 from reports.html import markdown_html
 from reports.run_info import RunInfo
+from reports.tables import Unfinished
 
 BUILTIN_MODULES = ("reports.objectives", "reports.probes", "reports.distortion", "reports.fcrm", "reports.claims",
                    "reports.shift", "reports.hacking")
@@ -37,6 +39,8 @@ class ReportInputs:
     logs: pd.DataFrame  # train logs: method, seed, step, key, value
     overlap: Mapping[str, Mapping[str, list[str]]]  # {method: {metric: judges it trained on}}
     plots: Path  # the report's plot folder (rebuilt on each render)
+    # seeds evaluated only before their scheduled last step: already left out of agg, records and logs above
+    unfinished: tuple[Unfinished, ...] = ()
 
 
 @dataclass(frozen=True)

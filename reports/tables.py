@@ -39,6 +39,45 @@ Overlap = Mapping[str, Mapping[str, Sequence[str]]] | None
 _NUMERIC = ["value", "ci_low", "ci_high"]
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A training seed whose last evaluated checkpoint comes before its method's scheduled last step."""
+
+    method: str
+    seed: int
+    reached: int  # its last evaluated step
+    scheduled: int  # the method's ``steps``
+
+
+def unfinished_seeds(agg: pd.DataFrame, schedule: Mapping[str, int] | None) -> tuple[Unfinished, ...]:
+    """Each (method, seed) of ``agg`` evaluated only before the method's scheduled last step (``schedule``:
+    method -> steps, from the run's recorded method settings): an interrupted run, or one still training.
+    Methods the schedule does not name (the base model) are never unfinished."""
+    if not schedule or agg.empty:
+        return ()
+    last = agg.groupby(["method", "seed"])["step"].max()
+    return tuple(Unfinished(str(m), int(s), int(step), int(schedule[m])) for (m, s), step in last.items()
+                 if m in schedule and int(step) < int(schedule[m]))
+
+
+def drop_unfinished(frame: pd.DataFrame, unfinished: Iterable[Unfinished]) -> pd.DataFrame:
+    """``frame`` (method and seed columns) without the rows of the unfinished seeds."""
+    keys = {(u.method, u.seed) for u in unfinished}
+    if not keys or frame.empty:
+        return frame
+    pairs = zip(frame["method"].astype(str), frame["seed"].astype(int), strict=True)
+    return frame[[p not in keys for p in pairs]]
+
+
+def unfinished_line(unfinished: Iterable[Unfinished]) -> str | None:
+    """The note that names the seeds left out of final comparisons, and how to finish them."""
+    parts = [f"{u.method} seed {u.seed} (evaluated to step {u.reached} of {u.scheduled})" for u in unfinished]
+    if not parts:
+        return None
+    return ("Unfinished, left out of the final tables and claims: " + "; ".join(parts)
+            + ". `harness run --resume` finishes them.")
+
+
 @dataclass
 class FinalTable:
     """Numbers of the main table: frames indexed by method, columns by metric identity."""
@@ -50,6 +89,7 @@ class FinalTable:
     seeds: pd.Series  # number of seeds averaged (those that reached the final step), per method
     step: pd.Series  # the final step, per method
     seeds_run: pd.Series  # number of seeds with any evaluated checkpoint, per method
+    unfinished: tuple[Unfinished, ...] = ()  # seeds left out: evaluated only before their scheduled last step
 
     @property
     def methods(self) -> list[str]:
@@ -105,9 +145,16 @@ def clean_aggregates(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def final_table(agg: pd.DataFrame, methods: Sequence[str] | None = None,
-                metrics: Sequence[str] | None = None) -> FinalTable:
-    """Each method's highest step; seeds that reached it are averaged (std over them kept for ± display)."""
+                metrics: Sequence[str] | None = None, schedule: Mapping[str, int] | None = None) -> FinalTable:
+    """Each method's highest step; seeds that reached it are averaged (std over them kept for ± display).
+
+    ``schedule`` (method -> scheduled steps): seeds evaluated only before their method's last step are left
+    out (``FinalTable.unfinished``), so an interrupted method never reads as finished; without it, the
+    highest stored step is taken as final."""
     agg = clean_aggregates(agg)
+    unfinished = unfinished_seeds(agg, schedule)
+    seeds_run = agg.groupby("method")["seed"].nunique()
+    agg = drop_unfinished(agg, unfinished)
     at = agg[agg["step"] == agg.groupby("method")["step"].transform("max")]
     rows = method_order(at["method"], methods)
     cols = metric_order(at["metric"], metrics)
@@ -123,7 +170,7 @@ def final_table(agg: pd.DataFrame, methods: Sequence[str] | None = None,
         ci_low=grid(by["ci_low"].mean()), ci_high=grid(by["ci_high"].mean()),
         seeds=per_method["seed"].nunique().reindex(rows).fillna(0).astype(int),
         step=per_method["step"].max().reindex(rows).fillna(0).astype(int),
-        seeds_run=agg.groupby("method")["seed"].nunique().reindex(rows).fillna(0).astype(int),
+        seeds_run=seeds_run.reindex(rows).fillna(0).astype(int), unfinished=unfinished,
     )
 
 
@@ -226,6 +273,8 @@ def footnote_lines(table: FinalTable, preset: str | None, overlap: Overlap = Non
         lines.append("–: no value for any method. " + " ".join(
             f"{labels[m]}: {notes[m] or 'undefined at every final checkpoint'}." for m in empty))
     if note := overlap_line(overlap, table.methods, metrics):
+        lines.append(note)
+    if note := unfinished_line(table.unfinished):
         lines.append(note)
     if is_tiny(preset, table.metrics):
         lines.append(TINY_DISCLAIMER)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from reports.claims import ABSENT, FAILS, HOLDS, UNSURE, RunData, check_claims, claims_markdown, paired_delta
+from reports.tables import Unfinished
 
 
 def _records(rows):
@@ -76,3 +77,17 @@ def test_likelihood_and_gamma_claims_from_probe_logs():
     assert table.loc["DPO displaces the chosen likelihood (log p of chosen samples falls)", "verdict"] == UNSURE
     gamma = table.loc["Gamma > 0 in most training steps of PG-DPO (paper: 81.7 % and 76.9 %)"]
     assert gamma["verdict"] == HOLDS and "20 of 20" in gamma["evidence"]
+
+
+def test_a_claim_whose_method_is_unfinished_says_so():
+    """The report hands the claims only finished seeds; a method with none is named as unfinished, with the
+    step it reached, never as absent from the run or decided on its half-way checkpoint."""
+    m = "dynamic_degree[flow=dis]"
+    rows = [("base", 0, 0, m, v, 0.6) for v in "abc"] + [("shift", 0, 100, m, v, 0.5) for v in "abc"]
+    late = (Unfinished("sft", 0, 50, 100),)
+    table = check_claims(RunData(_records(rows), _logs([])), unfinished=late).set_index("claim")
+    row = table.loc["SHIFT keeps more dynamic degree than SFT"]
+    assert row["verdict"] == ABSENT and row["evidence"] == "sft unfinished (evaluated to step 50 of 100)"
+    table.loc["SFT on appearance-only data loses dynamic degree", "verdict"] = HOLDS  # one measured row: a table
+    text = claims_markdown(table.reset_index(), "tiny", unfinished=late)
+    assert "Unfinished, left out of the final tables and claims: sft seed 0 (evaluated to step 50 of 100)" in text

@@ -258,6 +258,31 @@ def test_seed_short_of_the_final_step_is_not_averaged(tmp_path: Path) -> None:
     assert "sft: step 100 (1 of 2 seeds reached it)" in to_markdown(table)
 
 
+def test_a_method_short_of_its_scheduled_last_step_is_left_out_of_final_comparisons(tmp_path: Path) -> None:
+    """An interrupted run: dpo was evaluated at step 50 of its 100 and sft's seed 1 at 50 of 100. The highest
+    stored step (50 for dpo) must not read as final: the main table leaves them out and says so, while the
+    per-step table still lists every checkpoint."""
+    values = _three_methods()
+    values["dpo"][0] = {50: {**FINAL["dpo"], UP: 0.99}}
+    values["sft"][1] = {50: {**FINAL["sft"], UP: 0.1}}
+    run_dir = make_run(tmp_path, values)
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["methods"] = {"sft": {"steps": 100, "eval_every": 50}, "dpo": {"steps": 100, "eval_every": 50}}
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    render_report(run_dir)
+    md = (run_dir / "report" / "table.md").read_text(encoding="utf-8")
+    rows = _md_rows(md)
+    assert "dpo" not in rows and rows["sft"][0] == "**0.900**"  # seed 1's 0.1 at step 50 is not averaged in
+    assert ("Unfinished, left out of the final tables and claims: dpo seed 0 (evaluated to step 50 of 100); "
+            "sft seed 1 (evaluated to step 50 of 100)") in md
+    assert "sft: step 100 (1 of 2 seeds reached it)" in md
+    assert "Unfinished, left out" in (run_dir / "report" / "index.html").read_text(encoding="utf-8")
+    assert "| dpo | 0 | 50 |" in (run_dir / "report" / "steps.md").read_text(encoding="utf-8").replace("  ", " ")
+    # without a recorded schedule (an older run.json), the highest stored step is final, as before
+    with ResultStore(run_dir / "results.sqlite") as store:
+        assert final_table(store.aggregates("run1"), ["sft", "dpo"], METRICS).mean.at["dpo", UP] == 0.99
+
+
 # ---- paper layout: groups, LaTeX structure, HTML group headers ---------------------------------------------
 
 QUALITY = ["subject_consistency[features=tiny]", "background_consistency[features=tiny]",
