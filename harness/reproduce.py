@@ -75,16 +75,9 @@ def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def _session_commits(run_dir: Path) -> list[str]:
-    """The distinct commits of the sessions that wrote a run, in order (a '+' marks uncommitted changes)."""
+    """The distinct commits of the sessions that wrote a run, in order."""
     with open_readonly(RunDir(run_dir).results) as store:
-        sessions = store.sessions()
-    out: list[str] = []
-    for prov in sessions["provenance"] if not sessions.empty else []:
-        git = (prov or {}).get("git") or {}
-        label = str(git.get("commit", "unknown"))[:9] + ("+" if git.get("dirty") else "")
-        if label not in out:
-            out.append(label)
-    return out
+        return store.session_commits()
 
 
 def _differ(a: pd.DataFrame, b: pd.DataFrame, key: list[str], atol: float) -> tuple[pd.DataFrame, list[str], int]:

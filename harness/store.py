@@ -314,6 +314,17 @@ class ResultStore:
         where, params = self._where(run_id=run_id)
         return self._frame(f"SELECT * FROM sessions{where} ORDER BY session_id", params)
 
+    def session_commits(self, run_id: str | None = None) -> list[str]:
+        """The distinct commits of the sessions that wrote into the store (or ``run_id``), in order, each
+        as a 9-character label; "(uncommitted changes)" marks a session that ran on a dirty tree."""
+        out: list[str] = []
+        for prov in self.sessions(run_id)["provenance"]:
+            git = (prov or {}).get("git") or {}
+            label = str(git.get("commit", "unknown"))[:9] + (" (uncommitted changes)" if git.get("dirty") else "")
+            if label not in out:
+                out.append(label)
+        return out
+
     def train_logs(self, run_id: str | None = None) -> pd.DataFrame:
         where, params = self._where(run_id=run_id)
         order = " ORDER BY run_id, method, seed, step, key"

@@ -34,6 +34,7 @@ class RunInfo:
     training_signals: dict[str, list[str]] = field(default_factory=dict)
     # each invocation that wrote into the run (store's sessions): started, command, provenance
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    commits: list[str] = field(default_factory=list)  # their distinct commits, in order (ResultStore.session_commits)
 
     @property
     def preset_name(self) -> str | None:
@@ -69,14 +70,9 @@ class RunInfo:
         resumed or extended run may have run other code; each stored result names its session)."""
         if len(self.sessions) < 2:
             return None
-        commits = []
-        for sess in self.sessions:
-            git = (sess.get("provenance") or {}).get("git") or {}
-            label = str(git.get("commit", "unknown"))[:9] + (" (uncommitted changes)" if git.get("dirty") else "")
-            if label not in commits:
-                commits.append(label)
         when = f"{str(self.sessions[0].get('started'))[:16]} to {str(self.sessions[-1].get('started'))[:16]} UTC"
-        code = f"commit {commits[0]}" if len(commits) == 1 else f"{len(commits)} commits: {', '.join(commits)}"
+        code = (f"commit {self.commits[0]}" if len(self.commits) == 1
+                else f"{len(self.commits)} commits: {', '.join(self.commits)}")
         return f"{len(self.sessions)} sessions, {when}, on {code} (each result in the store names its session)"
 
 
@@ -127,6 +123,7 @@ def load_run_info(run_dir: Path, store: ResultStore) -> RunInfo:
         training_signals=_signals(meta.get("training_signals") or config.get("training_signals"),
                                   meta.get("methods") or config.get("methods") or {}),
         sessions=store.sessions(str(run_id)).to_dict("records"),
+        commits=store.session_commits(str(run_id)),
     )
 
 
