@@ -64,6 +64,27 @@ def test_pairs_are_cached_per_run(tmp_path, monkeypatch):
     assert np.array_equal(first.pairs.chosen, second.pairs.chosen)
 
 
+def test_pair_rollouts_come_from_the_base_weights_their_cache_key_names(tmp_path):
+    """The cache key hashes the base weights only (LoRA left out), so the rollouts must be the base model's even
+    when the adapters are not at their zero initialisation (e.g. a pair set first needed mid-training)."""
+    preset = _preset()
+    cfg = preference.PairsConfig(conditions=3, per_condition=2, judge="oracle")
+    plain = preference.load_pairs(TinyWanAdapter.load(preset.base_checkpoint_path()), preset, cfg, None)
+    trained = TinyWanAdapter.load(preset.base_checkpoint_path())
+    trained.add_lora(4, 4.0)
+    with torch.no_grad():
+        for name, p in trained.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    base = TinyWanAdapter.load(preset.base_checkpoint_path())
+    moved = preference.load_pairs(trained, preset, cfg, None)
+    assert np.array_equal(moved.chosen, plain.chosen) and np.array_equal(moved.rejected, plain.rejected)
+    x_w, _, cond = moved.tensors(trained, [0])  # the adapters are on again afterwards
+    sigma = torch.tensor([0.5])
+    with torch.no_grad():
+        assert not torch.allclose(trained.predict(x_w, sigma, cond), base.predict(x_w, sigma, cond))
+
+
 @pytest.mark.parametrize("method", ["dpo", "pgdpo"])
 def test_trainers_step_and_log(method, tmp_path):
     trainer = _trainer(method, _preset(), tmp_path)
