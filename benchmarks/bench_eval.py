@@ -63,7 +63,8 @@ def main() -> None:
                                weights="bench", final=args.final)
             total = time.perf_counter() - t0
     results = {
-        "eval_videos": n_videos, "eval_set": "final" if args.final else "intermediate", "sampler": preset.sampler.model_dump(),
+        "eval_videos": n_videos, "eval_set": "final" if args.final else "intermediate",
+        "sampler": preset.sampler.model_dump(),
         "sampling_s": round(sampling, 3), "metrics_s": per_metric,
         "fvd_with_reference_build_s": fvd_first,
         "checkpoint_total_s": round(total, 3), "goal_s": 30,

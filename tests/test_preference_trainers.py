@@ -9,6 +9,7 @@ from harness.data.preferences import PairsError, PairSet, build_rollout_pairs
 from harness.models.tiny_wan import TinyWanAdapter
 from harness.probing import ProbeRunner
 from trainers import preference
+from trainers import probes as probes_module
 from trainers.base import trainer_settings
 from trainers.probes import Gamma, LikelihoodDisplacement
 from trainers.registry import get_trainer
@@ -123,6 +124,36 @@ def test_probes_at_the_start_and_gamma_of_dpo_is_zero(tmp_path):
                                   show_progress=False)
     on_prompts = LikelihoodDisplacement(prompts, draws=2).measure(fresh, 0)
     assert on_prompts["logp_chosen"] > on_prompts["logp_rejected"]
+
+
+def test_the_start_of_likelihood_displacement_is_measured_once_for_every_method(tmp_path, monkeypatch):
+    """At step 0 every method's policy is the untrained starting model (LoRA B = 0 adds exactly zero), so its
+    step-0 values are measured once per process and shared. They equal each method's own measurement bit for
+    bit, and a policy that is not untrained, or any later step, is measured afresh."""
+    preset = _preset()
+    monkeypatch.setattr(probes_module, "_AT_START", {})
+    dpo, sft = _trainer("dpo", preset, tmp_path, seed=0), _trainer("sft", preset, tmp_path, seed=1)
+    ld_dpo = ProbeRunner(preset, dpo, tmp_path / "cache").probes[0]
+    ld_sft = ProbeRunner(preset, sft, tmp_path / "cache").probes[0]
+    own = LikelihoodDisplacement(ld_sft.pairs, draws=ld_sft.draws, seed=ld_sft.seed)._measure(sft)  # sft's own
+    first = ld_dpo.measure(dpo, 0)
+    assert len(probes_module._AT_START) == 1 and first["chosen_displacement"] == 0.0
+
+    def no_forward(self, trainer):
+        raise AssertionError("measured again")
+
+    with monkeypatch.context() as m:
+        m.setattr(LikelihoodDisplacement, "_measure", no_forward)
+        shared = ld_sft.measure(sft, 0)
+    assert shared == first == own  # exactly: sft's own forward passes give these very numbers
+    sft.train_step(0)  # later steps are measured, against the shared reference
+    later = ld_sft.measure(sft, 1)
+    assert later["ref_logp_chosen"] == own["ref_logp_chosen"] and later["logp_chosen"] != own["logp_chosen"]
+    moved = _trainer("sft", preset, tmp_path, seed=2)
+    with torch.no_grad():  # a policy whose adapters are not at zero is not the starting model
+        next(p for n, p in moved.adapter.model.named_parameters() if "lora_B" in n).add_(0.1)
+    fresh = LikelihoodDisplacement(ld_sft.pairs, draws=ld_sft.draws, seed=ld_sft.seed).measure(moved, 0)
+    assert fresh["chosen_displacement"] != 0.0
 
 
 def test_gamma_matches_the_first_order_change_of_the_chosen_likelihood(tmp_path):

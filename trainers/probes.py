@@ -118,12 +118,35 @@ def _logp(err: torch.Tensor, draws: int) -> torch.Tensor:
     return -PairErrors.per_sample(err).reshape(draws, -1).mean(dim=0)
 
 
+def untrained(adapter) -> bool:
+    """Whether ``adapter``'s policy is its reference exactly: LoRA adapters whose B matrices are all zero (their
+    initialisation) add exactly zero to every layer's output."""
+    if not adapter.has_lora:
+        return False
+    return all(not bool(p.detach().any()) for name, p in adapter.model.named_parameters() if "lora_B" in name)
+
+
+# The step-0 likelihood-displacement values of a probe set, per (pair set, draws, seed): at step 0 every method's
+# policy is its untrained starting model, so a run's methods that start from the same weights (the pair set's
+# cache key names them) get the same numbers, measured once per process instead of once per method.
+_AT_START: dict[tuple[str, int, int], dict[str, float]] = {}
+
+
 @register_probe(PROBE_SPECS["likelihood_displacement"])
 class LikelihoodDisplacement(TrainingProbe):
     def __init__(self, pairs: PairSet, draws: int = 4, seed: int = 0, beta: float = 100.0,
                  probe_set: str | None = None):
         super().__init__(pairs, draws, seed, beta, probe_set)
         self._ref: tuple[float, float] | None = None
+
+    def _start_key(self, trainer, step: int) -> tuple[str, int, int] | None:
+        """The key of the shared step-0 values, when they apply: step 0, a cached pair set (its key names the
+        weights it was sampled from, the starting weights of every trainer it was built for) and an untrained
+        policy."""
+        key = self.pairs.provenance.get("cache_key")
+        if step != 0 or self._ref is not None or not key or not untrained(trainer.adapter):
+            return None
+        return str(key), self.draws, self.seed
 
     def restore(self, series: dict[str, list[float]]) -> None:
         """The reference's log-likelihoods as the first call measured them: recomputing them after a resume
@@ -133,6 +156,17 @@ class LikelihoodDisplacement(TrainingProbe):
 
     @torch.no_grad()
     def measure(self, trainer, step: int) -> dict[str, float]:
+        start = self._start_key(trainer, step)
+        if start in _AT_START:
+            values = dict(_AT_START[start])
+            self._ref = (values["ref_logp_chosen"], values["ref_logp_rejected"])
+            return values
+        values = self._measure(trainer)
+        if start is not None:
+            _AT_START[start] = dict(values)
+        return values
+
+    def _measure(self, trainer) -> dict[str, float]:
         adapter = trainer.adapter
         x_w, x_l, cond, sigma, noise = self.fixed_draws(adapter, self.draws)
         e = pair_errors(adapter, x_w, x_l, cond, sigma, noise, with_reference=self._ref is None)
