@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from harness.rundir import RunDir
-from harness.store import open_readonly
+from harness.store import Unfinished, open_readonly, scheduled_steps, unfinished_seeds
 
 SCHEMA = "harness-leaderboard"
 SCHEMA_VERSION = 1
@@ -134,11 +134,31 @@ def build_leaderboard(run_dir: Path, note: str = "") -> dict:
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": note,
+        # seeds evaluated only before their scheduled last step (an interrupted run): their entries stand at the
+        # steps they reached, and a later step's entry averages fewer seeds
+        "unfinished": [vars(u) for u in run_unfinished(run_dir, manifest)],
         "run": {k: manifest.get(k) for k in ("run_id", "options", "preset", "methods", "metrics")},
         "provenance": {**{k: manifest.get(k) for k in ("git", "versions", "hardware")},
                        **({"sessions": sessions} if (sessions := run_sessions(run_dir)) else {})},
         "entries": records,
     }
+
+
+def run_unfinished(run_dir: Path, manifest: dict | None = None) -> tuple[Unfinished, ...]:
+    """The run's seeds evaluated only before their method's scheduled last step (run.json's ``steps``)."""
+    manifest = run_manifest(run_dir) if manifest is None else manifest
+    with open_readonly(RunDir(run_dir).results) as store:
+        agg = store.aggregates()
+    return unfinished_seeds(agg, scheduled_steps(manifest.get("methods")))
+
+
+def unfinished_warning(unfinished: tuple[Unfinished, ...]) -> str | None:
+    """One line naming the unfinished seeds of a run being recorded or compared."""
+    if not unfinished:
+        return None
+    parts = "; ".join(f"{u.method} seed {u.seed} (evaluated to step {u.reached} of {u.scheduled})" for u in unfinished)
+    return (f"the run has unfinished seeds: {parts}; their later steps are missing (finish them with "
+            "`harness run --resume`)")
 
 
 def run_sessions(run_dir: Path) -> list[dict]:

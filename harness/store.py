@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,46 @@ class ResultStore:
                 df.to_parquet(path, index=False)
             paths.append(path)
         return paths
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A training seed whose last evaluated checkpoint comes before its method's scheduled last step."""
+
+    method: str
+    seed: int
+    reached: int  # its last evaluated step
+    scheduled: int  # the method's ``steps``
+
+
+def unfinished_seeds(agg: pd.DataFrame, schedule: Mapping[str, int] | None) -> tuple[Unfinished, ...]:
+    """Each (method, seed) of ``agg`` (aggregates: method, seed, step) evaluated only before the method's
+    scheduled last step (``schedule``: method -> steps, ``scheduled_steps`` of the run's recorded method
+    settings): an interrupted run, or one still training. Methods the schedule does not name (the base model)
+    are never unfinished. Final comparisons (reports, claims) leave these seeds out; a leaderboard names them."""
+    if not schedule or agg.empty:
+        return ()
+    last = agg.groupby(["method", "seed"])["step"].max()
+    return tuple(Unfinished(str(m), int(s), int(step), int(schedule[m])) for (m, s), step in last.items()
+                 if m in schedule and int(step) < int(schedule[m]))
+
+
+def drop_unfinished(frame: pd.DataFrame, unfinished: Iterable[Unfinished]) -> pd.DataFrame:
+    """``frame`` (method and seed columns) without the rows of the unfinished seeds."""
+    keys = {(u.method, u.seed) for u in unfinished}
+    if not keys or frame.empty:
+        return frame
+    pairs = zip(frame["method"].astype(str), frame["seed"].astype(int), strict=True)
+    return frame[[p not in keys for p in pairs]]
+
+
+def scheduled_steps(method_configs: Any) -> dict[str, int]:
+    """Each method's scheduled last step (its recorded ``steps``), from the method settings a run recorded
+    (run.json ``methods``); methods without one are left out."""
+    if not isinstance(method_configs, dict):
+        return {}
+    return {str(m): int(cfg["steps"]) for m, cfg in method_configs.items()
+            if isinstance(cfg, dict) and isinstance(cfg.get("steps"), int) and not isinstance(cfg.get("steps"), bool)}
 
 
 class StoreError(ValueError):

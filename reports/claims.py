@@ -34,11 +34,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.store import Unfinished
 from metrics.judges import MARK, metric_judges
 from reports.budget import compute_summary, tuning_summary
 from reports.objectives import objective_change, seed_interval
 from reports.sections import ReportInputs, SectionOutput, section
-from reports.tables import Unfinished, markdown_grid, unfinished_line
+from reports.tables import markdown_grid, unfinished_line
 from trainers.claims import PaperClaim
 from trainers.registry import get_trainer, ordered_trainers
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.rundir import RunDir
-from harness.store import ResultStore
+from harness.store import ResultStore, scheduled_steps
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ class RunInfo:
     @property
     def scheduled_steps(self) -> dict[str, int]:
         """Each method's scheduled last step (its recorded ``steps``), where the run recorded one."""
-        return {m: int(cfg["steps"]) for m, cfg in self.method_configs.items()
-                if isinstance(cfg.get("steps"), int) and not isinstance(cfg.get("steps"), bool)}
+        return scheduled_steps(self.method_configs)
 
     @property
     def sampler(self) -> dict[str, Any]:

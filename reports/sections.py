@@ -21,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.store import Unfinished
 from reports.html import markdown_html
 from reports.run_info import RunInfo
-from reports.tables import Unfinished
 
 BUILTIN_MODULES = ("reports.objectives", "reports.probes", "reports.distortion", "reports.fcrm", "reports.claims",
                    "reports.shift", "reports.hacking")

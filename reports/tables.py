@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness.store import Unfinished, drop_unfinished, unfinished_seeds
 from metrics.groups import BY_KEY, GROUPS, OTHER, MetricGroup, group_rank
 from metrics.identity import (
     directions_for,
@@ -37,36 +38,6 @@ Directions = Mapping[str, bool | None] | None  # by identity or bare name; None:
 # {method: {metric identity: [judges it shares with the method's training]}} (metrics.judges.overlaps)
 Overlap = Mapping[str, Mapping[str, Sequence[str]]] | None
 _NUMERIC = ["value", "ci_low", "ci_high"]
-
-
-@dataclass(frozen=True)
-class Unfinished:
-    """A training seed whose last evaluated checkpoint comes before its method's scheduled last step."""
-
-    method: str
-    seed: int
-    reached: int  # its last evaluated step
-    scheduled: int  # the method's ``steps``
-
-
-def unfinished_seeds(agg: pd.DataFrame, schedule: Mapping[str, int] | None) -> tuple[Unfinished, ...]:
-    """Each (method, seed) of ``agg`` evaluated only before the method's scheduled last step (``schedule``:
-    method -> steps, from the run's recorded method settings): an interrupted run, or one still training.
-    Methods the schedule does not name (the base model) are never unfinished."""
-    if not schedule or agg.empty:
-        return ()
-    last = agg.groupby(["method", "seed"])["step"].max()
-    return tuple(Unfinished(str(m), int(s), int(step), int(schedule[m])) for (m, s), step in last.items()
-                 if m in schedule and int(step) < int(schedule[m]))
-
-
-def drop_unfinished(frame: pd.DataFrame, unfinished: Iterable[Unfinished]) -> pd.DataFrame:
-    """``frame`` (method and seed columns) without the rows of the unfinished seeds."""
-    keys = {(u.method, u.seed) for u in unfinished}
-    if not keys or frame.empty:
-        return frame
-    pairs = zip(frame["method"].astype(str), frame["seed"].astype(int), strict=True)
-    return frame[[p not in keys for p in pairs]]
 
 
 def unfinished_line(unfinished: Iterable[Unfinished]) -> str | None:

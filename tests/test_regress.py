@@ -97,6 +97,7 @@ def test_update_writes_a_leaderboard_and_bad_files_are_named(runs, tmp_path):
     (session,) = board["provenance"]["sessions"]  # one invocation wrote the run: its command, commit, versions
     assert session["command"]["command"] == "run" and session["command"]["seeds"] == [3]
     assert session["git"] == board["provenance"]["git"] and session["versions"]["torch"]
+    assert board["unfinished"] == [] and "unfinished" not in upd.output
     with ResultStore(runs["same3"] / "results.sqlite") as store:
         assert len(board["entries"]) == store.aggregates()[["method", "step", "metric"]].drop_duplicates().shape[0]
     path.write_text("{not json")
@@ -105,6 +106,25 @@ def test_update_writes_a_leaderboard_and_bad_files_are_named(runs, tmp_path):
     path.write_text(json.dumps({"schema": "other", "schema_version": 9, "entries": []}))
     other = CliRunner().invoke(app, ["regress", str(runs["same3"]), "--leaderboard", str(path)])
     assert other.exit_code == 2 and "rebuild it with --update" in other.output
+
+
+def test_a_run_with_unfinished_seeds_is_recorded_and_compared_with_a_warning(runs, tmp_path):
+    """A run whose seed stopped before its scheduled last step (here: run.json schedules 12 steps, the store
+    holds 6) is named when it is recorded as a leaderboard and when it is compared."""
+    run_dir = tmp_path / "cut"
+    shutil.copytree(runs["same3"], run_dir)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["methods"]["sft"]["steps"] == 6
+    manifest["methods"]["sft"]["steps"] = 12
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    path = tmp_path / "board.json"
+    upd = CliRunner().invoke(app, ["regress", str(run_dir), "--leaderboard", str(path), "--update"])
+    assert upd.exit_code == 0
+    line = "unfinished seeds: sft seed 3 (evaluated to step 6 of 12)"
+    assert f"warning: recording the run has {line}" in upd.output
+    assert json.loads(path.read_text())["unfinished"] == [{"method": "sft", "seed": 3, "reached": 6, "scheduled": 12}]
+    cmp = CliRunner().invoke(app, ["regress", str(run_dir), "--leaderboard", str(path)])
+    assert cmp.exit_code == 0 and f"note: the run has {line}" in cmp.output
 
 
 def test_same_seed_and_config_store_identical_numbers(runs, tmp_path):

@@ -46,13 +46,19 @@ def regress(
                 old = None
             if old is not None:
                 typer.echo(rg.format_comparison(rg.compare(old, run_dir, z), show_all))
-            rg.write_leaderboard(rg.build_leaderboard(run_dir, note), path)
+            board = rg.build_leaderboard(run_dir, note)
+            if warning := rg.unfinished_warning(rg.run_unfinished(run_dir)):
+                typer.secho(f"warning: recording {warning}", fg=typer.colors.YELLOW, err=True)
+            rg.write_leaderboard(board, path)
             typer.echo(f"leaderboard written: {path}")
             return
         cmp = rg.compare(rg.read_leaderboard(path), run_dir, z)
+        unfinished = rg.unfinished_warning(rg.run_unfinished(run_dir))
     except (rg.LeaderboardError, StoreError) as exc:  # bad input: exit 2, never 1 (a regression)
         fail(str(exc))
     typer.echo(f"{run_dir} against {path} (z = {z:g})")
+    if unfinished:
+        typer.echo(f"note: {unfinished}")
     typer.echo(rg.format_comparison(cmp, show_all))
     if json_out:
         json_out.write_text(cmp.table.to_json(orient="records", indent=1))
