@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -399,20 +400,47 @@ def _method_settings(path: Path, methods: dict | None) -> dict:
     return methods[method]
 
 
-def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progress: bool = True) -> Path:
-    """Compute metrics missing from every checkpoint of a run (e.g. a metric added later)."""
+def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progress: bool = True,
+                 backends: Mapping[str, Mapping[str, Any]] | None = None, replace: bool = False) -> Path:
+    """Compute metrics missing from every checkpoint of a run (e.g. a metric added later), on the samples each
+    checkpoint stored (sampled again only when they are missing or from other inputs).
+
+    ``backends`` (metric -> options) scores the run's metrics with other backends than it recorded; with
+    ``replace`` the results of ``metric_names`` under any other identity are deleted first (so a dimension is
+    never stored twice, which would leave the checkpoint without roll-ups), and run.json and the store's run
+    config record the new backends and identities, so a resumed run and later evaluations use them."""
     from harness.config import PresetConfig as Preset
     from harness.models.starting import base_adapter, base_weights
 
     run = RunDir(run_dir)
     info = run.read_manifest() or {}
-    preset = Preset(**info["preset"])
+    if replace and not metric_names:
+        raise ValueError("--replace needs --metrics: the metrics whose stored results it replaces")
+    recorded = dict(info["preset"])
+    if backends:
+        ev = dict(recorded.get("eval") or {})
+        merged = {k: dict(v) for k, v in (ev.get("backends") or {}).items()}
+        for name, opts in backends.items():
+            merged[name] = {**merged.get(name, {}), **opts}
+        recorded = {**recorded, "eval": {**ev, "backends": merged}}
+    preset = Preset(**recorded)
     evaluator = Evaluator(preset, metric_names)
     with run.lock(), ResultStore(run.results) as store:  # never beside a `harness run` writing the same run
         from harness.provenance import provenance
 
+        command = {"command": "eval --run", "metrics": metric_names,
+                   **({"backends": {k: dict(v) for k, v in backends.items()}} if backends else {}),
+                   **({"replace": True} if replace else {})}
         for run_id in store.runs()["run_id"]:  # a run directory's store holds its one run
-            store.begin_session(run_id, {"command": "eval --run", "metrics": metric_names}, provenance())
+            store.begin_session(run_id, command, provenance())
+            if replace:
+                new = {m.spec.name: m.identity for m in evaluator.metrics}
+                for name, identity in new.items():
+                    if dropped := store.drop_metric(run_id, name, keep=identity):
+                        log.info("%s: %d stored result(s) of %s under another identity replaced by %s",
+                                 run_dir, dropped, name, identity)
+                store.drop_rollups(run_id)  # every checkpoint's roll-ups are computed again below
+                _record_backends(run, store, run_id, info, recorded, new)
         for row in store.checkpoints().itertuples():
             path = run.resolve(row.path)
             # Re-sample with the settings the checkpoint was evaluated with (a method may have its own).
@@ -431,6 +459,23 @@ def evaluate_run(run_dir: Path, metric_names: Sequence[str] | None, show_progres
             evaluator.evaluate(store, int(row.checkpoint_id), load, path / SAMPLES, show_progress, sampler,
                                weights=weights, final=final)
     return run.results
+
+
+def _record_backends(run: RunDir, store: ResultStore, run_id: str, info: dict, preset: dict,
+                     identities: Mapping[str, str]) -> None:
+    """Record re-scored metrics in run.json and the store's run config: the preset with their backends, and the
+    run's metric identities with each replaced one swapped for its new identity (in place, order kept; added at
+    the end when the run did not list it)."""
+    def swapped(metrics: Any) -> Any:
+        if not isinstance(metrics, list):
+            return metrics
+        out = [identities.get(str(m).split("[", 1)[0], m) for m in metrics]
+        return out + [i for i in identities.values() if i not in out]
+
+    run.write_manifest({**info, "preset": preset, "metrics": swapped(info.get("metrics"))})
+    config = store.run_config(run_id)
+    if config is not None:
+        store.set_config(run_id, {**config, "preset": preset, "metrics": swapped(config.get("metrics"))})
 
 
 def _new_store(out: Path, run_id: str, preset: PresetConfig, config: dict) -> ResultStore:

@@ -262,6 +262,24 @@ class ResultStore:
 
     # ---- resume queries ------------------------------------------------------------------------------
 
+    def drop_metric(self, run_id: str, name: str, keep: str) -> int:
+        """Delete the run's results (aggregates and per-video records) of metric ``name`` under every identity
+        but ``keep``: a metric re-scored with another backend replaces the old one instead of standing beside
+        it. Returns how many aggregates were deleted."""
+        where = ("checkpoint_id IN (SELECT checkpoint_id FROM checkpoints WHERE run_id=?) "
+                 "AND (metric=? OR substr(metric, 1, ?)=?) AND metric<>?")
+        params = (run_id, name, len(name) + 1, f"{name}[", keep)
+        with self._tx() as c:
+            c.execute(f"DELETE FROM records WHERE {where}", params)
+            return c.execute(f"DELETE FROM aggregates WHERE {where}", params).rowcount
+
+    def drop_rollups(self, run_id: str) -> int:
+        """Delete the run's roll-up aggregates (``rollup:*``), which are derived from its stored dimensions: after
+        a dimension is replaced they are computed again, and one that has no value any more must not stay."""
+        with self._tx() as c:
+            return c.execute("DELETE FROM aggregates WHERE checkpoint_id IN (SELECT checkpoint_id FROM checkpoints "
+                             "WHERE run_id=?) AND substr(metric, 1, 7)='rollup:'", (run_id,)).rowcount
+
     def has_aggregate(self, checkpoint_id: int, metric: str) -> bool:
         with self._lock:
             return self.conn.execute("SELECT 1 FROM aggregates WHERE checkpoint_id=? AND metric=?",

@@ -326,6 +326,42 @@ def test_eval_run_waits_for_no_one_it_refuses_beside_a_writer(trained):
     assert r.exit_code == 2 and "in use by another harness process" in r.output
 
 
+def test_a_metric_rescored_with_another_backend_replaces_the_old_one(trained, tmp_path):
+    """`harness eval --run --set eval.backends... --replace`: a run re-scored with another form of a metric holds
+    it under the new identity only (two identities of one dimension would leave no roll-up), its roll-ups are
+    computed again (one that lost its inputs does not stay), every other number is untouched, and run.json
+    records the new backend."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    def numbers() -> dict:
+        with ResultStore(run_dir / "results.sqlite") as s:
+            return {(r.step, r.metric): r.value for r in s.aggregates().itertuples()}
+
+    assert _cli("eval", "--run", run_dir, "--metrics", "temporal_flickering").exit_code == 0
+    before = numbers()
+    unfiltered = "temporal_flickering[static_filter=off]"  # the tiny preset's form (VBench-I2V's)
+    steps = sorted({step for step, _ in before})
+    assert all(before[s, "rollup:shift_motion[tiny]"] == before[s, unfiltered] for s in steps)
+    bad = _cli("eval", "--run", run_dir, "--set", "pretrain.steps=1", "--metrics", "temporal_flickering")
+    assert bad.exit_code == 2 and "only a metric's backend can be set" in bad.output
+    assert _cli("eval", "--run", run_dir, "--replace").exit_code == 2  # which metrics: --metrics
+    r = _cli("eval", "--run", run_dir, "--metrics", "temporal_flickering", "--replace",
+             "--set", "eval.backends.temporal_flickering.static_filter=true")
+    assert r.exit_code == 0, r.output
+    after = numbers()
+    filtered = "temporal_flickering[flow=dis]"  # VBench's text-to-video form: no 16-px video passes its filter
+    assert {m for _, m in after if m.startswith("temporal")} == {filtered} and len(steps) == 3
+    assert all((s, filtered) in after and (s, "rollup:shift_motion[tiny]") not in after for s in steps)
+    same = {k: v for k, v in before.items() if not k[1].startswith(("temporal_flickering", "rollup:shift"))}
+    assert {k: after[k] for k in same} == same and len(same) > 10
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["preset"]["eval"]["backends"]["temporal_flickering"] == {"static_filter": True}
+    assert filtered in manifest["metrics"] and unfiltered not in manifest["metrics"]
+    with ResultStore(run_dir / "results.sqlite") as store:
+        session = store.sessions()["command"].iloc[-1]
+    assert session["replace"] and session["backends"] == {"temporal_flickering": {"static_filter": True}}
+
+
 # -- eval --videos: the conditioning image, never the video's own first frame ---------------------------------
 
 def test_i2v_dimensions_need_the_conditioning_images(tmp_path, world):

@@ -27,10 +27,16 @@ def eval_cmd(
     fvd_ref: Annotated[Path | None, typer.Option(help="folder of real videos: FVD with I3D features against "
                                                       "them (options: --set eval.backends.fvd.KEY=VALUE)")] = None,
     sets: SetOpt = None,
+    replace: Annotated[bool, typer.Option("--replace", help="with --run and --metrics: replace the stored results "
+                                                             "of those metrics under other identities (another "
+                                                             "backend, set with --set eval.backends.M.KEY=VALUE)")]
+    = False,
 ) -> None:
     """Evaluate a checkpoint, a run, or a folder of videos with the metric registry.
 
-    Metric groups expand to their members with upstream backends, e.g. ``--metrics vbench-i2v,fvd``."""
+    Metric groups expand to their members with upstream backends, e.g. ``--metrics vbench-i2v,fvd``. With
+    ``--run``, ``--set`` may only choose backends (``eval.backends.METRIC.KEY=VALUE``): the run keeps its own
+    preset otherwise; ``--replace`` swaps the named metrics' stored results for the re-scored ones."""
     from harness.evaluate import evaluate_checkpoint, evaluate_run, evaluate_videos
     from harness.rundir import RunDirError
 
@@ -47,13 +53,18 @@ def eval_cmd(
         unknown = [n for n in names if n not in known]
         if unknown:
             fail(f"unknown metric(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    if replace and run_dir is None:
+        fail("--replace re-scores the metrics of a run: give --run")
     fvd_sets = [] if fvd_ref is None else [{"eval": {"backends": {"fvd": {"features": "i3d", "ref": str(fvd_ref)}}}}]
-    cfg = load_cli_preset(preset, sets, fvd_sets)
+    if run_dir is not None:
+        backends = _run_backends(sets)
+    else:
+        cfg = load_cli_preset(preset, sets, fvd_sets)
     try:
         if run_dir is not None:
             if not RunDir(run_dir).manifest.is_file():
                 fail(f"{run_dir} holds no run (no run.json)")
-            typer.echo(f"results: {evaluate_run(run_dir, names)}")
+            typer.echo(f"results: {evaluate_run(run_dir, names, backends=backends, replace=replace)}")
         elif checkpoint is not None:
             typer.echo(f"results: {evaluate_checkpoint(cfg, checkpoint, out or checkpoint / 'eval', names)}")
         else:
@@ -65,6 +76,27 @@ def eval_cmd(
             typer.echo(f"results: {db}")
     except (FileNotFoundError, ValueError, RunDirError) as exc:
         fail(str(exc))
+
+
+def _run_backends(sets: list[str] | None) -> dict[str, dict]:
+    """The metric backends of ``--set eval.backends.METRIC.KEY=VALUE`` for ``harness eval --run``; any other
+    field fails: a run is evaluated with the preset it recorded."""
+    from harness.config import ConfigError, parse_override
+
+    out: dict[str, dict] = {}
+    for text in sets or []:
+        try:
+            tree = parse_override(text)
+        except ConfigError as exc:
+            fail(str(exc))
+        backends = (tree.get("eval") or {}).get("backends") if isinstance(tree.get("eval"), dict) else None
+        if list(tree) != ["eval"] or list(tree["eval"]) != ["backends"] or not isinstance(backends, dict) or \
+                not all(isinstance(v, dict) for v in backends.values()):
+            fail(f"--set {text}: with --run only a metric's backend can be set (eval.backends.METRIC.KEY=VALUE); "
+                 "the run keeps the rest of the preset it recorded")
+        for name, opts in backends.items():
+            out[name] = {**out.get(name, {}), **opts}
+    return out
 
 
 @app.command()
