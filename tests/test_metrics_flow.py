@@ -1,5 +1,7 @@
 """Flow backends and motion_score against textures translating at a known speed."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -135,3 +137,26 @@ def test_lru_cache_bounds():
     assert len(off) == 0 and off.get("k") is None
     with pytest.raises(ValueError, match="size function"):
         LRUCache(max_bytes=1)
+
+
+@pytest.mark.parametrize("name", ["dis", "farneback"])
+def test_pairs_estimated_side_by_side_are_the_same_bits_as_one_by_one(name, monkeypatch):
+    """compute_flows spreads a video's pairs over a thread pool (each thread with its own DIS object); the flows
+    must equal estimating the pairs one by one, and a copied backend must work the same."""
+    import copy
+
+    from harness.scorers.backends import flow as flow_module
+
+    backend = get_flow_backend(name)
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for _ in range(8)]
+    pairs = [(t, t + 1) for t in range(7)] + [(t + 1, t) for t in range(7)]
+    pooled = backend.compute_flows(frames, pairs)
+    if (os.cpu_count() or 1) > 1:  # the pairs were spread (CI has 2 cores)
+        assert flow_module._POOL is not None
+    monkeypatch.setattr(flow_module, "_estimate_pool", lambda: None)
+    single = backend.compute_flows(frames, pairs)
+    assert all(np.array_equal(a, b) for a, b in zip(pooled, single, strict=True))
+    monkeypatch.undo()
+    copied = copy.deepcopy(backend).compute_flows(frames, pairs)
+    assert all(np.array_equal(a, b) for a, b in zip(copied, single, strict=True))
