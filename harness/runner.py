@@ -259,7 +259,10 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
         recorded = store.run_config(run_id)
         added = _methods_added(recorded, run_config)
         if added is None:
-            raise RunError(f"{rundir.root} holds a run with other settings ({exc}); choose another --out") from exc
+            raise RunError(f"{rundir.root} holds a run with other settings ({exc}); to continue it, give the "
+                           "recorded values with --set (a metric's backend can instead be changed on the recorded "
+                           "run: `harness eval --run DIR --metrics M --set eval.backends.M.KEY=VALUE --replace`), "
+                           "or choose another --out") from exc
         if not opts.extend_methods:
             raise RunError(f"{rundir.root} holds a run of methods {list(recorded['methods'])}; to add "
                            f"{', '.join(added)} to it pass --extend-methods (recorded with the run), or choose "

@@ -162,10 +162,11 @@ class ResultStore:
                 return
             old, new = json.loads(row[0]), json.loads(_dumps(config))
             if old != new:
-                keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
+                diffs = config_differences(old, new)
+                shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
                 raise ValueError(f"run {run_id!r} already exists in {self.path} with a different config "
-                                 f"(differing top-level keys: {', '.join(keys)}); a resumed run must use "
-                                 f"the same config, or pick a new run_id")
+                                 f"(recorded -> now: {shown}); a resumed run must use the same config, or pick "
+                                 "a new run_id")
 
     def begin_session(self, run_id: str, command: dict, provenance: dict) -> int:
         """Record one invocation that writes into a run (its options, commit, library versions, hardware);
@@ -399,6 +400,32 @@ def drop_unfinished(frame: pd.DataFrame, unfinished: Iterable[Unfinished]) -> pd
         return frame
     pairs = zip(frame["method"].astype(str), frame["seed"].astype(int), strict=True)
     return frame[[p not in keys for p in pairs]]
+
+
+def config_differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Each setting that differs between two recorded configs, as ``dotted.path: old -> new`` (leaves of nested
+    mappings and of lists of one length; a list whose length changed is one leaf), so an error can name what to
+    set back."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(old.keys() | new.keys(), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                out.append(f"{sub}: {_short(old[key])} -> (absent)")
+            elif key not in old:
+                out.append(f"{sub}: (absent) -> {_short(new[key])}")
+            else:
+                out += config_differences(old[key], new[key], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = enumerate(zip(old, new, strict=True))
+        return [d for n, (a, b) in pairs for d in config_differences(a, b, f"{path}[{n}]")]
+    return [] if old == new else [f"{path}: {_short(old)} -> {_short(new)}"]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def scheduled_steps(method_configs: Any) -> dict[str, int]:

@@ -262,3 +262,20 @@ def test_a_store_from_before_sessions_gains_them_when_written(tmp_path):
         store.add_aggregate(cid, "new", 2.0, 3)
         agg = store.aggregates().set_index("metric")["session_id"]
     assert pd.isna(agg[METRIC]) and agg["new"] == 1
+
+
+def test_a_rerun_with_other_settings_names_each_one_that_differs(tmp_path):
+    """A resumed run with other settings is refused naming every differing leaf (recorded -> now), not only
+    its top-level section, so the user can see what to set back."""
+    from harness.store import config_differences
+
+    old = {"preset": {"eval": {"backends": {}, "num_videos": 16}}, "metrics": ["a[x=1]", "b"], "methods": {"sft": 1}}
+    new = {"preset": {"eval": {"backends": {"a": {"x": 2}}, "num_videos": 16}}, "metrics": ["a[x=2]", "b"],
+           "methods": {"sft": 1, "dpo": 2}}
+    assert config_differences(old, new) == [
+        'methods.dpo: (absent) -> 2', 'metrics[0]: "a[x=1]" -> "a[x=2]"',
+        'preset.eval.backends.a: (absent) -> {"x": 2}']
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.add_run("r", "tiny", old, [0], {})
+        with pytest.raises(ValueError, match=r"recorded -> now: methods.dpo: \(absent\) -> 2; metrics\[0\]"):
+            store.add_run("r", "tiny", new, [0], {})
