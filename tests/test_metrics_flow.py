@@ -160,3 +160,30 @@ def test_pairs_estimated_side_by_side_are_the_same_bits_as_one_by_one(name, monk
     monkeypatch.undo()
     copied = copy.deepcopy(backend).compute_flows(frames, pairs)
     assert all(np.array_equal(a, b) for a, b in zip(copied, single, strict=True))
+
+
+def test_a_forked_child_estimates_flows_with_a_pool_of_its_own():
+    """The parent's pool threads do not survive a fork; a child that reused the pool would wait forever."""
+    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs fork and two cores")
+    backend = get_flow_backend("dis")
+    frames = [np.random.default_rng(k).integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for k in range(4)]
+    pairs = [(0, 1), (1, 2), (2, 3)]
+    expected = backend.compute_flows(frames, pairs)  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when its flows come back, and equal
+        ok = all(np.array_equal(a, b) for a, b in zip(backend.compute_flows(frames, pairs), expected, strict=True))
+        os._exit(0 if ok else 1)
+    deadline = 30
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child never got its flows")

@@ -179,6 +179,15 @@ def _estimate_pool() -> ThreadPoolExecutor | None:
     return _POOL
 
 
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist: start a pool of its own when needed."""
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _frozen(flow: np.ndarray) -> np.ndarray:
     """Cached flows are read-only: a metric that changed one in place would change another metric's input."""
     flow = np.ascontiguousarray(flow)
