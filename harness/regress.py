@@ -14,9 +14,10 @@ with s_r the spread (std, ddof 1) over the reference seeds (needs k_r >= 2) and 
 bootstrap standard error, (ci_high - ci_low) / (2 * 1.96). The first term is training noise, the second
 the noise of a finite eval set. A change counts when |Δ| > z * se (z = 3 by default: a run makes hundreds
 of comparisons, so a false alarm must be rare), or, for a metric with no noise estimate at all (a
-single seed without an interval), when it exceeds floating-point tolerance across machines (``FLOAT_TOL``). Worse beyond the band is a
-regression (exit status 1), better an improvement; a metric with no direction (e.g. a probe) that moves
-is reported as "changed" and does not fail. A value that turns undefined (NaN) is a regression.
+single seed without an interval), when it exceeds floating-point error across machines (``FLOAT_TOL``).
+Worse beyond the band is a regression (exit status 1), better an improvement; a metric with no direction
+(e.g. a probe) that moves is reported as "changed" and does not fail. A value that turns undefined (NaN) is a
+regression.
 """
 
 from __future__ import annotations
