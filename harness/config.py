@@ -115,6 +115,9 @@ class PresetConfig(BaseModel):
     name: str
     description: str = ""
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    jobs: int = Field(1, ge=1, description="method-seed units `harness run` trains at once, in worker processes "
+                                           "with the same thread count each (harness/workers.py): wall time only, "
+                                           "never a number; --jobs and $HARNESS_JOBS replace it")
     world: WorldConfig = Field(default_factory=WorldConfig)
     model: TinyModelConfig = Field(default_factory=TinyModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
@@ -169,9 +172,10 @@ class PresetConfig(BaseModel):
     def record(self) -> dict[str, Any]:
         """The preset as stored with a run. Sections added later (adapter, data, eval.batch_size) are
         left out while unset, so a run recorded before they existed still resumes and compares; ``log_with``
-        is always left out."""
+        and ``jobs`` are always left out."""
         out = self.model_dump(mode="json")
         del out["log_with"]  # where a copy of the numbers goes, not what they are: a run resumes with other trackers
+        del out["jobs"]  # how fast, not what: the numbers are the same at any jobs
         for key in ("adapter", "data", "tuning"):
             if out[key] is None:
                 del out[key]

@@ -89,6 +89,20 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` (an exclusive flock, waiting for it) while a run-cache entry is checked and built:
+    the workers of `harness run --jobs N` that need the same entry (a pair set two methods share) build it once,
+    the others wait and read it. The lock file stays; flock locks are released when the process ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 class RunDir:
     """One run directory. ``root`` need not exist yet."""
 

@@ -21,7 +21,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from harness.provenance import provenance
 from harness.rundir import SAMPLES, RunDir, RunDirError, safe_part
 from harness.store import ResultStore
 from harness.tracking import RunTrackers, Session, TrackerError
+from harness.workers import Pool, WorkerError, run_units
 from metrics.judges import evaluation_overlaps
 from trainers.base import LABEL_KEY, SCHEDULE_KEYS, TrainerConfig, trainer_settings
 from trainers.registry import trainer_for
@@ -66,13 +68,16 @@ class RunOptions:
     extend_seeds: bool = False  # add --seeds to the run's recorded seeds
     extend_methods: bool = False  # add --methods to the run's recorded methods
     adopt: bool = False  # continue a run directory that was copied or moved here
+    jobs: int | None = None  # method-seed units trained at once (default: $HARNESS_JOBS, else the preset's jobs)
 
-    ACTIONS = ("resume", "show_progress", "extend_seeds", "extend_methods", "adopt")
+    ACTIONS = ("resume", "show_progress", "extend_seeds", "extend_methods", "adopt", "jobs")
 
     def __post_init__(self) -> None:
         bad = [s for s in self.seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
         if not self.seeds or bad or len(set(self.seeds)) != len(self.seeds):
             raise RunError(f"seeds {self.seeds}: give one or more distinct integers >= 0 (e.g. --seeds 0,1,2)")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise RunError(f"jobs {self.jobs!r}: give an integer >= 1 (--jobs 1 trains the methods one after another)")
         try:
             for m in self.methods:
                 safe_part("method", m)
@@ -189,6 +194,7 @@ def run(preset: PresetConfig, out: Path, opts: RunOptions) -> Path:
         opts = replace(opts, methods=[*recorded, *(m for m in opts.methods if m not in recorded)])
     if preset.threads:
         torch.set_num_threads(preset.threads)
+    opts = replace(opts, jobs=run_jobs(preset, opts))  # a bad $HARNESS_JOBS stops the run here
     plans = {m: method_plan(preset, m, opts) for m in opts.methods}
     configs = {m: cfg for m, (cfg, _) in plans.items()}
     schedules = {m: sched for m, (_, sched) in plans.items()}
@@ -268,7 +274,9 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
                            f"{', '.join(added)} to it pass --extend-methods (recorded with the run), or choose "
                            "another --out") from exc
         store.set_config(run_id, run_config)
-    opts = RunOptions(**{**asdict(opts), "seeds": seeds})
+    # The session records the jobs it trains with: training seconds measured beside another job are not costs.
+    opts = RunOptions(**{**asdict(opts), "seeds": seeds,
+                         "jobs": min(opts.jobs or 1, len(plans) * len(seeds))})
     store.begin_session(run_id, {"command": "run", **{k: v for k, v in asdict(opts).items() if k != "show_progress"}},
                         prov)
     if d.is_main and (manifest is None or manifest["options"].get("seeds") != seeds
@@ -283,10 +291,87 @@ def _run(preset: PresetConfig, rundir: RunDir, opts: RunOptions, plans: dict[str
     evaluator.evaluate(store, base_ckpt, lambda: _eval_mode(base_adapter(preset)), base_dir / SAMPLES,
                        opts.show_progress, weights=base_weights(preset), final=True)
     trackers.open(run_id, "base", None).checkpoint(store, base_ckpt, 0, base_dir / SAMPLES)
-    for method, (cfg, schedule) in plans.items():
-        for seed in seeds:
-            _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress,
-                       lambda first, method=method, seed=seed: trackers.open(run_id, method, seed, first))
+    units = [(method, seed) for method in plans for seed in seeds]
+    jobs = opts.jobs or 1
+    if jobs > 1:
+        log.info("training %d method-seed units in %d worker processes (jobs %d; progress is logged, not drawn)",
+                 len(units), jobs, jobs)
+        payload = _WorkerPayload(preset, rundir.root, opts, plans, run_id, store.session_id, torch.get_num_threads())
+        try:
+            run_units(Pool(_worker_state, _worker_unit, payload), units, jobs)
+        except WorkerError as exc:
+            if exc.kind == "RunError":
+                raise RunError(str(exc)) from None
+            where = f"{exc.unit[0]} seed {exc.unit[1]}: " if exc.unit else ""
+            raise RunError(f"{where}{exc.kind}: {exc} (its traceback is above); what finished is stored, continue "
+                           "with --resume") from None
+        return
+    for method, seed in units:
+        cfg, schedule = plans[method]
+        _train_one(preset, rundir, store, run_id, evaluator, method, cfg, schedule, seed, opts.show_progress,
+                   lambda first, method=method, seed=seed: trackers.open(run_id, method, seed, first))
+
+
+JOBS_ENV = "HARNESS_JOBS"
+
+
+def run_jobs(preset: PresetConfig, opts: RunOptions) -> int:
+    """Method-seed units trained at once: ``--jobs``, else ``$HARNESS_JOBS``, else the preset's ``jobs``; one
+    under a process group (its ranks share each unit's work instead)."""
+    import os
+
+    jobs = opts.jobs
+    if jobs is None and os.environ.get(JOBS_ENV):
+        try:
+            jobs = int(os.environ[JOBS_ENV])
+        except ValueError:
+            jobs = 0
+        if jobs < 1:
+            raise RunError(f"{JOBS_ENV}={os.environ[JOBS_ENV]!r}: give an integer >= 1, or unset it")
+    jobs = jobs or preset.jobs
+    if jobs > 1 and current().world_size > 1:
+        log.info("jobs %d: under %d ranks the methods train one after another", jobs, current().world_size)
+        return 1
+    return jobs
+
+
+@dataclass(frozen=True)
+class _WorkerPayload:
+    preset: PresetConfig
+    root: Path
+    opts: RunOptions
+    plans: dict[str, tuple[TrainerConfig, Schedule]]
+    run_id: str
+    session_id: int | None
+    threads: int  # the parent's: every op splits its work as in a sequential run, so the numbers are the same
+
+
+@dataclass
+class _Worker:
+    payload: _WorkerPayload
+    rundir: RunDir
+    store: ResultStore
+    evaluator: Evaluator
+    trackers: RunTrackers
+
+
+@contextmanager
+def _worker_state(p: _WorkerPayload) -> Iterator[_Worker]:
+    """A worker's own connection to the run's database (writing under the parent's session), evaluator and
+    trackers (harness/workers.py)."""
+    torch.set_num_threads(p.threads)
+    rundir = RunDir(p.root)
+    with ResultStore(rundir.results) as store, \
+            RunTrackers(p.preset.log_with, rundir, frame_rate(p.preset)) as trackers:
+        store.session_id = p.session_id
+        yield _Worker(p, rundir, store, Evaluator(p.preset, p.opts.metrics), trackers)
+
+
+def _worker_unit(w: _Worker, unit: tuple[str, int]) -> None:
+    method, seed = unit
+    cfg, schedule = w.payload.plans[method]
+    _train_one(w.payload.preset, w.rundir, w.store, w.payload.run_id, w.evaluator, method, cfg, schedule, seed,
+               False, lambda first: w.trackers.open(w.payload.run_id, method, seed, first))
 
 
 def _recorded_methods(out: Path) -> list[str]:
@@ -462,6 +547,7 @@ def _train_one(preset: PresetConfig, rundir: RunDir, store: ResultStore, run_id:
             if done < schedule.steps:  # each training segment has its own line (benchmarks/bench_budget.py times them)
                 log.info("%s seed %d: training steps %d-%d", method, seed, done + 1,
                          _segment_end(done, schedule, extra_checkpoints))
+    log.info("%s seed %d: done", method, seed)  # the end of its last phase (benchmarks/bench_budget.py)
 
 
 def _is_checkpoint(step: int, schedule: Schedule, extra_checkpoints: Collection[int]) -> bool:

@@ -371,7 +371,7 @@ class FVD(Metric):
         stats = FeatureStats(len(feats[0]))
         stats.update(np.stack(feats))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial.npz")
         np.savez(tmp, **stats.state(), **({"offsets": np.asarray(offsets, np.int64)} if offsets else {}))
         os.replace(tmp, path)
         self.ref_offsets = offsets

@@ -52,7 +52,8 @@ OWN = "own objective"  # the paper column of the rows "<method> improves its own
 @dataclass
 class RunData:
     records: pd.DataFrame  # per-video values: method, seed, step, metric, video_id, value
-    logs: pd.DataFrame  # train logs: method, seed, step, key, value
+    logs: pd.DataFrame  # train logs: method, seed, step, key, value (session_id where the store has it)
+    concurrent: frozenset[int] = frozenset()  # sessions that trained several units at once (RunInfo)
 
     def methods(self) -> set[str]:
         return set(self.records["method"]) if not self.records.empty else set()
@@ -161,6 +162,12 @@ def _time_ratio(data: RunData, claim: PaperClaim, tolerance: float = 0.2) -> Fin
     fast, slow = per_step(a), per_step(b)
     if not fast or not slow:
         return Finding("no training times logged", ABSENT)
+    if data.concurrent and "session_id" in data.logs:
+        timed = data.logs[(data.logs["key"] == "seconds") & data.logs["method"].isin([a, b])]
+        if timed["session_id"].isin(data.concurrent).any():
+            return Finding(f"{a} or {b} was trained beside another method-seed unit (harness run --jobs > 1), so its "
+                           "training seconds include the other's work and are no cost; train both with --jobs 1 on "
+                           "a quiet machine (or benchmarks/bench_trainers.py)", UNSURE)
     ratio = min(fast.values()) / min(slow.values())
     limit = claim.ratio * (1 + tolerance)
     spread = (f"; per seed {a} {min(fast.values()):.2f}-{max(fast.values()):.2f} s, "
@@ -267,8 +274,8 @@ def claims_markdown(table: pd.DataFrame, preset: str, tuning: str = "",
 
 @section("claims", "Paper claims")
 def claims_section(run: ReportInputs) -> SectionOutput | None:
-    table = check_claims(RunData(run.records, run.logs), signals=run.info.training_signals,
-                         unfinished=run.unfinished)
+    table = check_claims(RunData(run.records, run.logs, run.info.concurrent_sessions),
+                         signals=run.info.training_signals, unfinished=run.unfinished)
     _, tuning = tuning_summary((run.info.preset.get("tuning") or {}).get("results"), run.info.method_configs)
     budget = "\n\n".join(t for t in (tuning, compute_summary(run.logs)) if t)
     text = claims_markdown(table, run.info.preset_name, budget, run.unfinished)

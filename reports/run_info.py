@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from harness.rundir import RunDir
 from harness.store import ResultStore, scheduled_steps
 
@@ -64,6 +66,13 @@ class RunInfo:
     def sampler(self) -> dict[str, Any]:
         return dict(self.preset.get("sampler") or {})
 
+    @property
+    def concurrent_sessions(self) -> frozenset[int]:
+        """The sessions that trained several method-seed units at once (`harness run --jobs N`, recorded in their
+        command): the ``seconds`` they logged include the other jobs' work beside them, so they are no costs."""
+        return frozenset(int(s["session_id"]) for s in self.sessions
+                         if int(((s.get("command") or {}).get("jobs")) or 1) > 1)
+
     def sessions_line(self) -> str | None:
         """The invocations that wrote the run, when there were several: when, and on which commits (a
         resumed or extended run may have run other code; each stored result names its session)."""
@@ -73,6 +82,13 @@ class RunInfo:
         code = (f"commit {self.commits[0]}" if len(self.commits) == 1
                 else f"{len(self.commits)} commits: {', '.join(self.commits)}")
         return f"{len(self.sessions)} sessions, {when}, on {code} (each result in the store names its session)"
+
+
+def timed_alone(logs: pd.DataFrame, concurrent: frozenset[int]) -> pd.DataFrame:
+    """``logs`` without the ``seconds`` rows of ``concurrent`` sessions: the training times that are costs."""
+    if logs.empty or not concurrent or "session_id" not in logs:
+        return logs
+    return logs[~((logs["key"] == "seconds") & logs["session_id"].isin(concurrent))]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from metrics.rollups import SHIFT_APPEARANCE, SHIFT_MOTION
+from reports.run_info import timed_alone
 from reports.sections import ReportInputs, SectionOutput, methods_of, section
 from reports.tables import clean_aggregates, markdown_grid
 
@@ -209,7 +210,8 @@ def shift_markdown(table: pd.DataFrame, checks: list[tuple[str, str, str]],
             "brackets: the per-video paired change from the base model ± its 95 % interval. Appearance = mean of "
             f"{', '.join(SHIFT_APPEARANCE[:2] + SHIFT_APPEARANCE[4:])} (the tiny world has no aesthetic or imaging "
             f"quality); Motion = mean of {', '.join(SHIFT_MOTION)}; Overall = mean of all seven. Training time: "
-            "training seconds (without evaluation) relative to SFT's.\n\n"
+            "training seconds (without evaluation) relative to SFT's; none for a method trained beside another "
+            "(harness run --jobs > 1), whose seconds are no cost.\n\n"
             + markdown_grid(head, cells(main, lambda r: LABELS.get(r["method"], r["method"]))))
     ablation = ablation_rows(method_configs or {})
     abl = table[table["method"].isin(ablation)]
@@ -230,7 +232,7 @@ def shift_section(run: ReportInputs) -> SectionOutput | None:
     """``shift.md`` when the run has methods of the shift trainer."""
     methods = methods_of("shift", run.info.method_configs)
     records = run.records if methods else None
-    table = shift_table(run.agg, records, run.info.method_configs, run.logs)
+    table = shift_table(run.agg, records, run.info.method_configs, timed_alone(run.logs, run.info.concurrent_sessions))
     configs = run.info.method_configs
     text = shift_markdown(table, shift_checks(records, methods, configs), configs)
     return SectionOutput(text) if text else None

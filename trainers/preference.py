@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from harness.data.preferences import (
 from harness.data.source import clip_length, data_file, frame_size
 from harness.distributed import current
 from harness.models.base import Conditioning, ModelAdapter, uncounted, weights_digest
+from harness.rundir import cache_lock
 from harness.sampling import SamplerConfig
 from trainers.base import SmokeChanges, Trainer, TrainerConfig
 from trainers.objectives import sample_sigmas
@@ -137,28 +139,31 @@ def load_pairs(adapter: ModelAdapter, preset, cfg: PairsConfig, workdir: Path | 
                           sampler, cfg.seed, judge_name, start)
     path = workdir / "pairs" / f"rollouts-{key}.npz" if workdir else None
     d = current()
-    # Rank 0's cache decides (building is collective, so every rank must take the same branch), and
-    # every rank reads rank 0's file: the run directory is shared, as checkpoints already need.
-    found = d.broadcast(str(path) if path and path.exists() else None)
-    if found:
-        return PairSet.load(Path(found))
-    if cfg.source == "footage":
-        log.info("building %d preference pairs: real clips against reference samples", cfg.conditions)
-        pairs = build_footage_pairs(adapter, preset, sampler, split=cfg.split, conditions=cfg.conditions,
-                                    seed=cfg.seed, batch_size=preset.eval.batch_size or 8,
-                                    show_progress=show_progress, start=start)
-    else:
-        log.info("building %d preference pairs from %d rollouts, ranked by %s", cfg.conditions,
-                 cfg.conditions * cfg.per_condition, cfg.judge)
-        pairs = build_rollout_pairs(adapter, preset.world, sampler, split=cfg.split,
-                                    conditions=cfg.conditions, per_condition=cfg.per_condition, seed=cfg.seed,
-                                    show_progress=show_progress, start=start, batch_judge=scorer,
-                                    judge_name=judge_name)
-    pairs.provenance["cache_key"] = key
-    if path and d.is_main:  # one writer: the ranks hold the same pairs (sampled in shards, gathered)
-        pairs.save(path)
-        path.with_suffix(".json").write_text(json.dumps(pairs.provenance, indent=2))  # readable next to it
-    return pairs
+    # One builder per cache entry: workers of `harness run --jobs N` that need the same pair set wait for the
+    # first one and read its file (rank 0 holds the lock for a process group).
+    with cache_lock(path) if path and d.is_main else nullcontext():
+        # Rank 0's cache decides (building is collective, so every rank must take the same branch), and
+        # every rank reads rank 0's file: the run directory is shared, as checkpoints already need.
+        found = d.broadcast(str(path) if path and path.exists() else None)
+        if found:
+            return PairSet.load(Path(found))
+        if cfg.source == "footage":
+            log.info("building %d preference pairs: real clips against reference samples", cfg.conditions)
+            pairs = build_footage_pairs(adapter, preset, sampler, split=cfg.split, conditions=cfg.conditions,
+                                        seed=cfg.seed, batch_size=preset.eval.batch_size or 8,
+                                        show_progress=show_progress, start=start)
+        else:
+            log.info("building %d preference pairs from %d rollouts, ranked by %s", cfg.conditions,
+                     cfg.conditions * cfg.per_condition, cfg.judge)
+            pairs = build_rollout_pairs(adapter, preset.world, sampler, split=cfg.split,
+                                        conditions=cfg.conditions, per_condition=cfg.per_condition, seed=cfg.seed,
+                                        show_progress=show_progress, start=start, batch_judge=scorer,
+                                        judge_name=judge_name)
+        pairs.provenance["cache_key"] = key
+        if path and d.is_main:  # one writer: the ranks hold the same pairs (sampled in shards, gathered)
+            pairs.save(path)
+            path.with_suffix(".json").write_text(json.dumps(pairs.provenance, indent=2))  # readable next to it
+        return pairs
 
 
 def pair_judge(cfg: PairsConfig):

@@ -45,6 +45,9 @@ def run(
                                  "recorded methods' settings must be unchanged)")] = False,
     adopt: Annotated[bool, typer.Option("--adopt", help="continue a run directory that was copied or moved to "
                                                         "--out (its run id is kept)")] = False,
+    jobs: Annotated[int | None, typer.Option(
+        min=1, help="method-seed units trained at once, in worker processes (default: $HARNESS_JOBS, else the "
+                    "preset's jobs); changes the wall time, never a number")] = None,
     log_with: Annotated[list[str] | None, typer.Option(
         "--log-with", metavar="TRACKER[,...]",
         help="experiment trackers: tensorboard, wandb (repeat or comma-separate; default: the preset's log_with, "
@@ -71,7 +74,7 @@ def run(
     try:
         opts = RunOptions(methods=chosen, seeds=seed_list, steps=steps, eval_every=eval_every,
                           metrics=split_csv(metrics), resume=resume, show_progress=progress,
-                          extend_seeds=extend_seeds, extend_methods=extend_methods, adopt=adopt)
+                          extend_seeds=extend_seeds, extend_methods=extend_methods, adopt=adopt, jobs=jobs)
         for m in chosen:
             method_config(user_cfg, m, opts)
     except RunError as exc:
