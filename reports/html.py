@@ -74,6 +74,7 @@ def provenance_html(info: RunInfo) -> str:
     return _kv([("run id", info.run_id), ("preset", info.preset_name),
                 ("description", info.preset.get("description")), ("eval set", size), ("sampler", sampler),
                 ("methods", ", ".join(info.methods)), ("git commit", commit), ("sessions", info.sessions_line()),
+                ("jobs", info.jobs_line()),
                 ("python", v.get("python")),
                 ("torch", v.get("torch")), ("diffusers", v.get("diffusers")), ("other libraries", others),
                 ("platform", hw.get("platform")), ("processor", hw.get("processor")),

@@ -73,6 +73,14 @@ class RunInfo:
         return frozenset(int(s["session_id"]) for s in self.sessions
                          if int(((s.get("command") or {}).get("jobs")) or 1) > 1)
 
+    def jobs_line(self) -> str | None:
+        """How many method-seed units trained at once, when a session trained several (`harness run --jobs`)."""
+        jobs = sorted({int((s.get("command") or {}).get("jobs") or 1) for s in self.sessions} - {1})
+        if not jobs:
+            return None
+        return (f"{' and '.join(map(str, jobs))} method-seed units at once (worker processes; the same numbers as "
+                "one at a time): their training seconds include each other's work, so no table reads them as costs")
+
     def sessions_line(self) -> str | None:
         """The invocations that wrote the run, when there were several: when, and on which commits (a
         resumed or extended run may have run other code; each stored result names its session)."""

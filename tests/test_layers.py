@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "harness.tracking": ORCHESTRATION,
     "harness.tuning": ORCHESTRATION,
     "harness.vbench_export": ORCHESTRATION,
+    "harness.workers": ORCHESTRATION,
     "reports": REPORTS,
     "harness.cli": ENTRY,
 }
