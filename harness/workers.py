@@ -72,7 +72,7 @@ def run_units(pool: Pool, units: Sequence[Unit], jobs: int) -> None:
     stop = ctx.Event()
     messages = ctx.Queue()
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_worker, name=f"harness-worker-{i}", daemon=True,
+    procs = [ctx.Process(target=_worker, name=f"harness-worker-{i}",  # not daemonic: a backend may start processes
                          args=(i, os.getpid(), pool, list(units), counter, stop, messages, level))
              for i in range(jobs)]
     with _environment(PASSIVE_WAIT):  # read by each worker's OpenMP runtime when it starts
