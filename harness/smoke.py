@@ -32,14 +32,17 @@ def _overlaps(a: Path_, b: Path_) -> bool:
 
 def smoke_changes(cfg: PresetConfig, methods: list[str], with_steps: bool) -> list[tuple[Path_, Any]]:
     """Every field a smoke run shrinks: 4 eval videos (the final checkpoints' set too: it is left unset,
-    i.e. eval.num_videos), 4 sampler steps, small probe sets and, for each method, what its config
+    i.e. eval.num_videos), 4 sampler steps, small probe sets, one unit at a time (``jobs``; ``--jobs`` still
+    wins) and, for each method, what its config
     shrinks (``TrainerConfig.smoke_changes``: with ``with_steps``, 2 training steps evaluated and probed
     after each step; small rollout, pair and buffer sets)."""
     from trainers.registry import trainer_for
 
     changes: list[tuple[Path_, Any]] = [(("eval", "num_videos"), 4), (("eval", "final_num_videos"), None),
                                         (("sampler", "num_steps"), 4),
-                                        (("probes", "pairs"), 4), (("probes", "draws"), 1)]
+                                        (("probes", "pairs"), 4), (("probes", "draws"), 1),
+                                        # units of seconds: starting a worker process costs more than it saves
+                                        (("jobs",), 1)]
     if with_steps:  # probed at every one of the 2 steps, as each is a checkpoint
         changes.append((("probes", "every"), 1))
     for m in methods:

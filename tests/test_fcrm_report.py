@@ -76,4 +76,4 @@ def test_a_run_records_each_methods_own_label_which_a_variant_does_not_inherit()
     assert records["fcrm-offline"]["label"] == "Data: fully offline"
     assert "label" not in records["fcrm-mine"] and "label" not in records["sft"]
     assert variant_label("fcrm-mine", records) == "fcrm-mine (kl_coef=0.1)"
-    assert (records["fcrm"]["steps"], records["fcrm"]["eval_every"]) == (24, 12)  # the schedule, in the same mapping
+    assert (records["fcrm"]["steps"], records["fcrm"]["eval_every"]) == (24, 6)  # the schedule, in the same mapping

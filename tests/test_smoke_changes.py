@@ -10,7 +10,7 @@ from harness.config import load_preset
 from harness.smoke import smoke_changes
 
 PRESET_WIDE = [(("eval", "num_videos"), 4), (("eval", "final_num_videos"), None), (("sampler", "num_steps"), 4),
-               (("probes", "pairs"), 4), (("probes", "draws"), 1)]
+               (("probes", "pairs"), 4), (("probes", "draws"), 1), (("jobs",), 1)]
 PROBED_EACH_STEP = [(("probes", "every"), 1)]  # with steps: each of the 2 steps is a checkpoint and is probed
 _APO_PAIRS = {"source": "rollouts", "split": "prompts", "conditions": 8, "per_condition": 4, "judge": "latent_rm"}
 # issue #26: the tiny `apo` is the paper's online, half-online, offline curriculum
