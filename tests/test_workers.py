@@ -1,6 +1,9 @@
 """`harness run --jobs N`: units in worker processes store the same numbers, fail with one line, share caches."""
 
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,3 +124,50 @@ def test_the_report_names_sessions_that_trained_units_at_once():
     assert info.concurrent_sessions == frozenset({1})
     assert info.jobs_line().startswith("2 method-seed units at once")
     assert RunInfo(Path("run"), "r", sessions=[{"session_id": 3, "command": {}}]).jobs_line() is None
+
+
+ORPHAN_SCRIPT = '''
+import contextlib, os, sys, time
+from pathlib import Path
+from harness.workers import Pool, run_units
+
+@contextlib.contextmanager
+def state(payload):
+    yield payload
+
+def work(folder, unit):
+    Path(folder, f"worker-{unit}").write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run_units(Pool(state, work, sys.argv[1]), [0, 1], 2)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """A killed `harness run` (SIGKILL: no cleanup runs) leaves no worker writing into the run directory."""
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("worker-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        pids = [int(p.read_text()) for p in tmp_path.glob("worker-*")]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 20
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
