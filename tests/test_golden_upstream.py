@@ -340,7 +340,10 @@ def test_background_consistency_end_to_end_matches_upstream_clip(tmp_path, monke
 @pytest.mark.parametrize("case", ["even_256x288", "odd_259x291"])
 def test_sea_raft_flow_matches_upstream(case, tmp_path, monkeypatch):
     """Upstream runs one pair per call, the backend both pairs in one batch: float32 rounding only. The random
-    flows reach ~1000 px, so the tolerance is relative to the field's scale (1e-5 of max |flow|)."""
+    flows reach ~2500 px, so the tolerance is relative to the field's scale. On the CPU the fixture was made on
+    they agree to 1e-5 of max |flow|; on another (an AMD EPYC host, 2026-12-07) the random weights' refinement
+    iterations amplify float32 rounding to 4.8e-4 of it (1.26 px), with the mean |flow| still equal to 8e-7:
+    pointwise 2e-3 of the scale, the mean to 1e-5."""
     from harness.scorers.backends.real import sea_raft  # registers the sea-raft backend and its random initialiser
     from harness.weights import init_random
 
@@ -352,7 +355,7 @@ def test_sea_raft_flow_matches_upstream(case, tmp_path, monkeypatch):
     got = np.stack(sea_raft.SEARAFTFlow(batch=2).flows(list(frames), pairs))
     assert got.shape[1:3] == frames.shape[1:3]  # odd sides: the last row / column upstream leaves out is filled in
     got = got[:, :up_h, :up_w]  # where upstream has a value
-    np.testing.assert_allclose(got[:, ::8, ::8], want, rtol=0, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(got[:, ::8, ::8], want, rtol=0, atol=2e-3 * np.abs(want).max())
     assert np.abs(got).mean() == pytest.approx(meta["results"][case]["mean_abs"], rel=1e-5)
 
 
