@@ -1,22 +1,33 @@
-"""The tiny model's cached rotary embedding is exact: forwards and gradients with and without the cache
-are bitwise equal, in training and under inference mode, and one cache serves several video shapes."""
+"""The tiny model's cached rotary embedding and its complex-multiplication rotary attention are exact:
+forwards and gradients equal diffusers' own modules bitwise (with and without LoRA), in training and under
+inference mode, and one cache serves several video shapes."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanRotaryPosEmbed
 
-from harness.models.tiny_wan import CachedWanRope, TinyModelConfig, TinyWanAdapter
+from harness.models.tiny_wan import CachedWanRope, ComplexRopeWanAttnProcessor, TinyModelConfig, TinyWanAdapter
 
 
-def _pair() -> tuple[TinyWanAdapter, TinyWanAdapter]:
+def _pair(lora: bool = False) -> tuple[TinyWanAdapter, TinyWanAdapter]:
     torch.manual_seed(0)
     cached = TinyWanAdapter(TinyModelConfig(), num_frames=8, resolution=16)
+    if lora:  # trained-looking adapters: B is zero at initialisation, which would hide the LoRA path
+        cached.add_lora(8, 8)
+        with torch.no_grad():
+            for name, p in cached.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.05)
     plain = copy.deepcopy(cached)
-    plain.model.rope.__class__ = WanRotaryPosEmbed  # diffusers' own module, same buffers
+    plain.model.rope.__class__ = WanRotaryPosEmbed  # diffusers' own modules, same buffers and weights
+    for block in plain.model.blocks:
+        block.attn1.set_processor(WanAttnProcessor())
     assert isinstance(cached.model.rope, CachedWanRope) and type(plain.model.rope) is WanRotaryPosEmbed
+    assert all(type(b.attn1.processor) is ComplexRopeWanAttnProcessor for b in cached.model.blocks)
     return cached, plain
 
 
@@ -28,8 +39,9 @@ def _inputs(b: int, t: int, hw: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return x, torch.rand(b, generator=g), captions, first
 
 
-def test_cached_rope_forward_and_backward_are_bitwise_equal() -> None:
-    cached, plain = _pair()
+@pytest.mark.parametrize("lora", [False, True])
+def test_cached_rope_forward_and_backward_are_bitwise_equal(lora: bool) -> None:
+    cached, plain = _pair(lora)
     for step, (b, t, hw) in enumerate([(2, 8, 16), (3, 4, 8), (2, 8, 16)]):  # a second shape, then the first again
         x, sigma, captions, first = _inputs(b, t, hw, step)
         outs = []
@@ -46,8 +58,9 @@ def test_cached_rope_forward_and_backward_are_bitwise_equal() -> None:
     assert len(cached.model.rope._rope_cache) == 2
 
 
-def test_cached_rope_built_in_inference_mode_serves_training() -> None:
-    cached, plain = _pair()
+@pytest.mark.parametrize("lora", [False, True])
+def test_cached_rope_built_in_inference_mode_serves_training(lora: bool) -> None:
+    cached, plain = _pair(lora)
     x, sigma, captions, first = _inputs(2, 8, 16, 7)
     with torch.inference_mode():  # the cache's first entry made while sampling
         a = cached.predict(x, sigma, cached.encode_condition(first, captions))
