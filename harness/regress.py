@@ -161,7 +161,7 @@ def unfinished_warning(unfinished: tuple[Unfinished, ...]) -> str | None:
     """One line naming the unfinished seeds of a run being recorded or compared."""
     if not unfinished:
         return None
-    parts = "; ".join(f"{u.method} seed {u.seed} (evaluated to step {u.reached} of {u.scheduled})" for u in unfinished)
+    parts = "; ".join(map(str, unfinished))
     return (f"the run has unfinished seeds: {parts}; their later steps are missing (finish them with "
             "`harness run --resume`)")
 

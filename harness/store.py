@@ -380,6 +380,9 @@ class Unfinished:
     reached: int  # its last evaluated step
     scheduled: int  # the method's ``steps``
 
+    def __str__(self) -> str:
+        return f"{self.method} seed {self.seed} (evaluated to step {self.reached} of {self.scheduled})"
+
 
 def unfinished_seeds(agg: pd.DataFrame, schedule: Mapping[str, int] | None) -> tuple[Unfinished, ...]:
     """Each (method, seed) of ``agg`` (aggregates: method, seed, step) evaluated only before the method's

@@ -159,7 +159,9 @@ def _worker(index: int, parent: int, pool: Pool, units: list, counter: Any, stop
         sys.exit(130)
     except BaseException as exc:  # noqa: BLE001  (every failure goes to the parent, which raises it)
         stop.set()
-        if not isinstance(exc, RuntimeError) or type(exc).__name__ not in ("RunError", "WorkerError"):
+        # A RunError is already the one line the user needs (bad input, a missing file; harness.runner, which
+        # imports this module); anything else is a crash, whose traceback the log gets before the parent's line.
+        if type(exc).__name__ != "RunError":
             log.error("worker %d failed on %s:\n%s", index, unit, traceback.format_exc().rstrip())
         messages.put((index, type(exc).__name__, str(exc), unit))
         messages.close()

@@ -42,7 +42,7 @@ _NUMERIC = ["value", "ci_low", "ci_high"]
 
 def unfinished_line(unfinished: Iterable[Unfinished]) -> str | None:
     """The note that names the seeds left out of final comparisons, and how to finish them."""
-    parts = [f"{u.method} seed {u.seed} (evaluated to step {u.reached} of {u.scheduled})" for u in unfinished]
+    parts = [str(u) for u in unfinished]
     if not parts:
         return None
     return ("Unfinished, left out of the final tables and claims: " + "; ".join(parts)
