@@ -6,10 +6,11 @@ Runs the command as a user would (a fresh run directory, the CLI, the report at 
 the wall time, split into phases by the time each of the run's progress lines arrives (the base
 model's evaluation, then per method: preparing the trainer, which builds or loads the preference
 pairs; training, which includes the training probes and checkpoint saves; evaluating its checkpoints;
-and the report). Each method's time in training steps alone is the ``seconds`` it logs. With ``--jobs`` > 1
-(the tiny preset's default: two methods at once) the methods' phases overlap, and their seconds include the
-other worker's work. Goal
-(issue 10): at most 10 minutes on 2 cores. Close other CPU work first.
+and the report), and the host's speed just before and after it (seconds per sampled video: the same
+machine's speed differs by up to 40 % between days). Each method's time in training steps alone is the
+``seconds`` it logs. With ``--jobs`` > 1 (the tiny preset's default: two methods at once) the methods'
+phases overlap, and their seconds include the other worker's work. Goal (issue 10): at most 10 minutes
+on 2 cores. Close other CPU work first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import write_record
+from bench_common import host_seconds_per_video, write_record
 
 from harness.config import load_preset
 from harness.store import ResultStore
@@ -88,10 +89,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None, help="harness run --jobs (default: the preset's)")
     args = ap.parse_args()
     shutil.rmtree(args.out_run, ignore_errors=True)
+    speed_before = host_seconds_per_video(args.preset)
     harness = Path(sys.executable).with_name("harness")
     cmd = [str(harness), "run", "--methods", METHODS, "--preset", args.preset, "--out", str(args.out_run),
            "--no-progress", *(["--jobs", str(args.jobs)] if args.jobs else [])]
     wall, lines = timed_lines(cmd)
+    speed_after = host_seconds_per_video(args.preset)
     phases = phase_seconds(wall, lines)
     with ResultStore(args.out_run / "results.sqlite") as store:
         logs = store.train_logs()
@@ -101,7 +104,9 @@ def main() -> None:
             slot["of which training steps"] = round(float(steps[method]), 1)
     results = {"command": " ".join(["harness", *cmd[1:]]), "wall_s": round(wall, 1),
                "wall_min": round(wall / 60, 2), "goal_min": 10, "meets_goal": wall <= 600,
-               "jobs": args.jobs or load_preset(args.preset).jobs, "phases_s": phases}
+               "jobs": args.jobs or load_preset(args.preset).jobs, "phases_s": phases,
+               # the host's speed just before and after the run (bench_common.host_seconds_per_video)
+               "host_s_per_video": {"before": round(speed_before, 4), "after": round(speed_after, 4)}}
     write_record(args.out, "budget", args.preset, results)
 
 
