@@ -36,7 +36,7 @@ class CachedWanRope(WanRotaryPosEmbed):
     The rotary table depends only on the video's shape and the module's fixed buffers, but diffusers
     rebuilds it every forward in a dozen small ops (a sizeable share of a tiny-model step on CPU). The
     cached tensors are the ones the first call returned, so outputs are bitwise those of the uncached
-    module (tests/test_tiny_model.py); they are built outside inference mode (usable in training) and
+    module (tests/test_rope_cache.py); they are built outside inference mode (usable in training) and
     never need a gradient (the buffers have none)."""
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ class ComplexRopeWanAttnProcessor(WanAttnProcessor):
     that took 5 % of all compute, forward and backward (many small strided ops). Read as complex numbers
     x1 + i x2 times cos + i sin, the product's real and imaginary parts are those same two expressions,
     each product and sum rounded once, so the outputs and gradients are bitwise diffusers' (checked on the
-    whole model, forward and backward, in tests/test_tiny_model.py). The rest of the call (projections, q/k
+    whole model, forward and backward, in tests/test_rope_cache.py). The rest of the call (projections, q/k
     norms, attention through diffusers' dispatcher, output projection) is diffusers'. Cases this
     does not cover (image cross-attention, fused projections, a dtype other than float32) go to diffusers'
     own processor."""
