@@ -41,12 +41,15 @@ def test_eval_a_model_directory(tmp_path):
     from harness.config import load_preset
 
     base = load_preset("tiny").base_checkpoint_path()
+    # A checkpoint is scored on the final eval set (eval.final_num_videos), so both sizes are set here.
     res = runner.invoke(app_cli(), ["eval", "--checkpoint", str(base), "--out", str(tmp_path),
-                                    "--metrics", "motion_adherence,distortion_rate", "--set", "eval.num_videos=3"])
+                                    "--metrics", "motion_adherence,distortion_rate", "--set", "eval.num_videos=3",
+                                    "--set", "eval.final_num_videos=3"])
     assert res.exit_code == 0, res.output
     with ResultStore(tmp_path / "results.sqlite") as store:
         agg = store.aggregates()
         assert {"motion_adherence[judge=oracle]", "distortion_rate[judge=oracle]"} <= set(agg["metric"])
+        assert set(agg["n"]) == {3}
 
 
 def test_missing_feature_weights_name_the_file(tmp_path):

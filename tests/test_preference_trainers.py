@@ -11,7 +11,7 @@ from harness.probing import ProbeRunner
 from trainers import preference
 from trainers import probes as probes_module
 from trainers.base import trainer_settings
-from trainers.probes import Gamma, LikelihoodDisplacement
+from trainers.probes import ChosenLogpStep, Gamma, LikelihoodDisplacement
 from trainers.registry import get_trainer
 
 FAST = ["sampler.num_steps=2", "probes.pairs=3", "probes.draws=2", "probes.per_condition=2"]
@@ -154,6 +154,48 @@ def test_the_start_of_likelihood_displacement_is_measured_once_for_every_method(
         next(p for n, p in moved.adapter.model.named_parameters() if "lora_B" in n).add_(0.1)
     fresh = LikelihoodDisplacement(ld_sft.pairs, draws=ld_sft.draws, seed=ld_sft.seed).measure(moved, 0)
     assert fresh["chosen_displacement"] != 0.0
+
+
+def test_the_step0_probe_gradients_are_computed_once_for_methods_with_the_same_start(tmp_path, monkeypatch):
+    """At step 0 the gradients of the held-out chosen log-likelihood (chosen_logp_step, Gamma) and of Gamma's DPO
+    step depend only on the starting weights, the probe's draws and the trainable parameters' values: a second
+    method with the same ones reuses them, and its probe values equal its own computation bit for bit. Other
+    LoRA initialisations (another seed), other settings or a trained policy are computed afresh."""
+    preset = _preset()
+    monkeypatch.setattr(probes_module, "_GRADS_AT_START", {})
+    dpo, pgdpo = _trainer("dpo", preset, tmp_path, seed=0), _trainer("pgdpo", preset, tmp_path, seed=0)
+    assert probes_module.params_digest(dpo.params) == probes_module.params_digest(pgdpo.params)
+    pairs = ProbeRunner(preset, dpo, tmp_path / "cache").probes[0].pairs
+
+    def probes():
+        return ChosenLogpStep(pairs, draws=2, seed=3), Gamma(pairs, beta=100.0)
+
+    (step_d, gamma_d), (step_p, gamma_p) = probes(), probes()
+    own = step_p.measure(pgdpo, 0), gamma_p.measure(pgdpo, 0)  # pgdpo's own gradients
+    probes_module._GRADS_AT_START.clear()
+    first = step_d.measure(dpo, 0), gamma_d.measure(dpo, 0)  # the memo now holds dpo's
+    assert len(probes_module._GRADS_AT_START) == 2
+
+    calls = []
+    real = probes_module._flat_grad
+
+    def counted(loss, params, retain_graph=False):
+        calls.append(1)
+        return real(loss, params, retain_graph)
+
+    with monkeypatch.context() as m:
+        m.setattr(probes_module, "_flat_grad", counted)
+        shared = step_p.measure(pgdpo, 0), gamma_p.measure(pgdpo, 0)
+    assert len(calls) == 2  # only each probe's method gradient; g_logp and g_dpo came from dpo's step 0
+    assert shared == own and shared[1]["dlogp_dpo"] == first[1]["dlogp_dpo"]
+    other_seed = _trainer("pgdpo", preset, tmp_path, seed=1)  # another LoRA A: another gradient
+    assert probes_module.params_digest(other_seed.params) != probes_module.params_digest(pgdpo.params)
+    step_p.measure(other_seed, 0)
+    ChosenLogpStep(pairs, draws=1, seed=3).measure(pgdpo, 0)  # other draws
+    assert len(probes_module._GRADS_AT_START) == 4
+    pgdpo.train_step(0)  # a trained policy, and a later step, are never shared
+    step_p.measure(pgdpo, 0), step_p.measure(pgdpo, 1)
+    assert len(probes_module._GRADS_AT_START) == 4
 
 
 def test_gamma_matches_the_first_order_change_of_the_chosen_likelihood(tmp_path):

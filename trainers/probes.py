@@ -37,6 +37,7 @@ probes trains exactly like one without.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
@@ -183,6 +184,38 @@ class LikelihoodDisplacement(TrainingProbe):
         return series["chosen_displacement"][-1]
 
 
+# The step-0 gradients of the probes (the held-out chosen samples' ELBO proxy, and Gamma's DPO step), per pair
+# set, probe settings and trainable parameters: at step 0 a policy is its untrained starting model, so these
+# gradients depend only on the starting weights (which the pair set's cache key names), the probe's fixed draws
+# and the trainable parameters' own values (LoRA A, drawn from the seed; B = 0). Methods of a process that share
+# all of them get the same vectors, computed once per process instead of once per method (like _AT_START).
+_GRADS_AT_START: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def params_digest(params: list[torch.nn.Parameter]) -> str:
+    """A digest of the parameters' shapes, dtypes and values, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in params:
+        t = p.detach().contiguous()
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def grads_at_start(probe: TrainingProbe, trainer, step: int, what: tuple,
+                   compute: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """``compute()``, shared at step 0 by every trainer whose untrained policy has the same trainable parameters
+    (``_GRADS_AT_START``; ``what`` names the probe's own settings). Any other step, a policy that is not
+    untrained or a pair set without a cache key is computed afresh. The vectors are read, never changed."""
+    pairs_key = probe.pairs.provenance.get("cache_key")
+    if step != 0 or not pairs_key or not untrained(trainer.adapter):
+        return compute()
+    key = (str(pairs_key), probe.seed, *what, params_digest(trainer.params))
+    if key not in _GRADS_AT_START:
+        _GRADS_AT_START[key] = compute()
+    return _GRADS_AT_START[key]
+
+
 def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], retain_graph: bool = False) -> torch.Tensor:
     grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads,
@@ -225,9 +258,13 @@ class Gamma(TrainingProbe):
             raise TypeError(f"gamma: {type(trainer).__name__} is {reason}")
         adapter, params = trainer.adapter, trainer.params
         x_w, x_l, cond, sigma, noise = self.fixed_draws(adapter, 1)
-        e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)  # one forward serves both gradients
-        g_logp = _flat_grad(-PairErrors.per_sample(e.err_w).mean(), params, retain_graph=True)
-        g_dpo = _flat_grad(dpo_loss(e, self.beta)[0].mean(), params)
+
+        def logp_and_dpo() -> tuple[torch.Tensor, torch.Tensor]:
+            e = pair_errors(adapter, x_w, x_l, cond, sigma, noise)  # one forward serves both gradients
+            return (_flat_grad(-PairErrors.per_sample(e.err_w).mean(), params, retain_graph=True),
+                    _flat_grad(dpo_loss(e, self.beta)[0].mean(), params))
+
+        g_logp, g_dpo = grads_at_start(self, trainer, step, ("gamma", 1, self.beta), logp_and_dpo)
         g_method = _flat_grad(trainer.pair_loss(x_w, x_l, cond, sigma, noise)[0], params)
         lr = trainer.lr
         d_method, d_dpo = -lr * float(g_logp @ g_method), -lr * float(g_logp @ g_dpo)
@@ -252,7 +289,8 @@ class ChosenLogpStep(TrainingProbe):
         return {"pairs": len(self.pairs), "draws": self.draws, "stat": "raises_share", **self._set()}
 
     def measure(self, trainer, step: int) -> dict[str, float]:
-        g_logp = _chosen_logp_grad(self, trainer, self.draws)
+        (g_logp,) = grads_at_start(self, trainer, step, ("chosen_logp", self.draws),
+                                   lambda: (_chosen_logp_grad(self, trainer, self.draws),))
         g_method = _flat_grad(trainer.coming_loss(step)[0], trainer.params)
         dot = float(g_logp @ g_method)
         norm = float(g_logp.norm() * g_method.norm())
