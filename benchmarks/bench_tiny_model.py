@@ -6,6 +6,11 @@ Training steps are timed for full fine-tuning (as in `harness build base`) and f
 LoRA (as the alignment trainers use it), at the preset's batch size. Sampling is
 timed per video for the preset's sampler, with and without CFG. Each figure is
 the median over repeats after one warm-up. Results are written with provenance.
+
+``kernels``: the rate (GFLOP/s) of the model's two heaviest operations at a sampling
+batch's shapes (its linear layers and its self-attention, which take most of a
+run's time), next to this host's rate on one large matrix product: how close the
+tiny model's compute already runs to what these cores do at best.
 """
 
 from __future__ import annotations
@@ -39,6 +44,34 @@ def train_step_seconds(adapter: TinyWanAdapter, batch, repeats: int) -> float:
         opt.step()
 
     return median_seconds(step, repeats)
+
+
+def kernel_rates(adapter: TinyWanAdapter, cond, bs: int, repeats: int) -> dict:
+    """GFLOP/s of the model's linear layers and self-attention at a sampling batch's shapes, against one
+    2048^3 matrix product (the host's best case). Shapes are read from the model (its token count after
+    patching) and its config, so the figures follow the preset."""
+    import torch.nn.functional as F
+
+    cfg = adapter.model.config
+    seen: list[torch.Size] = []
+    hook = adapter.model.patch_embedding.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        adapter.predict(torch.randn(adapter.latent_shape(bs)), torch.full((bs,), 0.5), cond)
+    hook.remove()
+    tokens = bs * seen[0][2:].numel()
+    heads, head_dim = cfg.num_attention_heads, cfg.attention_head_dim
+    dim = heads * head_dim
+    x = torch.randn(tokens, dim)
+    q = torch.randn(bs, heads, tokens // bs, head_dim)
+    w_attn, w_ffn, big = torch.randn(dim, dim), torch.randn(cfg.ffn_dim, dim), torch.randn(2048, 2048)
+    cases = {
+        f"linear {tokens}x{dim}->{dim}": (lambda: F.linear(x, w_attn), 2 * tokens * dim * dim),
+        f"linear {tokens}x{dim}->{cfg.ffn_dim}": (lambda: F.linear(x, w_ffn), 2 * tokens * dim * cfg.ffn_dim),
+        f"attention {bs}x{heads}x{tokens // bs}x{head_dim}": (lambda: F.scaled_dot_product_attention(q, q, q),
+                                                            4 * bs * heads * (tokens // bs) ** 2 * head_dim),
+        "matmul 2048^3 (host's best case)": (lambda: big @ big, 2 * 2048 ** 3),
+    }
+    return {name: round(flop / median_seconds(fn, repeats) / 1e9, 1) for name, (fn, flop) in cases.items()}
 
 
 def main() -> None:
@@ -78,6 +111,7 @@ def main() -> None:
         x = torch.randn(adapter.latent_shape(bs))
         results["forward_s"] = median_seconds(
             lambda: adapter.predict(x, torch.full((bs,), 0.5), cond), args.repeats)
+    results["kernels_gflops"] = kernel_rates(adapter, cond, bs, max(args.repeats, 10))
     write_record(args.out, "tiny model speed", args.preset, results)
 
 
