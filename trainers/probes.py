@@ -193,11 +193,11 @@ _GRADS_AT_START: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
 def params_digest(params: list[torch.nn.Parameter]) -> str:
-    """A digest of the parameters' shapes, dtypes and values, in order."""
+    """A digest of the parameters' shapes, dtypes, devices and values, in order."""
     h = hashlib.blake2b(digest_size=16)
     for p in params:
         t = p.detach().contiguous()
-        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(repr((tuple(t.shape), str(t.dtype), str(t.device))).encode())
         h.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
     return h.hexdigest()
 
@@ -207,7 +207,7 @@ def grads_at_start(probe: TrainingProbe, trainer, step: int, what: tuple,
     """``compute()``, shared at step 0 by every trainer whose untrained policy has the same trainable parameters
     (``_GRADS_AT_START``; ``what`` names the probe's own settings). Any other step, a policy that is not
     untrained or a pair set without a cache key is computed afresh. The vectors are read, never changed."""
-    pairs_key = probe.pairs.provenance.get("cache_key")
+    pairs_key = getattr(probe.pairs, "provenance", {}).get("cache_key")  # none on a test's toy pairs
     if step != 0 or not pairs_key or not untrained(trainer.adapter):
         return compute()
     key = (str(pairs_key), probe.seed, *what, params_digest(trainer.params))
