@@ -24,7 +24,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def write_record(out: Path, benchmark: str, preset: str, results: dict, **extra: object) -> None:
-    """Write the figures with their provenance (commit, versions, hardware, when: the same host's speed
+    """Write the figures with their provenance (commit, versions, hardware, when: the same host
     has sampled a video in 0.111 to 0.19 s on different days) and print them."""
     recorded = datetime.now(UTC).isoformat(timespec="seconds")
     record = {"benchmark": benchmark, "preset": preset, **extra, "results": results, **provenance(),
