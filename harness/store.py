@@ -112,7 +112,10 @@ class ResultStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.executescript(f"BEGIN;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES "
+            # IMMEDIATE: take the write lock before reading the layout. A deferred transaction reads first, and
+            # when another process (a --jobs worker) commits meanwhile, SQLite refuses its write at once
+            # ("database is locked") instead of waiting out the timeout (tests/test_store.py).
+            self.conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES "
                                     f"('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
             with self.conn:
                 for table, column, kind in _ADDED_COLUMNS:

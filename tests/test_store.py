@@ -279,3 +279,27 @@ def test_a_rerun_with_other_settings_names_each_one_that_differs(tmp_path):
         store.add_run("r", "tiny", old, [0], {})
         with pytest.raises(ValueError, match=r"recorded -> now: methods.dpo: \(absent\) -> 2; metrics\[0\]"):
             store.add_run("r", "tiny", new, [0], {})
+
+
+def test_opening_waits_for_another_process_that_is_writing(tmp_path):
+    """Two workers of `harness run --jobs 2` open the run's store at once. Opening writes (the schema's meta
+    row), so it must take the write lock before it reads: a read snapshot taken first goes stale when the
+    other writer commits, and SQLite then refuses the write at once ("database is locked") instead of
+    waiting. Here another connection holds the write lock and commits while the store is being opened."""
+    import threading
+
+    path = tmp_path / "results.sqlite"
+    ResultStore(path).close()
+    other = sqlite3.connect(path, check_same_thread=False)
+    other.isolation_level = None
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO runs (run_id, preset, config_json, seeds_json, provenance_json, created) "
+                  "VALUES ('other', 'tiny', '{}', '[]', '{}', 'now')")
+    commit = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    commit.start()
+    try:
+        with ResultStore(path) as store:  # waits for the commit (timeout 30 s), then opens
+            assert store.conn.execute("SELECT run_id FROM runs").fetchone() == ("other",)
+    finally:
+        commit.join()
+        other.close()
